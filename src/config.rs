@@ -30,7 +30,7 @@ const KIB: u32 = 1024;
 const MIB: u32 = 1024 * 1024;
 /// Bytes a `MESSAGE` frame needs besides its payload: header 8, seq 8, a 255-byte content type
 /// with its length byte (PROTOCOL.md §3.1).
-pub const MESSAGE_OVERHEAD: u32 = 272;
+pub const MESSAGE_OVERHEAD: u32 = PeerLimits::MESSAGE_OVERHEAD;
 /// Bytes a `STREAM_CHUNK` frame needs besides its data: header 8, stream id 8, offset 8.
 pub const CHUNK_OVERHEAD: u32 = 24;
 

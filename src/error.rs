@@ -4,12 +4,141 @@
 //! | --- | --- | --- |
 //! | wire | [`DecodeError`], [`EncodeError`] | [`crate::wire::Frame::decode`], [`crate::wire::Frame::encode`] |
 //! | configuration | [`ConfigError`] | [`crate::config::TransportConfig`] |
-//!
-//! Later layers (socket, secure channel, session, public API) add their own enums here.
+//! | socket seam | [`crate::net::AddressError`], `std::io::Error` | [`crate::net`] |
+//! | secure channel | [`ConnectError`] (with [`crate::secure::auth::AuthError`] inside) | connect, accept |
+//! | session, public API | [`SendError`], [`ConnectionClosed`] | [`crate::transport::Connection`] |
+
+use std::time::Duration;
 
 use thiserror::Error;
 
+pub use crate::core::CloseCause;
+use crate::wire::ReasonCode;
 pub use crate::wire::{DecodeError, EncodeError};
+
+/// Which step of connection setup a timeout hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// The TCP or Unix connect (`connect_timeout`).
+    Connect,
+    /// The TLS handshake (`handshake_timeout`).
+    Tls,
+    /// The WebSocket upgrade (`handshake_timeout`).
+    Upgrade,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::Tls => "TLS handshake",
+            Self::Upgrade => "WebSocket upgrade",
+        })
+    }
+}
+
+/// Why a connection could not be set up. The message names the step and the reason; retry
+/// for network failures and timeouts, fix keys or configuration for refusals.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The peer has no address to dial.
+    #[error("no address to dial")]
+    NoAddress,
+    /// The socket could not be connected (refused, unreachable, no such path).
+    #[error("cannot reach {addr}: {source}")]
+    Dial {
+        /// The address dialled.
+        addr: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Binding the listener failed (address in use, permission, stale Unix socket).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A setup step did not finish in time.
+    #[error("timeout: {stage} did not finish within {} ms", after.as_millis())]
+    Timeout {
+        /// The step.
+        stage: Stage,
+        /// The limit.
+        after: Duration,
+    },
+    /// TLS failed: the peer does not speak TLS 1.3 (a plaintext peer?) or its handshake
+    /// signature is invalid.
+    #[error("TLS failure: {0}")]
+    Tls(String),
+    /// The WebSocket upgrade failed.
+    #[error("WebSocket upgrade failed: {0}")]
+    Upgrade(String),
+    /// The peer does not negotiate the `clipsync.v1` subprotocol (not a ClipSync peer, or an
+    /// incompatible version).
+    #[error("the peer did not negotiate the clipsync.v1 subprotocol")]
+    NoSubprotocol,
+    /// The handshake was refused, by us (`by_peer == false`) or by the peer, for `reason`:
+    /// unknown key, bad signature, handshake timeout, protocol error.
+    #[error("{} {reason}: {detail}", if *by_peer { "refused by peer:" } else { "refused:" })]
+    Refused {
+        /// The reason code both sides see.
+        reason: ReasonCode,
+        /// Whether the peer refused.
+        by_peer: bool,
+        /// Details for logs.
+        detail: String,
+    },
+    /// The connection ended during setup without a reason.
+    #[error("connection ended during setup: {0}")]
+    Closed(String),
+    /// A bug or resource failure on this side.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ConnectError {
+    /// The reason code, for refusals.
+    pub fn reason(&self) -> Option<ReasonCode> {
+        match self {
+            Self::Refused { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+/// Why a send did not complete.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The payload is larger than the peer accepts in one message; nothing was sent and the
+    /// connection is unaffected. Send it as a stream.
+    #[error("message of {size} bytes exceeds the peer's limit of {max} bytes")]
+    TooLarge {
+        /// The payload size.
+        size: usize,
+        /// The peer's `max_message_size`.
+        max: u32,
+    },
+    /// The send queue is full (only from `try_send`): retry later or use `send`, which waits.
+    #[error("send queue full")]
+    Full,
+    /// The connection ended before the peer acknowledged the message: its delivery is
+    /// unknown. It may or may not have arrived; the cause says why the connection ended.
+    #[error("delivery unknown: {0}")]
+    Unknown(CloseCause),
+    /// The connection had already ended; the message was not sent.
+    #[error("not sent: {0}")]
+    Closed(CloseCause),
+}
+
+/// The connection has ended; no more messages will arrive. The cause says why.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("connection closed: {0}")]
+pub struct ConnectionClosed(pub CloseCause);
 
 /// A configuration that cannot be used. Nothing was started; fix the named key and retry.
 #[derive(Debug, Error)]

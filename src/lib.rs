@@ -5,6 +5,10 @@
 //! SSH keys, over WebSocket on TLS, and is built so that a seeded simulator can run the very
 //! same code over a simulated network.
 //!
+//! Start at [`transport::Transport`]: `connect` a [`transport::PeerInfo`] or `listen` on an
+//! [`transport::Address`], then `send` and `receive` [`transport::Message`]s on the
+//! [`transport::Connection`].
+//!
 //! ## Layers
 //!
 //! Each layer uses only the layers below it.
@@ -12,23 +16,32 @@
 //! | layer | module | what it is |
 //! | --- | --- | --- |
 //! | 0. wire format | [`wire`] | frames to bytes and back; pure data (`PROTOCOL.md` at the repository root) |
-//! | 1. socket seam | *(next: issue 3)* | dial / bind / accept as an abstract trait |
-//! | 2. secure channel | *(next: issue 3)* | TLS 1.3, WebSocket upgrade, SSH-key authentication |
-//! | 3. session core | *(next)* | sans-I/O state machines: sequence numbers, acks, credit, heartbeats |
-//! | 4. driver | *(next)* | the async task per connection, the reconnect supervisor |
-//! | 5. public API | *(next)* | `Transport`, `Connection`, `Listener` |
+//! | 1. socket seam | [`net`] | dial / bind / accept as an abstract trait; tokio TCP and Unix sockets |
+//! | 2. secure channel | [`secure`] | TLS 1.3, WebSocket upgrade, SSH-key authentication |
+//! | 3. session core | [`core`] | sans-I/O state machines: sequence numbers, acks, heartbeats |
+//! | 4. driver | [`driver`] | the async tasks per connection |
+//! | 5. public API | [`transport`] | `Transport`, `Connection`, `Listener` |
 //!
-//! Beside them: [`config`] (every tunable with its default and the reason for it) and
+//! The session core sits beside the secure channel, not on top of it: both use the wire
+//! format, neither knows the other, and the driver joins them.
+//!
+//! Beside the layers: [`config`] (every tunable with its default and the reason for it) and
 //! [`error`] (one error enum per layer).
 //!
 //! ## Determinism contract
 //!
-//! Everything below the driver is deterministic: time comes in as an argument, randomness
-//! from an RNG derived from [`config::TransportConfig::rng_seed`], and maps whose order can
-//! leak into behaviour are ordered. The codec in [`wire`] goes further: it has no time, no
-//! randomness and no I/O at all.
+//! The session core takes time as an argument and has no I/O and no randomness. The layers
+//! above it read time only from `tokio::time` (which the simulator controls), draw nonces
+//! and session ids from one RNG seeded by [`config::TransportConfig::rng_seed`], and use
+//! `biased;` in every `select!`. TLS key exchange draws from the crypto provider, which the
+//! simulator can replace; its bytes never reach behaviour.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod core;
+pub mod driver;
 pub mod error;
+pub mod net;
+pub mod secure;
+pub mod transport;
 pub mod wire;

@@ -453,3 +453,41 @@ impl DecodeLimits {
         max_frame_size: 16 * 1024,
     };
 }
+
+impl PeerLimits {
+    /// Smallest `max_frame_size` a peer may announce (PROTOCOL.md §3.1).
+    pub const MIN_FRAME_SIZE: u32 = 16 * 1024;
+    /// Bytes a `MESSAGE` needs besides its payload at most: header 8, seq 8, content type
+    /// 1 + 255.
+    pub const MESSAGE_OVERHEAD: u32 = 272;
+
+    /// What breaks the rules of PROTOCOL.md §3.1, if anything.
+    pub fn problem(&self) -> Option<&'static str> {
+        if self.max_frame_size < Self::MIN_FRAME_SIZE {
+            Some("max_frame_size below 16384")
+        } else if self.max_message_size == 0
+            || self.max_message_size > self.max_frame_size - Self::MESSAGE_OVERHEAD
+        {
+            Some("max_message_size not within 1 and max_frame_size - 272")
+        } else if self.heartbeat_interval_ms == 0 {
+            Some("heartbeat_interval_ms is zero")
+        } else if self.idle_timeout_ms <= self.heartbeat_interval_ms {
+            Some("idle_timeout_ms not greater than heartbeat_interval_ms")
+        } else {
+            None
+        }
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary (for
+/// reason texts, which have byte limits).
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

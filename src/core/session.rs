@@ -1,0 +1,607 @@
+//! One connection's session state: sequence numbers, cumulative acknowledgements, the replay
+//! accounting that bounds unacknowledged bytes, heartbeats and the idle deadline
+//! (PROTOCOL.md §5, §6).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::wire::{Ack, Frame, GoAway, MessageFrame, PeerLimits, Ping, Pong, ReasonCode};
+
+/// Settings of a [`Session`], from the local configuration and the peer's `HELLO`.
+#[derive(Clone, Debug)]
+pub struct SessionParams {
+    /// Acknowledge after this many sequenced frames at most.
+    pub ack_every: u32,
+    /// … or after this delay at most.
+    pub ack_delay: Duration,
+    /// Ping when nothing was sent for this long.
+    pub heartbeat_interval: Duration,
+    /// Close with `idle timeout` when nothing was received for this long.
+    pub idle_timeout: Duration,
+    /// Bytes of unacknowledged payload this side may have outstanding.
+    pub replay_buffer_bytes: u64,
+    /// What the peer announced it enforces.
+    pub peer_limits: PeerLimits,
+}
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseCause {
+    /// This side closed it, for this reason.
+    Local(ReasonCode, String),
+    /// The peer closed it, for this reason.
+    Peer(ReasonCode, String),
+    /// The connection broke underneath (reset, end of stream, write failure).
+    Lost(String),
+}
+
+impl CloseCause {
+    /// The reason code, when one was given.
+    pub fn reason(&self) -> Option<ReasonCode> {
+        match self {
+            Self::Local(r, _) | Self::Peer(r, _) => Some(*r),
+            Self::Lost(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let detail = |d: &str| {
+            if d.is_empty() {
+                String::new()
+            } else {
+                format!(": {d}")
+            }
+        };
+        match self {
+            Self::Local(r, d) => write!(f, "closed locally with {r}{}", detail(d)),
+            Self::Peer(r, d) => write!(f, "closed by peer with {r}{}", detail(d)),
+            Self::Lost(d) => write!(f, "connection lost: {d}"),
+        }
+    }
+}
+
+/// What the session tells the application (through the driver).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message arrived, in order, exactly once.
+    Message {
+        /// Its sequence number.
+        seq: u64,
+        /// Its content type.
+        content_type: String,
+        /// Its payload.
+        payload: Bytes,
+    },
+    /// The peer acknowledged every sequence number up to and including `up_to`.
+    Acked {
+        /// The new cumulative acknowledgement.
+        up_to: u64,
+    },
+    /// A `PONG` measured this round-trip time.
+    Rtt(Duration),
+    /// The session ended; nothing more will be sent or delivered.
+    Closed(CloseCause),
+}
+
+/// Why [`Session::send_message`] did not take a message. Nothing was queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendRefusal {
+    /// The payload exceeds the peer's `max_message_size`: send it as a stream.
+    TooLarge {
+        /// The payload size.
+        size: usize,
+        /// The peer's limit.
+        max: u32,
+    },
+    /// Unacknowledged bytes would exceed the replay bound: retry after an [`Event::Acked`].
+    Blocked,
+    /// The session is closed.
+    Closed,
+}
+
+/// The session core of one connection. See the [module docs](super) for the run loop.
+#[derive(Debug)]
+pub struct Session {
+    p: SessionParams,
+    /// Highest sequence number assigned to an outgoing frame.
+    sent_seq: u64,
+    /// Highest sequence number the peer acknowledged.
+    peer_acked: u64,
+    /// Outgoing sequenced frames not yet acknowledged: (seq, payload bytes).
+    unacked: VecDeque<(u64, usize)>,
+    unacked_bytes: u64,
+    /// Highest sequence number received in order.
+    received: u64,
+    /// Sequenced frames received since the last `ACK` we sent.
+    unacked_received: u32,
+    ack_due: Option<Duration>,
+    last_recv: Duration,
+    last_send: Duration,
+    outbox: VecDeque<Frame>,
+    events: VecDeque<Event>,
+    closed: bool,
+}
+
+impl Session {
+    /// A fresh session (sequence numbers from 1) starting at `now`.
+    pub fn new(p: SessionParams, now: Duration) -> Self {
+        Self {
+            p,
+            sent_seq: 0,
+            peer_acked: 0,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            received: 0,
+            unacked_received: 0,
+            ack_due: None,
+            last_recv: now,
+            last_send: now,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Highest sequence number received in order.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Bytes of payload sent and not yet acknowledged.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.unacked_bytes
+    }
+
+    /// Queues a message; returns its sequence number. It is delivered when an
+    /// [`Event::Acked`] covers that number.
+    pub fn send_message(
+        &mut self,
+        content_type: String,
+        payload: Bytes,
+        _now: Duration,
+    ) -> Result<u64, SendRefusal> {
+        if self.closed {
+            return Err(SendRefusal::Closed);
+        }
+        let max = self.p.peer_limits.max_message_size;
+        if payload.len() as u64 > u64::from(max) {
+            return Err(SendRefusal::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        let size = payload.len();
+        // One message always fits, however large, so the bound can never wedge the sender.
+        if !self.unacked.is_empty() && self.unacked_bytes + size as u64 > self.p.replay_buffer_bytes
+        {
+            return Err(SendRefusal::Blocked);
+        }
+        self.sent_seq += 1;
+        let seq = self.sent_seq;
+        self.unacked.push_back((seq, size));
+        self.unacked_bytes += size as u64;
+        self.outbox.push_back(Frame::Message(MessageFrame {
+            seq,
+            content_type,
+            payload,
+        }));
+        Ok(seq)
+    }
+
+    /// Processes one frame from the peer.
+    pub fn handle_frame(&mut self, frame: Frame, now: Duration) {
+        if self.closed {
+            return;
+        }
+        // Any frame is proof of life (PROTOCOL.md §6.3).
+        self.last_recv = now;
+        match frame {
+            Frame::Message(m) => {
+                if m.seq == self.received + 1 {
+                    self.received = m.seq;
+                    self.events.push_back(Event::Message {
+                        seq: m.seq,
+                        content_type: m.content_type,
+                        payload: m.payload,
+                    });
+                    self.note_received(now);
+                } else if m.seq <= self.received {
+                    // A retransmission of something we have: drop it, but acknowledge again.
+                    self.note_received(now);
+                } else {
+                    self.close(
+                        ReasonCode::ProtocolError,
+                        format!(
+                            "sequence gap: expected {}, got {}",
+                            self.received + 1,
+                            m.seq
+                        ),
+                    );
+                }
+            }
+            Frame::Ack(a) => self.apply_ack(a.last_seq),
+            Frame::Ping(p) => self.outbox.push_back(Frame::Pong(Pong {
+                timestamp_us: p.timestamp_us,
+            })),
+            Frame::Pong(p) => {
+                let now_us = micros(now);
+                if p.timestamp_us <= now_us {
+                    self.events
+                        .push_back(Event::Rtt(Duration::from_micros(now_us - p.timestamp_us)));
+                }
+            }
+            Frame::GoAway(g) => {
+                // What the peer received before leaving counts as delivered.
+                self.apply_ack(g.last_seq.min(self.sent_seq));
+                if !self.closed {
+                    self.closed = true;
+                    self.events
+                        .push_back(Event::Closed(CloseCause::Peer(g.reason, g.text)));
+                }
+            }
+            Frame::StreamOpen(_)
+            | Frame::StreamChunk(_)
+            | Frame::StreamEnd(_)
+            | Frame::StreamAbort(_)
+            | Frame::StreamResult(_)
+            | Frame::Credit(_) => self.close(
+                ReasonCode::ProtocolError,
+                "stream frames without the STREAMS capability".into(),
+            ),
+            other => self.close(
+                ReasonCode::ProtocolError,
+                format!("{} after the handshake", other.frame_type()),
+            ),
+        }
+    }
+
+    /// The connection broke underneath: the session ends without a goodbye.
+    pub fn connection_lost(&mut self, detail: String) {
+        if !self.closed {
+            self.closed = true;
+            self.outbox.clear();
+            self.events
+                .push_back(Event::Closed(CloseCause::Lost(detail)));
+        }
+    }
+
+    /// The peer closed the WebSocket with this reason (without a `GOAWAY` first).
+    pub fn peer_closed(&mut self, reason: ReasonCode, detail: String) {
+        if !self.closed {
+            self.closed = true;
+            self.outbox.clear();
+            self.events
+                .push_back(Event::Closed(CloseCause::Peer(reason, detail)));
+        }
+    }
+
+    /// Closes the session: queues a `GOAWAY` with `reason`; the driver then closes the
+    /// WebSocket with `4000 + reason`.
+    pub fn close(&mut self, reason: ReasonCode, detail: String) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.outbox.push_back(Frame::GoAway(GoAway {
+            reason,
+            last_seq: self.received,
+            text: crate::wire::truncate_utf8(&detail, crate::wire::MAX_TEXT_LEN).to_string(),
+        }));
+        self.events
+            .push_back(Event::Closed(CloseCause::Local(reason, detail)));
+    }
+
+    /// Advances timers: sends a due `ACK` or `PING`, or closes on idle timeout.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if self.closed {
+            return;
+        }
+        if now.saturating_sub(self.last_recv) >= self.p.idle_timeout {
+            self.close(
+                ReasonCode::IdleTimeout,
+                format!(
+                    "nothing received for {} ms",
+                    self.p.idle_timeout.as_millis()
+                ),
+            );
+            return;
+        }
+        if self.ack_due.is_some_and(|d| d <= now) {
+            self.queue_ack();
+        }
+        if now.saturating_sub(self.last_send) >= self.ping_interval() {
+            self.outbox.push_back(Frame::Ping(Ping {
+                timestamp_us: micros(now),
+            }));
+            // Counted as sent now, so one ping goes per interval even before it is written.
+            self.last_send = now;
+        }
+    }
+
+    /// When [`Session::handle_timeout`] next has work, if ever.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.closed {
+            return None;
+        }
+        let idle = self.last_recv + self.p.idle_timeout;
+        let ping = self.last_send + self.ping_interval();
+        Some(
+            self.ack_due
+                .map_or(idle.min(ping), |a| a.min(idle).min(ping)),
+        )
+    }
+
+    /// The next frame to send, if any.
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Frame> {
+        let f = self.outbox.pop_front()?;
+        self.last_send = now;
+        Some(f)
+    }
+
+    /// The next event for the application, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// We ping at our own interval, but at least twice per peer idle timeout, so a peer with a
+    /// shorter timeout than ours never declares us dead (aspnetcore #44197).
+    fn ping_interval(&self) -> Duration {
+        let peer_half = Duration::from_millis(u64::from(self.p.peer_limits.idle_timeout_ms) / 2);
+        self.p
+            .heartbeat_interval
+            .min(peer_half.max(Duration::from_millis(1)))
+    }
+
+    fn note_received(&mut self, now: Duration) {
+        self.unacked_received += 1;
+        if self.unacked_received >= self.p.ack_every {
+            self.queue_ack();
+        } else if self.ack_due.is_none() {
+            self.ack_due = Some(now + self.p.ack_delay);
+        }
+    }
+
+    fn queue_ack(&mut self) {
+        self.unacked_received = 0;
+        self.ack_due = None;
+        self.outbox.push_back(Frame::Ack(Ack {
+            last_seq: self.received,
+        }));
+    }
+
+    fn apply_ack(&mut self, last_seq: u64) {
+        if last_seq > self.sent_seq {
+            self.close(
+                ReasonCode::ProtocolError,
+                format!("ACK of {last_seq} but only {} sent", self.sent_seq),
+            );
+            return;
+        }
+        if last_seq <= self.peer_acked {
+            return;
+        }
+        self.peer_acked = last_seq;
+        while self.unacked.front().is_some_and(|&(s, _)| s <= last_seq) {
+            if let Some((_, size)) = self.unacked.pop_front() {
+                self.unacked_bytes -= size as u64;
+            }
+        }
+        self.events.push_back(Event::Acked { up_to: last_seq });
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::examples::example_limits;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn params() -> SessionParams {
+        SessionParams {
+            ack_every: 3,
+            ack_delay: 100 * MS,
+            heartbeat_interval: 1000 * MS,
+            idle_timeout: 3000 * MS,
+            replay_buffer_bytes: 10,
+            peer_limits: example_limits(),
+        }
+    }
+
+    fn msg(seq: u64, body: &'static [u8]) -> Frame {
+        Frame::Message(MessageFrame {
+            seq,
+            content_type: "text/plain".into(),
+            payload: Bytes::from_static(body),
+        })
+    }
+
+    fn drain(s: &mut Session, now: Duration) -> Vec<Frame> {
+        std::iter::from_fn(|| s.poll_transmit(now)).collect()
+    }
+
+    fn events(s: &mut Session) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// Two sessions wired back to back: every frame one sends, the other receives.
+    #[test]
+    fn messages_flow_in_order_and_are_acknowledged() {
+        let mut a = Session::new(params(), Duration::ZERO);
+        let mut b = Session::new(params(), Duration::ZERO);
+        for (i, body) in [&b"one"[..], b"two", b"six"].into_iter().enumerate() {
+            let seq = a
+                .send_message(
+                    "text/plain".into(),
+                    Bytes::from_static(body),
+                    Duration::ZERO,
+                )
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(seq, i as u64 + 1);
+        }
+        for f in drain(&mut a, Duration::ZERO) {
+            b.handle_frame(f, MS);
+        }
+        let got: Vec<_> = events(&mut b)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message { seq, payload, .. } => Some((seq, payload)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2], (3, Bytes::from_static(b"six")));
+        // ack_every = 3: the third message triggers an ACK at once.
+        let acks = drain(&mut b, MS);
+        assert_eq!(acks, vec![Frame::Ack(Ack { last_seq: 3 })]);
+        for f in acks {
+            a.handle_frame(f, 2 * MS);
+        }
+        assert_eq!(events(&mut a), vec![Event::Acked { up_to: 3 }]);
+        assert_eq!(a.unacked_bytes(), 0);
+    }
+
+    #[test]
+    fn a_lone_message_is_acknowledged_after_the_delay() {
+        let mut b = Session::new(params(), Duration::ZERO);
+        b.handle_frame(msg(1, b"x"), 10 * MS);
+        assert!(drain(&mut b, 10 * MS).is_empty());
+        assert_eq!(b.poll_timeout(), Some(110 * MS));
+        b.handle_timeout(109 * MS);
+        assert!(drain(&mut b, 109 * MS).is_empty());
+        b.handle_timeout(110 * MS);
+        assert_eq!(
+            drain(&mut b, 110 * MS),
+            vec![Frame::Ack(Ack { last_seq: 1 })]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_gaps_close() {
+        let mut b = Session::new(params(), Duration::ZERO);
+        b.handle_frame(msg(1, b"x"), MS);
+        b.handle_frame(msg(1, b"x"), MS);
+        let delivered = events(&mut b)
+            .iter()
+            .filter(|e| matches!(e, Event::Message { .. }))
+            .count();
+        assert_eq!(delivered, 1);
+        b.handle_frame(msg(3, b"z"), MS);
+        assert!(b.is_closed());
+        let ev = events(&mut b);
+        assert!(
+            matches!(&ev[..], [Event::Closed(CloseCause::Local(ReasonCode::ProtocolError, d))] if d.contains("gap")),
+            "{ev:?}"
+        );
+        assert!(matches!(
+            drain(&mut b, MS).last(),
+            Some(Frame::GoAway(GoAway {
+                reason: ReasonCode::ProtocolError,
+                last_seq: 1,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn the_replay_bound_blocks_then_releases() {
+        let mut a = Session::new(params(), Duration::ZERO);
+        let send = |a: &mut Session, n: usize| {
+            a.send_message("a/b".into(), Bytes::from(vec![0; n]), Duration::ZERO)
+        };
+        assert_eq!(send(&mut a, 8), Ok(1));
+        assert_eq!(send(&mut a, 3), Err(SendRefusal::Blocked));
+        assert_eq!(send(&mut a, 2), Ok(2));
+        a.handle_frame(Frame::Ack(Ack { last_seq: 1 }), MS);
+        assert_eq!(send(&mut a, 3), Ok(3));
+        let too_big = example_limits().max_message_size as usize + 1;
+        assert!(matches!(
+            send(&mut a, too_big),
+            Err(SendRefusal::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_sent_is_a_protocol_error() {
+        let mut a = Session::new(params(), Duration::ZERO);
+        a.handle_frame(Frame::Ack(Ack { last_seq: 1 }), MS);
+        assert!(a.is_closed());
+    }
+
+    #[test]
+    fn heartbeats_ping_then_idle_timeout_closes() {
+        let mut a = Session::new(params(), Duration::ZERO);
+        assert_eq!(a.poll_timeout(), Some(1000 * MS));
+        a.handle_timeout(1000 * MS);
+        assert_eq!(
+            drain(&mut a, 1000 * MS),
+            vec![Frame::Ping(Ping {
+                timestamp_us: 1_000_000
+            })]
+        );
+        // A pong measures the round trip.
+        a.handle_frame(
+            Frame::Pong(Pong {
+                timestamp_us: 1_000_000,
+            }),
+            1040 * MS,
+        );
+        assert_eq!(events(&mut a), vec![Event::Rtt(40 * MS)]);
+        // Silence for the idle timeout after the last frame received closes.
+        a.handle_timeout(4039 * MS);
+        assert!(!a.is_closed());
+        a.handle_timeout(4040 * MS);
+        assert!(a.is_closed());
+        assert!(matches!(
+            drain(&mut a, 4040 * MS).last(),
+            Some(Frame::GoAway(GoAway {
+                reason: ReasonCode::IdleTimeout,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn pings_come_at_least_twice_per_peer_idle_timeout() {
+        let mut p = params();
+        p.peer_limits.idle_timeout_ms = 600;
+        let a = Session::new(p, Duration::ZERO);
+        assert_eq!(a.poll_timeout(), Some(300 * MS));
+    }
+
+    #[test]
+    fn goaway_acknowledges_what_the_peer_received() {
+        let mut a = Session::new(params(), Duration::ZERO);
+        let _ = a.send_message("a/b".into(), Bytes::from_static(b"1"), Duration::ZERO);
+        let _ = a.send_message("a/b".into(), Bytes::from_static(b"2"), Duration::ZERO);
+        a.handle_frame(
+            Frame::GoAway(GoAway {
+                reason: ReasonCode::GoingAway,
+                last_seq: 1,
+                text: String::new(),
+            }),
+            MS,
+        );
+        assert_eq!(
+            events(&mut a),
+            vec![
+                Event::Acked { up_to: 1 },
+                Event::Closed(CloseCause::Peer(ReasonCode::GoingAway, String::new()))
+            ]
+        );
+    }
+}

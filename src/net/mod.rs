@@ -1,0 +1,197 @@
+//! Layer 1, the socket seam: dial, bind and accept behind a trait, so the same transport runs
+//! on real sockets ([`TokioNet`]: TCP and Unix) and on the simulator's network (`clipsync-sim`
+//! implements [`Network`] on turmoil).
+//!
+//! Nothing above this module names tokio's socket types. Timeouts are applied by the layer
+//! above (the secure channel), so every backend gets the same deadlines.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connected byte stream, whatever the backend.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
+
+/// A boxed [`ByteStream`]: what dial and accept produce.
+pub type BoxStream = Box<dyn ByteStream>;
+
+/// A boxed, sendable future (the seam's trait methods return these so the traits stay
+/// object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a peer can be reached: `HOST:PORT` (TCP) or `unix:PATH` (a Unix socket).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Address {
+    /// A TCP address as `host:port`; the host may be a name, resolved by the backend.
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl FromStr for Address {
+    type Err = AddressError;
+
+    fn from_str(s: &str) -> Result<Self, AddressError> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(AddressError(s.to_string()));
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Address::Tcp(s.to_string()))
+            }
+            _ => Err(AddressError(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(a) => f.write_str(a),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// An address that is neither `HOST:PORT` nor `unix:PATH`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address {0:?}: expected HOST:PORT or unix:PATH")]
+pub struct AddressError(pub String);
+
+/// A network backend: how to dial and how to listen.
+pub trait Network: Send + Sync + fmt::Debug + 'static {
+    /// Opens a connection to `addr`. May hang on a broken network: callers bound it.
+    fn dial<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<BoxStream>>;
+    /// Starts listening on `addr`.
+    fn bind<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<Box<dyn NetListener>>>;
+}
+
+/// A bound listener of some [`Network`].
+pub trait NetListener: Send + fmt::Debug {
+    /// Waits for the next incoming connection; returns it with a printable peer address.
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, String)>>;
+    /// The address actually bound (with the real port when 0 was asked for).
+    fn local_addr(&self) -> io::Result<Address>;
+}
+
+/// The production backend: tokio TCP and Unix sockets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioNet;
+
+impl Network for TokioNet {
+    fn dial<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<BoxStream>> {
+        Box::pin(async move {
+            match addr {
+                Address::Tcp(a) => {
+                    let s = tokio::net::TcpStream::connect(a.as_str()).await?;
+                    // Small frames (acks, pings, clipboard text) must not wait for Nagle.
+                    s.set_nodelay(true)?;
+                    Ok(Box::new(s) as BoxStream)
+                }
+                #[cfg(unix)]
+                Address::Unix(p) => {
+                    Ok(Box::new(tokio::net::UnixStream::connect(p).await?) as BoxStream)
+                }
+                #[cfg(not(unix))]
+                Address::Unix(_) => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "Unix sockets are not available on this platform",
+                )),
+            }
+        })
+    }
+
+    fn bind<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<Box<dyn NetListener>>> {
+        Box::pin(async move {
+            match addr {
+                Address::Tcp(a) => Ok(Box::new(TcpListener(
+                    tokio::net::TcpListener::bind(a.as_str()).await?,
+                )) as Box<dyn NetListener>),
+                #[cfg(unix)]
+                Address::Unix(p) => Ok(Box::new(UnixListener {
+                    inner: tokio::net::UnixListener::bind(p)?,
+                    path: p.clone(),
+                }) as Box<dyn NetListener>),
+                #[cfg(not(unix))]
+                Address::Unix(_) => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "Unix sockets are not available on this platform",
+                )),
+            }
+        })
+    }
+}
+
+#[derive(Debug)]
+struct TcpListener(tokio::net::TcpListener);
+
+impl NetListener for TcpListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, String)>> {
+        Box::pin(async move {
+            let (s, peer) = self.0.accept().await?;
+            s.set_nodelay(true)?;
+            Ok((Box::new(s) as BoxStream, peer.to_string()))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<Address> {
+        Ok(Address::Tcp(self.0.local_addr()?.to_string()))
+    }
+}
+
+#[cfg(unix)]
+#[derive(Debug)]
+struct UnixListener {
+    inner: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+#[cfg(unix)]
+impl NetListener for UnixListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, String)>> {
+        Box::pin(async move {
+            let (s, _) = self.inner.accept().await?;
+            Ok((
+                Box::new(s) as BoxStream,
+                format!("unix:{}", self.path.display()),
+            ))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<Address> {
+        Ok(Address::Unix(self.path.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            "127.0.0.1:80".parse(),
+            Ok(Address::Tcp("127.0.0.1:80".into()))
+        );
+        assert_eq!(
+            "server:9000".parse(),
+            Ok(Address::Tcp("server:9000".into()))
+        );
+        assert_eq!("[::1]:9".parse(), Ok(Address::Tcp("[::1]:9".into())));
+        assert_eq!("unix:/tmp/s".parse(), Ok(Address::Unix("/tmp/s".into())));
+        for bad in ["", "host", "host:", ":80", "host:99999", "unix:"] {
+            assert!(bad.parse::<Address>().is_err(), "{bad} parsed");
+        }
+        let a: Address = "unix:/tmp/s".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.to_string(), "unix:/tmp/s");
+    }
+}

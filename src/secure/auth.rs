@@ -1,0 +1,356 @@
+//! Authentication: the [`Authenticator`] seam and its SSH-key implementation (PROTOCOL.md §3.2).
+//!
+//! Each side signs, in SSHSIG format with namespace [`NAMESPACE`], a transcript of its role,
+//! both `HELLO` frames (nonces, keys, capabilities, limits) and the TLS channel binding
+//! ([`transcript`]). The peer verifies the signature against the transcript *it* computed, so a
+//! signature relayed from another TLS session, replayed with another nonce or reflected from
+//! the other role does not verify.
+
+use std::fmt;
+use std::path::Path;
+
+use bytes::Bytes;
+use ssh_encoding::{Decode, Encode};
+use ssh_key::{HashAlg, PrivateKey, PublicKey, SshSig};
+
+use crate::wire::{ReasonCode, Role};
+
+/// The SSHSIG namespace of ClipSync's handshake signatures.
+pub const NAMESPACE: &str = "clipsync-auth-v1";
+/// The first bytes of every transcript.
+pub const TRANSCRIPT_LABEL: &[u8; 16] = b"clipsync-auth-v1";
+/// The RFC 9266 exporter label used for the channel binding.
+pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+
+/// The bytes a side signs (PROTOCOL.md §3.2): label, signer role, both `HELLO` frames as sent
+/// (each with a `u32` length), and the 32-byte channel binding.
+pub fn transcript(
+    signer: Role,
+    dialer_hello: &[u8],
+    listener_hello: &[u8],
+    binding: &[u8; 32],
+) -> Vec<u8> {
+    let mut t = Vec::with_capacity(16 + 1 + 8 + dialer_hello.len() + listener_hello.len() + 32);
+    t.extend_from_slice(TRANSCRIPT_LABEL);
+    t.push(signer.byte());
+    for hello in [dialer_hello, listener_hello] {
+        // HELLO frames are at most 16 KiB (the pre-auth cap), so the length fits.
+        t.extend_from_slice(&(hello.len() as u32).to_be_bytes());
+        t.extend_from_slice(hello);
+    }
+    t.extend_from_slice(binding);
+    t
+}
+
+/// Why authentication failed. Each variant maps to the reason code both sides see.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The peer's signature is malformed, made with another key, in another namespace, or
+    /// over another transcript (relay, replay, reflection): `auth failed` (5).
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    /// The signature is good but the key is not trusted, or not the key expected for this
+    /// peer: `key not authorized` (6). Add the key to the trusted-keys file if it is yours.
+    #[error("key not authorized: {0}")]
+    NotAuthorized(String),
+    /// This side could not sign (a key the signer cannot use): `internal error` (19).
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+impl AuthError {
+    /// The reason code that carries this error on the wire.
+    pub fn reason(&self) -> ReasonCode {
+        match self {
+            Self::BadSignature(_) => ReasonCode::AuthFailed,
+            Self::NotAuthorized(_) => ReasonCode::KeyNotAuthorized,
+            Self::Sign(_) => ReasonCode::InternalError,
+        }
+    }
+}
+
+/// The seam the handshake calls to prove this side's identity and check the peer's.
+///
+/// [`SshAuthenticator`] is the implementation for real use; tests plug others (a signer that
+/// uses the wrong namespace, one that replays a captured signature) to check refusals.
+pub trait Authenticator: Send + Sync + fmt::Debug + 'static {
+    /// This side's public key in SSH wire encoding, announced in `HELLO`.
+    fn public_key(&self) -> Bytes;
+    /// Signs `transcript`; returns the binary SSHSIG blob sent in `AUTH`.
+    fn sign(&self, transcript: &[u8]) -> Result<Bytes, AuthError>;
+    /// Checks that `signature` is `peer_key`'s SSHSIG over `transcript` in [`NAMESPACE`], and
+    /// that `peer_key` is trusted.
+    fn verify(&self, peer_key: &[u8], transcript: &[u8], signature: &[u8])
+    -> Result<(), AuthError>;
+}
+
+/// Authentication with an SSH private key and a list of trusted public keys.
+pub struct SshAuthenticator {
+    key: PrivateKey,
+    public: Bytes,
+    trusted: Vec<PublicKey>,
+}
+
+impl fmt::Debug for SshAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshAuthenticator")
+            .field("key", &fingerprint(self.key.public_key()))
+            .field("trusted", &self.trusted.len())
+            .finish()
+    }
+}
+
+/// Why keys could not be loaded. Nothing was started; fix the file and retry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not an OpenSSH key (or trusted-keys) file this build understands.
+    #[error("cannot parse {path}: {detail}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        detail: String,
+    },
+    /// The private key is passphrase-protected; decrypting keys is not supported yet
+    /// (`ssh-keygen -p` can remove the passphrase from a copy meant for ClipSync).
+    #[error("{path} is encrypted; use a key without passphrase")]
+    Encrypted {
+        /// The file.
+        path: String,
+    },
+}
+
+impl SshAuthenticator {
+    /// An authenticator signing with `key` and trusting exactly `trusted`.
+    pub fn new(key: PrivateKey, trusted: Vec<PublicKey>) -> Result<Self, KeyError> {
+        if key.is_encrypted() {
+            return Err(KeyError::Encrypted {
+                path: "(in memory)".into(),
+            });
+        }
+        let public = key.public_key().to_bytes().map_err(|e| KeyError::Parse {
+            path: "(in memory)".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            key,
+            public: Bytes::from(public),
+            trusted,
+        })
+    }
+
+    /// Loads an OpenSSH private key file and an `authorized_keys`-format file of trusted keys.
+    pub fn from_files(identity: &Path, trusted_keys: &Path) -> Result<Self, KeyError> {
+        let key = read_private_key(identity)?;
+        let trusted = read_trusted_keys(trusted_keys)?;
+        let mut auth = Self::new(key, trusted)?;
+        auth.key.set_comment("");
+        Ok(auth)
+    }
+
+    /// An ed25519 key made from 32 seed bytes (the simulator derives them from its root seed;
+    /// the demo from the operating system).
+    pub fn ed25519_from_seed(seed: [u8; 32]) -> PrivateKey {
+        PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed))
+    }
+
+    /// This side's public key.
+    pub fn public(&self) -> &PublicKey {
+        self.key.public_key()
+    }
+}
+
+/// Reads an OpenSSH private key file.
+pub fn read_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let key = PrivateKey::from_openssh(text).map_err(|e| KeyError::Parse {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    if key.is_encrypted() {
+        return Err(KeyError::Encrypted {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(key)
+}
+
+/// Reads an `authorized_keys`-format file (ClipSync's own, never `~/.ssh/authorized_keys`).
+pub fn read_trusted_keys(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    ssh_key::AuthorizedKeys::new(&text)
+        .map(|entry| entry.map(|e| e.public_key().clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| KeyError::Parse {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// The `SHA256:…` fingerprint `ssh-keygen -l` prints, for logs and messages.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// The fingerprint of a key in SSH wire encoding, or a note that it does not parse.
+pub fn fingerprint_of_blob(blob: &[u8]) -> String {
+    PublicKey::from_bytes(blob)
+        .map(|k| fingerprint(&k))
+        .unwrap_or_else(|_| "(unparseable key)".into())
+}
+
+impl Authenticator for SshAuthenticator {
+    fn public_key(&self) -> Bytes {
+        self.public.clone()
+    }
+
+    fn sign(&self, transcript: &[u8]) -> Result<Bytes, AuthError> {
+        let sig = self
+            .key
+            .sign(NAMESPACE, HashAlg::Sha512, transcript)
+            .map_err(|e| AuthError::Sign(e.to_string()))?;
+        let mut blob = Vec::new();
+        sig.encode(&mut blob)
+            .map_err(|e| AuthError::Sign(e.to_string()))?;
+        Ok(Bytes::from(blob))
+    }
+
+    fn verify(
+        &self,
+        peer_key: &[u8],
+        transcript: &[u8],
+        signature: &[u8],
+    ) -> Result<(), AuthError> {
+        verify_sshsig(peer_key, transcript, signature)?;
+        let key = PublicKey::from_bytes(peer_key)
+            .map_err(|e| AuthError::BadSignature(format!("peer key does not parse: {e}")))?;
+        if self.trusted.iter().any(|t| t.key_data() == key.key_data()) {
+            Ok(())
+        } else {
+            Err(AuthError::NotAuthorized(format!(
+                "{} is not in the trusted keys",
+                fingerprint(&key)
+            )))
+        }
+    }
+}
+
+/// Checks an SSHSIG blob: it parses, its key is `peer_key`, its namespace is [`NAMESPACE`],
+/// and it verifies over `transcript`. Trust is the caller's business.
+pub fn verify_sshsig(
+    peer_key: &[u8],
+    transcript: &[u8],
+    signature: &[u8],
+) -> Result<(), AuthError> {
+    let sig = SshSig::decode(&mut &signature[..])
+        .map_err(|e| AuthError::BadSignature(format!("not an SSHSIG blob: {e}")))?;
+    let key = PublicKey::from_bytes(peer_key)
+        .map_err(|e| AuthError::BadSignature(format!("peer key does not parse: {e}")))?;
+    if sig.public_key() != key.key_data() {
+        return Err(AuthError::BadSignature(
+            "signature made with another key than the one in HELLO".into(),
+        ));
+    }
+    if sig.namespace() != NAMESPACE {
+        return Err(AuthError::BadSignature(format!(
+            "wrong namespace {:?} (expected {NAMESPACE:?})",
+            sig.namespace()
+        )));
+    }
+    key.verify(NAMESPACE, transcript, &sig).map_err(|_| {
+        AuthError::BadSignature(
+            "signature does not verify over this session's transcript (relayed, replayed or forged)"
+                .into(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(seed: u8) -> SshAuthenticator {
+        let key = SshAuthenticator::ed25519_from_seed([seed; 32]);
+        SshAuthenticator::new(key, vec![]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn sign_then_verify_and_refusals() {
+        let a = pair(1);
+        let b = pair(2);
+        let trusting_a = SshAuthenticator::new(
+            SshAuthenticator::ed25519_from_seed([2; 32]),
+            vec![a.public().clone()],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let t = transcript(Role::Dialer, b"hello-d", b"hello-l", &[7; 32]);
+        let sig = a.sign(&t).unwrap_or_else(|e| panic!("{e}"));
+        // Good signature, trusted key.
+        assert_eq!(trusting_a.verify(&a.public_key(), &t, &sig), Ok(()));
+        // Good signature, untrusted key.
+        assert!(matches!(
+            b.verify(&a.public_key(), &t, &sig),
+            Err(AuthError::NotAuthorized(_))
+        ));
+        // Another channel binding: the relay attack.
+        let other = transcript(Role::Dialer, b"hello-d", b"hello-l", &[8; 32]);
+        let e = trusting_a.verify(&a.public_key(), &other, &sig);
+        assert!(matches!(e, Err(AuthError::BadSignature(_))), "{e:?}");
+        // The other role: reflection.
+        let reflected = transcript(Role::Listener, b"hello-d", b"hello-l", &[7; 32]);
+        assert!(matches!(
+            trusting_a.verify(&a.public_key(), &reflected, &sig),
+            Err(AuthError::BadSignature(_))
+        ));
+        // Signature by a key other than the announced one.
+        assert!(matches!(
+            trusting_a.verify(&b.public_key(), &t, &sig),
+            Err(AuthError::BadSignature(_))
+        ));
+        // Wrong namespace.
+        let wrong_ns = a
+            .key
+            .sign("file", HashAlg::Sha512, &t)
+            .and_then(|s| {
+                let mut v = Vec::new();
+                s.encode(&mut v).map(|()| v).map_err(Into::into)
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = trusting_a.verify(&a.public_key(), &t, &wrong_ns);
+        assert!(
+            matches!(&e, Err(AuthError::BadSignature(m)) if m.contains("namespace")),
+            "{e:?}"
+        );
+        // Garbage.
+        assert!(matches!(
+            trusting_a.verify(&a.public_key(), &t, b"junk"),
+            Err(AuthError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn transcript_layout() {
+        let t = transcript(Role::Listener, b"ab", b"c", &[9; 32]);
+        let mut want = b"clipsync-auth-v1".to_vec();
+        want.push(1);
+        want.extend_from_slice(&[0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, b'c']);
+        want.extend_from_slice(&[9; 32]);
+        assert_eq!(t, want);
+    }
+}

@@ -1,0 +1,522 @@
+//! Layer 5, the public API: [`Transport`] dials and listens, [`Connection`] sends and
+//! receives [`Message`]s, [`Listener`] hands out authenticated incoming connections.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use clipsync::transport::{Message, PeerInfo, Transport};
+//! use clipsync::config::TransportConfig;
+//! use clipsync::secure::SshAuthenticator;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let auth = Arc::new(SshAuthenticator::from_files(
+//!     "id_ed25519".as_ref(),
+//!     "trusted_keys".as_ref(),
+//! )?);
+//! let transport = Transport::new(TransportConfig::default())?;
+//! let peer = PeerInfo::new("laptop", vec!["192.0.2.7:7070".parse()?]);
+//! let conn = transport.connect(&peer, auth).await?;
+//! conn.send(Message::text("hello")).await?; // returns once the peer acknowledged it
+//! conn.close().await;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rustls::crypto::CryptoProvider;
+use rustls::time_provider::TimeProvider;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use crate::config::TransportConfig;
+use crate::driver::{self, Command, Handles};
+pub use crate::driver::{ConnectionState, Message};
+use crate::error::{CloseCause, ConfigError, ConnectError, ConnectionClosed, SendError};
+pub use crate::net::Address;
+use crate::net::{NetListener, Network, TokioNet};
+use crate::secure::auth::fingerprint_of_blob;
+use crate::secure::tls::TlsSetupError;
+use crate::secure::{self, Authenticator, ChannelParams, TlsSetup};
+use crate::wire::{ReasonCode, SessionId};
+
+/// A peer as the discovery component hands it in: a name, where it can be reached, and
+/// optionally the SSH key it must present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// A name for logs (the peer's id in the sync engine).
+    pub id: String,
+    /// Addresses to try, in order.
+    pub addresses: Vec<Address>,
+    /// The key the peer must authenticate with, if known; any trusted key otherwise.
+    pub key: Option<ssh_key::PublicKey>,
+}
+
+impl PeerInfo {
+    /// A peer reachable at `addresses`, accepted with any trusted key.
+    pub fn new(id: impl Into<String>, addresses: Vec<Address>) -> Self {
+        Self {
+            id: id.into(),
+            addresses,
+            key: None,
+        }
+    }
+
+    /// Requires the peer to authenticate with `key`.
+    pub fn with_key(mut self, key: ssh_key::PublicKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+}
+
+/// Why a [`Transport`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+/// Builds a [`Transport`] with a non-default network, crypto provider or clock (the
+/// simulator uses all three).
+#[derive(Debug)]
+pub struct TransportBuilder {
+    cfg: TransportConfig,
+    network: Arc<dyn Network>,
+    provider: Option<Arc<CryptoProvider>>,
+    time: Option<Arc<dyn TimeProvider>>,
+}
+
+impl TransportBuilder {
+    /// Uses `network` instead of real TCP and Unix sockets.
+    pub fn network(mut self, network: Arc<dyn Network>) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Uses `provider` for TLS instead of rustls's `ring` provider.
+    pub fn crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// Uses `time` as TLS's clock instead of the system clock.
+    pub fn time_provider(mut self, time: Arc<dyn TimeProvider>) -> Self {
+        self.time = Some(time);
+        self
+    }
+
+    /// Validates the configuration and builds the transport.
+    pub fn build(self) -> Result<Transport, TransportError> {
+        self.cfg.validate()?;
+        let tls = TlsSetup::new(
+            self.provider
+                .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider())),
+            self.time
+                .unwrap_or_else(|| Arc::new(rustls::time_provider::DefaultTimeProvider)),
+        )?;
+        let rng = match self.cfg.rng_seed {
+            Some(seed) => ChaCha20Rng::seed_from_u64(seed),
+            None => ChaCha20Rng::from_os_rng(),
+        };
+        Ok(Transport {
+            inner: Arc::new(Inner {
+                cfg: self.cfg,
+                network: self.network,
+                tls,
+                rng: Mutex::new(rng),
+            }),
+        })
+    }
+}
+
+/// The entry point: dials peers and listens for them.
+///
+/// Cheap to clone; clones share the configuration, the TLS certificate and the RNG.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: TransportConfig,
+    network: Arc<dyn Network>,
+    tls: TlsSetup,
+    rng: Mutex<ChaCha20Rng>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("network", &self.network)
+            .field("plaintext", &self.cfg.allow_plaintext)
+            .finish()
+    }
+}
+
+impl Transport {
+    /// A transport on real sockets with rustls's `ring` provider.
+    pub fn new(cfg: TransportConfig) -> Result<Self, TransportError> {
+        Self::builder(cfg).build()
+    }
+
+    /// A builder, to replace the network, crypto provider or clock.
+    pub fn builder(cfg: TransportConfig) -> TransportBuilder {
+        TransportBuilder {
+            cfg,
+            network: Arc::new(TokioNet),
+            provider: None,
+            time: None,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.cfg
+    }
+
+    fn random<const N: usize>(&self) -> [u8; N] {
+        let mut b = [0u8; N];
+        // A poisoned lock only means another thread panicked mid-draw; the RNG is still fine.
+        let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
+        rng.fill_bytes(&mut b);
+        b
+    }
+
+    /// Connects to `peer`, trying its addresses in order, and authenticates with `auth`.
+    ///
+    /// A refusal (untrusted key, bad signature) ends the attempt at once: another address of
+    /// the same peer would give the same answer.
+    pub async fn connect(
+        &self,
+        peer: &PeerInfo,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Connection, ConnectError> {
+        let span = tracing::info_span!("connection", peer = %peer.id, role = "dialer");
+        async {
+            let expected_key = match &peer.key {
+                Some(k) => Some(Bytes::from(
+                    k.to_bytes()
+                        .map_err(|e| ConnectError::Internal(e.to_string()))?,
+                )),
+                None => None,
+            };
+            let mut last = ConnectError::NoAddress;
+            for addr in &peer.addresses {
+                let params = ChannelParams {
+                    cfg: &self.inner.cfg,
+                    tls: &self.inner.tls,
+                    auth: auth.as_ref(),
+                    nonce: self.random(),
+                    new_session: SessionId::NONE,
+                    expected_key: expected_key.clone(),
+                };
+                match secure::dial(self.inner.network.as_ref(), addr, params).await {
+                    Ok(channel) => {
+                        return Ok(Connection::start(
+                            channel,
+                            &self.inner.cfg,
+                            tracing::Span::current(),
+                            None,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "connect failed");
+                        let refused = matches!(e, ConnectError::Refused { .. });
+                        last = e;
+                        if refused {
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(last)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Listens on `addr`; incoming connections authenticate with `auth` and come out of
+    /// [`Listener::accept`]. At most `max_connections` are open (or in setup) at once; more
+    /// are closed on arrival.
+    pub async fn listen(
+        &self,
+        addr: &Address,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Listener, ConnectError> {
+        let mut listener =
+            self.inner
+                .network
+                .bind(addr)
+                .await
+                .map_err(|source| ConnectError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        let local = listener.local_addr().map_err(|source| ConnectError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        tracing::info!(%local, "listening");
+        let (tx, rx) = mpsc::channel(16);
+        let transport = self.clone();
+        let limit = Arc::new(Semaphore::new(self.inner.cfg.max_connections as usize));
+        let task = tokio::spawn(
+            async move {
+                transport
+                    .accept_loop(listener.as_mut(), auth, limit, tx)
+                    .await
+            }
+            .in_current_span(),
+        );
+        Ok(Listener {
+            rx,
+            local,
+            task: task.abort_handle(),
+        })
+    }
+
+    async fn accept_loop(
+        &self,
+        listener: &mut dyn NetListener,
+        auth: Arc<dyn Authenticator>,
+        limit: Arc<Semaphore>,
+        tx: mpsc::Sender<Result<Connection, AcceptError>>,
+    ) {
+        loop {
+            let (stream, peer_addr) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    if tx.is_closed() {
+                        return;
+                    }
+                    // Transient (EMFILE, aborted connection): pause briefly, keep serving.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::warn!(%peer_addr, "connection limit reached; closing");
+                drop(stream);
+                continue;
+            };
+            let this = self.clone();
+            let auth = auth.clone();
+            let tx = tx.clone();
+            let span = tracing::info_span!("connection", peer = %peer_addr, role = "listener");
+            tokio::spawn(
+                async move {
+                    let params = ChannelParams {
+                        cfg: &this.inner.cfg,
+                        tls: &this.inner.tls,
+                        auth: auth.as_ref(),
+                        nonce: this.random(),
+                        new_session: SessionId(this.random()),
+                        expected_key: None,
+                    };
+                    let result = match secure::accept(stream, params).await {
+                        Ok(channel) => Ok(Connection::start(
+                            channel,
+                            &this.inner.cfg,
+                            tracing::Span::current(),
+                            Some(permit),
+                        )),
+                        Err(error) => {
+                            tracing::warn!(error = %error, "incoming connection refused");
+                            Err(AcceptError::Handshake { peer_addr, error })
+                        }
+                    };
+                    let _ = tx.send(result).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+/// Why [`Listener::accept`] returned no connection this time. The listener keeps running
+/// after a [`AcceptError::Handshake`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// An incoming connection failed its setup (TLS, upgrade, authentication).
+    #[error("connection from {peer_addr} refused: {error}")]
+    Handshake {
+        /// Where it came from.
+        peer_addr: String,
+        /// Why it failed; for refusals, the reason code the peer was told.
+        error: ConnectError,
+    },
+    /// The listener has stopped.
+    #[error("listener closed")]
+    Closed,
+}
+
+/// Incoming authenticated connections. Dropping it stops listening; connections already
+/// accepted live on.
+#[derive(Debug)]
+pub struct Listener {
+    rx: mpsc::Receiver<Result<Connection, AcceptError>>,
+    local: Address,
+    task: tokio::task::AbortHandle,
+}
+
+impl Listener {
+    /// The next incoming connection, or why one failed.
+    pub async fn accept(&mut self) -> Result<Connection, AcceptError> {
+        self.rx.recv().await.unwrap_or(Err(AcceptError::Closed))
+    }
+
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> &Address {
+        &self.local
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An authenticated connection to one peer.
+///
+/// Dropping it closes the connection (reason `normal`); messages not yet acknowledged are
+/// reported as of unknown fate to their senders.
+#[derive(Debug)]
+pub struct Connection {
+    handles: Handles,
+    peer_key: Bytes,
+    peer_fingerprint: String,
+}
+
+impl Connection {
+    fn start(
+        channel: secure::Channel,
+        cfg: &TransportConfig,
+        span: tracing::Span,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Self {
+        let peer_key = channel.handshake.peer_key.clone();
+        let peer_fingerprint = fingerprint_of_blob(&peer_key);
+        span.record("peer_key", peer_fingerprint.as_str());
+        Self {
+            handles: driver::spawn(channel, cfg, span, permit),
+            peer_key,
+            peer_fingerprint,
+        }
+    }
+
+    /// Sends `message` and waits until the peer acknowledged it.
+    ///
+    /// Waits while the send queue is full. Fails with [`SendError::TooLarge`] for a payload
+    /// over the peer's limit (nothing sent, connection unaffected), and with
+    /// [`SendError::Unknown`] if the connection ends before the acknowledgement.
+    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        let (done, rx) = oneshot::channel();
+        if self
+            .handles
+            .commands
+            .send(Command::Send { message, done })
+            .await
+            .is_err()
+        {
+            return Err(SendError::Closed(self.cause()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(SendError::Unknown(self.cause())))
+    }
+
+    /// Like [`Connection::send`], but fails with [`SendError::Full`] at once instead of
+    /// waiting for room in the send queue. The returned future still resolves on the
+    /// acknowledgement.
+    pub fn try_send(
+        &self,
+        message: Message,
+    ) -> Result<impl Future<Output = Result<(), SendError>> + use<>, SendError> {
+        let (done, rx) = oneshot::channel();
+        match self
+            .handles
+            .commands
+            .try_send(Command::Send { message, done })
+        {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(SendError::Closed(self.cause()));
+            }
+        }
+        let state = self.handles.state.clone();
+        Ok(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(SendError::Unknown(cause_of(&state))))
+        })
+    }
+
+    /// The next message from the peer, in order; after the last one, why the connection
+    /// ended.
+    pub async fn receive(&mut self) -> Result<Message, ConnectionClosed> {
+        match self.handles.incoming.recv().await {
+            Some(m) => Ok(m),
+            None => Err(ConnectionClosed(self.cause())),
+        }
+    }
+
+    /// The connection's state, to watch.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.handles.state.clone()
+    }
+
+    /// The peer's SSH public key, wire encoding.
+    pub fn peer_key(&self) -> &Bytes {
+        &self.peer_key
+    }
+
+    /// The peer key's `SHA256:…` fingerprint.
+    pub fn peer_fingerprint(&self) -> &str {
+        &self.peer_fingerprint
+    }
+
+    /// Closes gracefully with reason `normal`: says `GOAWAY` to the peer, closes the
+    /// WebSocket with code 4000, and waits for the connection's task to finish.
+    pub async fn close(self) {
+        self.close_with(ReasonCode::Normal, String::new()).await;
+    }
+
+    /// Closes with a given reason and detail.
+    pub async fn close_with(self, reason: ReasonCode, detail: String) {
+        let _ = self
+            .handles
+            .commands
+            .send(Command::Close { reason, detail })
+            .await;
+        let Handles {
+            commands,
+            incoming,
+            task,
+            ..
+        } = self.handles;
+        // Let the task deliver its last messages to nobody and end.
+        drop(incoming);
+        drop(commands);
+        let _ = task.await;
+    }
+
+    fn cause(&self) -> CloseCause {
+        cause_of(&self.handles.state)
+    }
+}
+
+fn cause_of(state: &watch::Receiver<ConnectionState>) -> CloseCause {
+    match &*state.borrow() {
+        ConnectionState::Closed(c) => c.clone(),
+        _ => CloseCause::Lost("connection task ended".into()),
+    }
+}
