@@ -32,3 +32,149 @@ fn config_refuses_a_bad_file_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("chunk_size"));
 }
+
+mod serve_send {
+    use std::io::{BufRead, BufReader, Write};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    /// `clipsync serve` as a child, its stdout lines on a channel.
+    struct Server {
+        child: Child,
+        lines: mpsc::Receiver<String>,
+        addr: String,
+    }
+
+    impl Server {
+        fn start(listen: &str) -> Server {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+                .args(["serve", "--listen", listen, "--identity"])
+                .arg(fixture("ed25519_test_key"))
+                .arg("--authorized-keys")
+                .arg(fixture("ecdsa_test_key.pub"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let out = BufReader::new(child.stdout.take().unwrap());
+            let (tx, lines) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in out.lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let first = lines.recv_timeout(Duration::from_secs(20)).unwrap();
+            let addr = first
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+                .to_string();
+            Server { child, lines, addr }
+        }
+
+        /// The next line mentioning `needle`, waiting at most 20 s (a bound, not a sleep).
+        fn line_with(&self, needle: &str) -> String {
+            loop {
+                let line = self.lines.recv_timeout(Duration::from_secs(20)).unwrap();
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn send(addr: &str, identity: &str, trusted: &str, input: &[u8]) -> std::process::Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+            .args(["send", "--connect", addr, "--identity"])
+            .arg(fixture(identity))
+            .arg("--authorized-keys")
+            .arg(fixture(trusted))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn send_reaches_serve_and_an_untrusted_key_is_refused() {
+        let server = Server::start("127.0.0.1:0");
+        let out = send(
+            &server.addr,
+            "ecdsa_test_key",
+            "ed25519_test_key.pub",
+            b"hello from the cli",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = server.line_with("message from");
+        assert!(line.contains("text=\"hello from the cli\""), "{line}");
+        assert!(line.contains("size=18"), "{line}");
+
+        // The ed25519 key is not in the server's trusted keys.
+        let out = send(
+            &server.addr,
+            "ed25519_test_key",
+            "ed25519_test_key.pub",
+            b"let me in",
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("key not authorized"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn send_over_a_unix_socket() {
+        let path = std::env::temp_dir().join(format!("clipsync-cli-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let server = Server::start(&format!("unix:{}", path.display()));
+        let out = send(
+            &server.addr,
+            "ecdsa_test_key",
+            "ed25519_test_key.pub",
+            b"via unix",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(server.line_with("message from").contains("via unix"));
+        drop(server);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_a_one_line_error() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let out = send(&addr, "ecdsa_test_key", "ed25519_test_key.pub", b"x");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot reach"), "{err}");
+    }
+}

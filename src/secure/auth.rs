@@ -128,14 +128,33 @@ pub enum KeyError {
         /// The file.
         path: String,
     },
+    /// The key parses but cannot sign with this build. RSA private keys fail here: ssh-key
+    /// 0.6.7 rebuilds them from the prime `p` twice instead of `p` and `q`. Use an ed25519
+    /// or ecdsa key as the identity; RSA *peer* keys still verify.
+    #[error("a {algorithm} key cannot sign with this build ({detail}); use ed25519 or ecdsa")]
+    CannotSign {
+        /// The key's algorithm.
+        algorithm: String,
+        /// The signer's error.
+        detail: String,
+    },
 }
 
 impl SshAuthenticator {
     /// An authenticator signing with `key` and trusting exactly `trusted`.
+    ///
+    /// Signs a test message once, so a key that cannot sign is refused here, at start-up,
+    /// rather than in the middle of every handshake.
     pub fn new(key: PrivateKey, trusted: Vec<PublicKey>) -> Result<Self, KeyError> {
         if key.is_encrypted() {
             return Err(KeyError::Encrypted {
                 path: "(in memory)".into(),
+            });
+        }
+        if let Err(e) = key.sign(NAMESPACE, HashAlg::Sha512, b"clipsync key check") {
+            return Err(KeyError::CannotSign {
+                algorithm: key.algorithm().to_string(),
+                detail: e.to_string(),
             });
         }
         let public = key.public_key().to_bytes().map_err(|e| KeyError::Parse {

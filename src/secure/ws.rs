@@ -40,13 +40,11 @@ pub async fn upgrade_dialer(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    let (ws, response) = tokio_tungstenite::client_async_with_config(
-        request,
-        stream,
-        Some(ws_config(cfg)),
-    )
-    .await
-    .map_err(|e| match e {
+    let (ws, response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config(cfg)))
+            .await
+            .map_err(|e| {
+                match e {
         tokio_tungstenite::tungstenite::Error::Protocol(
             tokio_tungstenite::tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
         ) => ConnectError::NoSubprotocol,
@@ -54,7 +52,8 @@ pub async fn upgrade_dialer(
             ConnectError::NoSubprotocol
         }
         other => ConnectError::Upgrade(other.to_string()),
-    })?;
+    }
+            })?;
     let selected = response
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)

@@ -1,0 +1,129 @@
+//! Helpers shared by the real-socket tests: keys, configurations, a scripted mock peer.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test file uses a subset; panics are failures
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clipsync::config::TransportConfig;
+use clipsync::net::{Address, BoxStream, Network, TokioNet};
+use clipsync::secure::{SshAuthenticator, TlsSetup};
+use clipsync::transport::{AcceptError, Listener, Transport};
+use clipsync::wire::{self, Frame, Hello, ReasonCode, Role};
+use futures_util::{SinkExt, StreamExt};
+use ssh_key::{PrivateKey, PublicKey};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A deterministic ed25519 key.
+pub fn key(seed: u8) -> PrivateKey {
+    SshAuthenticator::ed25519_from_seed([seed; 32])
+}
+
+/// An authenticator with `key` trusting `trusted`.
+pub fn auth(key: &PrivateKey, trusted: &[&PrivateKey]) -> Arc<SshAuthenticator> {
+    let trusted: Vec<PublicKey> = trusted.iter().map(|k| k.public_key().clone()).collect();
+    Arc::new(SshAuthenticator::new(key.clone(), trusted).unwrap())
+}
+
+/// Defaults, with deadlines short enough that a test waiting on one finishes quickly.
+pub fn cfg() -> TransportConfig {
+    TransportConfig {
+        auth_timeout: Duration::from_millis(500),
+        handshake_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        ..TransportConfig::default()
+    }
+}
+
+pub fn transport(cfg: TransportConfig) -> Transport {
+    Transport::new(cfg).unwrap()
+}
+
+pub fn loopback() -> Address {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// The next handshake failure the listener reports.
+pub async fn next_refusal(listener: &mut Listener) -> clipsync::error::ConnectError {
+    match listener.accept().await {
+        Err(AcceptError::Handshake { error, .. }) => error,
+        Err(e) => panic!("listener failed: {e}"),
+        Ok(c) => panic!("connection from {} accepted", c.peer_fingerprint()),
+    }
+}
+
+/// A mock peer: real TLS (or none) and tokio-tungstenite used directly, no ClipSync code
+/// above the codec, so it can break every rule.
+pub type MockWs = WebSocketStream<BoxStream>;
+
+/// Dials `addr` over TLS and upgrades, offering `clipsync.v1` if `subprotocol`.
+pub async fn mock_dial(addr: &Address, tls: bool, subprotocol: bool) -> Result<MockWs, String> {
+    let stream = TokioNet.dial(addr).await.map_err(|e| e.to_string())?;
+    let stream: BoxStream = if tls {
+        let setup = TlsSetup::with_defaults().unwrap();
+        setup.connect(stream).await.map_err(|e| e.to_string())?.0
+    } else {
+        stream
+    };
+    let mut req = "ws://clipsync.invalid/clipsync"
+        .into_client_request()
+        .unwrap();
+    if subprotocol {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", wire::SUBPROTOCOL.parse().unwrap());
+    }
+    tokio_tungstenite::client_async(req, stream)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+/// A syntactically valid dialer `HELLO` with an arbitrary key.
+pub fn mock_hello() -> Bytes {
+    Frame::Hello(Hello {
+        protocol_version: 1,
+        role: Role::Dialer,
+        nonce: [0x42; 32],
+        capabilities: 0,
+        limits: TransportConfig::default().peer_limits(),
+        public_key: wire::examples::example_public_key(),
+        extensions: vec![],
+    })
+    .encode()
+    .unwrap()
+}
+
+pub async fn mock_send(ws: &mut MockWs, bytes: Bytes) {
+    ws.send(WsMessage::Binary(bytes)).await.unwrap();
+}
+
+/// Reads until the peer closes; returns the WebSocket close code (None: no close frame).
+pub async fn mock_close_code<S>(ws: &mut WebSocketStream<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(WsMessage::Close(f)) => return f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The close code that carries `reason`.
+pub fn code(reason: ReasonCode) -> Option<u16> {
+    Some(reason.close_code())
+}
+
+pub fn refused(e: &clipsync::error::ConnectError) -> Option<(ReasonCode, bool)> {
+    match e {
+        clipsync::error::ConnectError::Refused {
+            reason, by_peer, ..
+        } => Some((*reason, *by_peer)),
+        _ => None,
+    }
+}

@@ -1,0 +1,138 @@
+//! Authenticated connections on real sockets: loopback TCP and Unix sockets, both ways.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use clipsync::error::{CloseCause, SendError};
+use clipsync::transport::{Address, ConnectionState, Message, PeerInfo};
+use clipsync::wire::ReasonCode;
+use common::*;
+
+/// Connect, authenticate both ways, exchange messages both ways, close cleanly.
+async fn exchange(listen_on: Address, cfg: clipsync::config::TransportConfig) {
+    let (ka, kb) = (key(1), key(2));
+    let server = transport(cfg.clone());
+    let client = transport(cfg);
+    let mut listener = server.listen(&listen_on, auth(&ka, &[&kb])).await.unwrap();
+    let addr = listener.local_addr().clone();
+    let peer = PeerInfo::new("server", vec![addr]).with_key(ka.public_key().clone());
+    let (client_conn, server_conn) =
+        tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    let mut c = client_conn.unwrap();
+    let mut s = server_conn.unwrap();
+    assert_eq!(
+        c.peer_key().as_ref(),
+        &ka.public_key().to_bytes().unwrap()[..]
+    );
+    assert_eq!(
+        s.peer_key().as_ref(),
+        &kb.public_key().to_bytes().unwrap()[..]
+    );
+    assert_eq!(*c.state().borrow(), ConnectionState::Connected);
+
+    // Client to server: three messages, each acknowledged, delivered in order.
+    for i in 0..3 {
+        c.send(Message::text(format!("c{i}"))).await.unwrap();
+    }
+    for i in 0..3 {
+        let m = s.receive().await.unwrap();
+        assert_eq!(m, Message::text(format!("c{i}")));
+    }
+    // Server to client, with another content type.
+    s.send(Message::new("image/png", vec![0x89, b'P', b'N', b'G']))
+        .await
+        .unwrap();
+    let m = c.receive().await.unwrap();
+    assert_eq!(m.content_type, "image/png");
+    assert_eq!(&m.payload[..], &[0x89, b'P', b'N', b'G']);
+
+    // A message over the peer's limit is refused alone; the connection stays up.
+    let big = vec![0u8; 1024 * 1024 + 1];
+    let e = c.send(Message::new("application/octet-stream", big)).await;
+    assert!(matches!(e, Err(SendError::TooLarge { .. })), "{e:?}");
+    c.send(Message::text("still up")).await.unwrap();
+    assert_eq!(s.receive().await.unwrap(), Message::text("still up"));
+
+    // Graceful close: the server learns the peer closed normally.
+    c.close().await;
+    let closed = s.receive().await.unwrap_err();
+    assert_eq!(
+        closed.0,
+        CloseCause::Peer(ReasonCode::Normal, String::new())
+    );
+    assert!(matches!(
+        &*s.state().borrow(),
+        ConnectionState::Closed(CloseCause::Peer(ReasonCode::Normal, _))
+    ));
+}
+
+#[tokio::test]
+async fn tcp_loopback_authenticates_and_exchanges_both_ways() {
+    exchange(loopback(), cfg()).await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn unix_socket_authenticates_and_exchanges_both_ways() {
+    let dir = std::env::temp_dir().join(format!("clipsync-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tls.sock");
+    let _ = std::fs::remove_file(&path);
+    exchange(Address::Unix(path.clone()), cfg()).await;
+    std::fs::remove_file(&path).ok();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn unix_socket_in_explicit_plaintext_mode() {
+    let dir = std::env::temp_dir().join(format!("clipsync-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plain.sock");
+    let _ = std::fs::remove_file(&path);
+    let cfg = clipsync::config::TransportConfig {
+        allow_plaintext: true,
+        ..cfg()
+    };
+    exchange(Address::Unix(path.clone()), cfg).await;
+    std::fs::remove_file(&path).ok();
+}
+
+#[tokio::test]
+async fn dropping_a_connection_settles_unacknowledged_sends() {
+    let (ka, kb) = (key(1), key(2));
+    let server = transport(cfg());
+    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
+    let peer = PeerInfo::new("server", vec![listener.local_addr().clone()]);
+    let client = transport(cfg());
+    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    let c = c.unwrap();
+    let s = s.unwrap();
+    // The server goes away: every later send settles as failed, none hangs.
+    s.close_with(ReasonCode::GoingAway, "shutting down".into())
+        .await;
+    let e = c.send(Message::text("late")).await.unwrap_err();
+    match e {
+        SendError::Closed(cause) | SendError::Unknown(cause) => {
+            assert_eq!(cause.reason(), Some(ReasonCode::GoingAway), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_second_address_is_tried_when_the_first_is_unreachable() {
+    let (ka, kb) = (key(1), key(2));
+    let mut listener = transport(cfg())
+        .listen(&loopback(), auth(&ka, &[&kb]))
+        .await
+        .unwrap();
+    // A port nobody listens on: bind one, learn its number, close it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr: Address = dead.local_addr().unwrap().to_string().parse().unwrap();
+    drop(dead);
+    let peer = PeerInfo::new("server", vec![dead_addr, listener.local_addr().clone()]);
+    let client = transport(cfg());
+    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    assert!(c.is_ok() && s.is_ok());
+}

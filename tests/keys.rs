@@ -1,0 +1,115 @@
+//! Key files as OpenSSH writes them. The fixtures in `tests/fixtures/` were made with
+//! `ssh-keygen` for these tests only (they protect nothing): keys of each algorithm, and
+//! `ssh-keygen -Y sign -n clipsync-auth-v1` signatures over `transcript.bin`, so ClipSync's
+//! verifier is checked against OpenSSH's own SSHSIG writer.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::path::PathBuf;
+
+use clipsync::secure::SshAuthenticator;
+use clipsync::secure::auth::{
+    AuthError, Authenticator, KeyError, read_private_key, read_trusted_keys, transcript,
+    verify_sshsig,
+};
+use clipsync::wire::Role;
+use ssh_encoding::Encode;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn public_blob(name: &str) -> Vec<u8> {
+    read_trusted_keys(&fixture(&format!("{name}.pub"))).unwrap()[0]
+        .to_bytes()
+        .unwrap()
+}
+
+#[test]
+fn openssh_signatures_of_every_algorithm_verify() {
+    let message = std::fs::read(fixture("transcript.bin")).unwrap();
+    for name in ["ed25519_test_key", "ecdsa_test_key", "rsa_test_key"] {
+        let pem = std::fs::read_to_string(fixture(&format!("{name}.transcript.sig"))).unwrap();
+        let sig = ssh_key::SshSig::from_pem(pem).unwrap();
+        let mut blob = Vec::new();
+        sig.encode(&mut blob).unwrap();
+        let key = public_blob(name);
+        assert_eq!(verify_sshsig(&key, &message, &blob), Ok(()), "{name}");
+        let mut other = message.clone();
+        other[0] ^= 1;
+        assert!(
+            matches!(
+                verify_sshsig(&key, &other, &blob),
+                Err(AuthError::BadSignature(_))
+            ),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn ed25519_and_ecdsa_identities_sign_and_verify() {
+    for name in ["ed25519_test_key", "ecdsa_test_key"] {
+        let signer =
+            SshAuthenticator::from_files(&fixture(name), &fixture(&format!("{name}.pub"))).unwrap();
+        let t = transcript(Role::Dialer, b"d", b"l", &[3; 32]);
+        let sig = signer.sign(&t).unwrap();
+        // The signer trusts its own key (its .pub is the trusted-keys file).
+        assert_eq!(
+            signer.verify(&signer.public_key(), &t, &sig),
+            Ok(()),
+            "{name}"
+        );
+        let other = transcript(Role::Dialer, b"d", b"l", &[4; 32]);
+        assert!(
+            matches!(
+                signer.verify(&signer.public_key(), &other, &sig),
+                Err(AuthError::BadSignature(_))
+            ),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn an_rsa_identity_is_refused_at_load_with_the_reason() {
+    let e = SshAuthenticator::from_files(&fixture("rsa_test_key"), &fixture("rsa_test_key.pub"))
+        .unwrap_err();
+    assert!(matches!(e, KeyError::CannotSign { .. }), "{e}");
+    assert!(e.to_string().contains("ed25519"), "{e}");
+}
+
+#[test]
+fn trusted_keys_files_hold_several_algorithms_and_comments() {
+    let dir = std::env::temp_dir().join(format!("clipsync-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("trusted");
+    let mut text = String::from("# ClipSync trusted keys\n\n");
+    for name in [
+        "rsa_test_key.pub",
+        "ecdsa_test_key.pub",
+        "ed25519_test_key.pub",
+    ] {
+        text.push_str(&std::fs::read_to_string(fixture(name)).unwrap());
+    }
+    std::fs::write(&file, text).unwrap();
+    assert_eq!(read_trusted_keys(&file).unwrap().len(), 3);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_encrypted_key_is_refused_with_a_clear_message() {
+    let e = read_private_key(&fixture("encrypted_test_key")).unwrap_err();
+    assert!(matches!(e, KeyError::Encrypted { .. }), "{e}");
+    assert!(e.to_string().contains("passphrase"), "{e}");
+}
+
+#[test]
+fn a_missing_or_malformed_file_names_the_file() {
+    let e = read_private_key(&fixture("nope")).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = read_trusted_keys(&fixture("rsa_test_key")).unwrap_err();
+    assert!(matches!(e, KeyError::Parse { .. }), "{e}");
+}
