@@ -136,6 +136,22 @@ struct SelfSignedVerifier {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
+impl SelfSignedVerifier {
+    /// Only TLS 1.3 is configured; a TLS 1.2 signature means something is wrong.
+    fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
 impl ServerCertVerifier for SelfSignedVerifier {
     fn verify_server_cert(
         &self,
@@ -154,8 +170,7 @@ impl ServerCertVerifier for SelfSignedVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Only TLS 1.3 is configured; a TLS 1.2 signature means something is wrong.
-        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+        Self::refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -164,7 +179,7 @@ impl ServerCertVerifier for SelfSignedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.verify13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -192,7 +207,7 @@ impl ClientCertVerifier for SelfSignedVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+        Self::refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -201,7 +216,7 @@ impl ClientCertVerifier for SelfSignedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.verify13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
