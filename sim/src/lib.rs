@@ -1,76 +1,26 @@
 //! `clipsync-sim`: the deterministic network simulator for the ClipSync transport.
 //!
-//! Today it holds the socket seam's turmoil backend, [`TurmoilNet`]: the production transport
-//! (TLS, WebSocket, SSH-key authentication, the `Transport` API) runs on it unchanged, as
-//! `tests/seam.rs` shows. The scenario runner, seeded fault timelines and the `clipsync-sim`
-//! command arrive with the simulator issue; this crate is the only code that knows turmoil.
+//! It runs the production transport, unchanged (TLS, WebSocket, SSH-key authentication, the
+//! `Transport` API), over turmoil's simulated network ([`TurmoilNet`]), replays the seeded
+//! fault timelines of `scenarios/*.toml` ([`scenario`]), records every transport event with
+//! its simulated time and host ([`trace`]), and checks the invariants ([`invariants`]).
+//!
+//! ## One seed drives everything
+//!
+//! From the root seed come turmoil's RNG (latency and failure draws), each host's key, each
+//! transport's RNG (nonces, session ids, later backoff jitter), rustls's `SecureRandom`, and
+//! the workload's sizes and pauses ([`crypto::derive`]). Time is turmoil's: `tokio::time`
+//! inside hosts, a fixed simulated epoch for TLS's clock. The workspace builds with
+//! `--cfg tokio_unstable` (`.cargo/config.toml`) so each host's tokio runtime is seeded too,
+//! and every `select!` in the transport is `biased;`. The same seed and commit give the same
+//! trace, line for line; `run --check-determinism` checks it.
 
-use std::io;
+pub mod crypto;
+pub mod host;
+pub mod invariants;
+mod net;
+pub mod runner;
+pub mod scenario;
+pub mod trace;
 
-use clipsync::net::{Address, BoxFuture, BoxStream, NetListener, Network};
-
-/// The socket seam on turmoil's simulated TCP.
-///
-/// `unix:` addresses have no simulated counterpart (turmoil has no Unix sockets) and fail
-/// with `Unsupported`; real Unix sockets are covered by the real-socket tests. A listener binds
-/// `0.0.0.0` on the port given (turmoil accepts no other host for binding).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TurmoilNet;
-
-impl Network for TurmoilNet {
-    fn dial<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<BoxStream>> {
-        Box::pin(async move {
-            match addr {
-                Address::Tcp(a) => {
-                    let s = turmoil::net::TcpStream::connect(a.as_str()).await?;
-                    Ok(Box::new(s) as BoxStream)
-                }
-                Address::Unix(_) => Err(unsupported()),
-            }
-        })
-    }
-
-    fn bind<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<Box<dyn NetListener>>> {
-        Box::pin(async move {
-            match addr {
-                Address::Tcp(a) => {
-                    let port = a
-                        .rsplit_once(':')
-                        .and_then(|(_, p)| p.parse::<u16>().ok())
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, a.clone()))?;
-                    let l = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-                    Ok(Box::new(TurmoilListener(l)) as Box<dyn NetListener>)
-                }
-                Address::Unix(_) => Err(unsupported()),
-            }
-        })
-    }
-}
-
-fn unsupported() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "turmoil has no Unix sockets; simulate them as TCP",
-    )
-}
-
-struct TurmoilListener(turmoil::net::TcpListener);
-
-impl std::fmt::Debug for TurmoilListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TurmoilListener")
-    }
-}
-
-impl NetListener for TurmoilListener {
-    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, String)>> {
-        Box::pin(async move {
-            let (s, peer) = self.0.accept().await?;
-            Ok((Box::new(s) as BoxStream, peer.to_string()))
-        })
-    }
-
-    fn local_addr(&self) -> io::Result<Address> {
-        Ok(Address::Tcp(self.0.local_addr()?.to_string()))
-    }
-}
+pub use net::TurmoilNet;

@@ -17,7 +17,7 @@ use crate::config::TransportConfig;
 use crate::core::{CloseCause, Event, SendRefusal, Session, SessionParams};
 use crate::error::SendError;
 use crate::secure::Channel;
-use crate::secure::handshake::close_frame;
+use crate::secure::handshake::{LINGER, close_frame};
 use crate::secure::ws::Ws;
 use crate::wire::{Frame, ReasonCode};
 
@@ -252,8 +252,27 @@ impl Driver {
             CloseCause::Lost(_) => {}
         }
         drop(writer_tx);
+        // Every send settles now, before any lingering below.
+        self.settle_sends(&cause);
         let _ = timeout(self.write_timeout, writer).await;
-        self.settle(cause).await;
+        if let CloseCause::Local(..) = cause {
+            // Let the peer read our GOAWAY and close frame before the socket goes (see
+            // `handshake::LINGER`): read until its close, bounded.
+            let _ = timeout(LINGER, async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, WsMessage::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        // Messages received before the end are still the application's.
+        for m in self.deliveries.drain(..) {
+            if self.incoming.send(m).await.is_err() {
+                break;
+            }
+        }
     }
 
     fn input(&mut self, input: Input) {
@@ -343,6 +362,7 @@ impl Driver {
     }
 
     fn acked(&mut self, up_to: u64) {
+        tracing::debug!(up_to, "acked");
         let rest = self.waiting_ack.split_off(&(up_to + 1));
         for (_, done) in std::mem::replace(&mut self.waiting_ack, rest) {
             let _ = done.send(Ok(()));
@@ -357,8 +377,9 @@ impl Driver {
         }
     }
 
-    /// Every send settles: unacknowledged ones are of unknown fate, never-sent ones failed.
-    async fn settle(mut self, cause: CloseCause) {
+    /// Every send settles: unacknowledged ones are of unknown fate, never-sent ones failed;
+    /// then the state says closed.
+    fn settle_sends(&mut self, cause: &CloseCause) {
         for (_, done) in std::mem::take(&mut self.waiting_ack) {
             let _ = done.send(Err(SendError::Unknown(cause.clone())));
         }
@@ -371,13 +392,7 @@ impl Driver {
                 let _ = done.send(Err(SendError::Closed(cause.clone())));
             }
         }
-        let _ = self.state.send(ConnectionState::Closed(cause));
-        // Messages received before the end are still the application's.
-        for m in self.deliveries.drain(..) {
-            if self.incoming.send(m).await.is_err() {
-                break;
-            }
-        }
+        let _ = self.state.send(ConnectionState::Closed(cause.clone()));
     }
 }
 

@@ -339,11 +339,32 @@ async fn refuse<T>(
         let _ = ws.send(WsMessage::Binary(bytes)).await;
     }
     let _ = ws.close(Some(close_frame(reason, &detail))).await;
+    linger(ws).await;
     Err(ConnectError::Refused {
         reason,
         by_peer: false,
         detail,
     })
+}
+
+/// How long a side that closed waits for the peer to read its last frames and close too.
+///
+/// Dropping a TCP socket with unread input makes the kernel (and turmoil) send a reset,
+/// and a reset can destroy data the peer has not read yet: the refusal itself. So the
+/// closing side reads (and discards) until the peer's close or end of stream, bounded by this.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Completes the WebSocket closing handshake after our close frame: reads until the peer
+/// closes or [`LINGER`] passes.
+pub async fn linger(ws: &mut Ws) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A WebSocket close frame carrying `reason` (code `4000 + reason`, text at most 123 bytes).

@@ -141,6 +141,7 @@ async fn setup(
             let close = ws.close(Some(close_frame(ReasonCode::HandshakeTimeout, &detail)));
             let _ = timeout(Duration::from_secs(1), close).await;
             let _ = timeout(Duration::from_secs(1), ws.flush()).await;
+            handshake::linger(&mut ws).await;
             Err(ConnectError::Refused {
                 reason: ReasonCode::HandshakeTimeout,
                 by_peer: false,

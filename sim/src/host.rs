@@ -1,0 +1,289 @@
+//! What runs inside the simulated hosts: the production transport, configured from the
+//! scenario and the seed, and the workload that drives it. What the hosts observe goes into
+//! the [`Log`], which the invariants read after the run.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clipsync::config::TransportConfig;
+use clipsync::error::SendError;
+use clipsync::secure::SshAuthenticator;
+use clipsync::transport::{AcceptError, Message, PeerInfo, Transport};
+use clipsync::wire::ReasonCode;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+use crate::TurmoilNet;
+use crate::crypto::{SimTime, derive, derive_u64, seeded_provider};
+use crate::scenario::Scenario;
+
+/// The port every simulated server listens on.
+pub const PORT: u16 = 7070;
+/// The content type of workload messages.
+pub const CONTENT_TYPE: &str = "application/x-clipsync-sim";
+
+/// The fate of one send, as the client saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Acknowledged by the peer.
+    Delivered,
+    /// Failed, with the transport's reason.
+    Failed(String),
+}
+
+/// One send.
+#[derive(Clone, Debug)]
+pub struct SendRecord {
+    /// When `send` was called.
+    pub issued: Duration,
+    /// When and how it settled (None: still pending when the run ended).
+    pub settled: Option<(Duration, Settled)>,
+}
+
+/// One connection attempt by a client.
+#[derive(Clone, Debug)]
+pub struct ConnectRecord {
+    /// When it ended.
+    pub at: Duration,
+    /// Ok, or the reason code (if a refusal) and the message.
+    pub result: Result<(), (Option<ReasonCode>, String)>,
+}
+
+/// Everything the hosts observed.
+#[derive(Clone, Debug, Default)]
+pub struct Log {
+    /// Sends by (client, message id).
+    pub sent: BTreeMap<(String, u64), SendRecord>,
+    /// Deliveries at the server, in arrival order: (client, message id, time).
+    pub delivered: Vec<(String, u64, Duration)>,
+    /// Connection attempts by client, in order.
+    pub connects: BTreeMap<String, Vec<ConnectRecord>>,
+}
+
+/// The shared [`Log`].
+pub type SharedLog = Arc<Mutex<Log>>;
+
+fn with_log<T>(log: &SharedLog, f: impl FnOnce(&mut Log) -> T) -> T {
+    f(&mut log.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+/// Test-only switches that break the harness on purpose, to prove the invariants catch it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sabotage {
+    /// The server forgets to record the delivery of the first client's message 3.
+    pub drop_one_delivery: bool,
+}
+
+/// The transport configuration for `host`: defaults, the scenario's overrides, a seed
+/// derived from the root seed.
+pub fn transport_config(s: &Scenario, seed: u64, host: &str) -> Result<TransportConfig, String> {
+    let mut cfg =
+        TransportConfig::from_toml_str(&toml::to_string(&s.config).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("[config]: {e}"))?;
+    cfg.rng_seed = Some(derive_u64(seed, &format!("rng/{host}")));
+    Ok(cfg)
+}
+
+/// The host's key, derived from the seed and its name.
+pub fn host_key(seed: u64, host: &str) -> ssh_key::PrivateKey {
+    SshAuthenticator::ed25519_from_seed(derive(seed, &format!("key/{host}")))
+}
+
+fn build_transport(
+    s: &Scenario,
+    seed: u64,
+    host: &str,
+    incarnation: u32,
+) -> Result<Transport, String> {
+    let cfg = transport_config(s, seed, &format!("{host}#{incarnation}"))?;
+    Transport::builder(cfg)
+        .network(Arc::new(TurmoilNet))
+        .crypto_provider(seeded_provider(derive(
+            seed,
+            &format!("tls/{host}#{incarnation}"),
+        )))
+        .time_provider(Arc::new(SimTime))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Registers the scenario's hosts on `sim`.
+pub fn register(
+    sim: &mut turmoil::Sim<'_>,
+    s: &Scenario,
+    seed: u64,
+    log: &SharedLog,
+    sabotage: Sabotage,
+) {
+    let server = s.server().to_string();
+    let server_key = host_key(seed, &server);
+    let clients: Vec<(usize, String, bool)> = s
+        .clients()
+        .enumerate()
+        .map(|(i, h)| (i, h.name.clone(), h.trusted))
+        .collect();
+    let trusted: Vec<ssh_key::PublicKey> = clients
+        .iter()
+        .filter(|(_, _, t)| *t)
+        .map(|(_, n, _)| host_key(seed, n).public_key().clone())
+        .collect();
+    let names: Vec<String> = clients.iter().map(|(_, n, _)| n.clone()).collect();
+
+    // The server: a host, so it can crash and bounce. Each start is a new incarnation with
+    // fresh state, as a restarted process would have.
+    let incarnations = Arc::new(AtomicU32::new(0));
+    let scenario = s.clone();
+    let slog = log.clone();
+    let sname = server.clone();
+    let skey = server_key.clone();
+    sim.host(server.as_str(), move || {
+        let scenario = scenario.clone();
+        let log = slog.clone();
+        let name = sname.clone();
+        let key = skey.clone();
+        let trusted = trusted.clone();
+        let names = names.clone();
+        let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+        async move {
+            tracing::info!(target: "clipsync_sim", incarnation, "server start");
+            let transport = build_transport(&scenario, seed, &name, incarnation)?;
+            let auth = Arc::new(SshAuthenticator::new(key, trusted)?);
+            let addr = format!("0.0.0.0:{PORT}").parse()?;
+            let mut listener = transport.listen(&addr, auth).await?;
+            loop {
+                match listener.accept().await {
+                    Ok(mut conn) => {
+                        let log = log.clone();
+                        let names = names.clone();
+                        tokio::spawn(async move {
+                            while let Ok(m) = conn.receive().await {
+                                let Some((client, id)) = parse_payload(&m.payload, &names) else {
+                                    tracing::error!(target: "clipsync_sim", "malformed workload message");
+                                    continue;
+                                };
+                                tracing::debug!(target: "clipsync_sim", %client, id, "delivered");
+                                if sabotage.drop_one_delivery && id == 3 && client == names[0] {
+                                    continue;
+                                }
+                                with_log(&log, |l| l.delivered.push((client, id, now())));
+                            }
+                        });
+                    }
+                    Err(AcceptError::Closed) => return Ok(()),
+                    Err(_) => {} // logged by the transport
+                }
+            }
+        }
+    });
+
+    for (index, name, trusted_client) in clients {
+        let scenario = s.clone();
+        let log = log.clone();
+        let server = server.clone();
+        let own = host_key(seed, &name);
+        let server_public = server_key.public_key().clone();
+        sim.client(name.clone().as_str(), async move {
+            let transport = build_transport(&scenario, seed, &name, 0)?;
+            let auth = Arc::new(SshAuthenticator::new(own, vec![server_public.clone()])?);
+            let peer = PeerInfo::new(server.clone(), vec![format!("{server}:{PORT}").parse()?])
+                .with_key(server_public);
+            let w = &scenario.workload;
+            let mut rng = ChaCha20Rng::from_seed(derive(seed, &format!("workload/{name}")));
+            let mut pick = |r: [u64; 2]| r[0] + rng.next_u64() % (r[1] - r[0] + 1);
+            let mut conn = None;
+            let mut attempts = 0;
+            let mut id = 1;
+            while id <= w.messages {
+                if !trusted_client && attempts >= w.messages {
+                    break;
+                }
+                if conn.is_none() {
+                    attempts += 1;
+                    let result = transport.connect(&peer, auth.clone()).await;
+                    let record = ConnectRecord {
+                        at: now(),
+                        result: match &result {
+                            Ok(_) => Ok(()),
+                            Err(e) => Err((e.reason(), e.to_string())),
+                        },
+                    };
+                    tracing::debug!(target: "clipsync_sim", ok = record.result.is_ok(), "connect attempt");
+                    with_log(&log, |l| l.connects.entry(name.clone()).or_default().push(record));
+                    match result {
+                        Ok(c) if trusted_client => conn = Some(c),
+                        Ok(c) => c.close().await,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
+                            continue;
+                        }
+                    }
+                    if !trusted_client {
+                        tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
+                        continue;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(pick(w.interval_ms))).await;
+                let size = pick([w.size[0] as u64, w.size[1] as u64]) as usize;
+                let payload = make_payload(index, id, size);
+                let Some(c) = conn.as_ref() else { continue };
+                with_log(&log, |l| {
+                    l.sent.insert(
+                        (name.clone(), id),
+                        SendRecord {
+                            issued: now(),
+                            settled: None,
+                        },
+                    )
+                });
+                tracing::debug!(target: "clipsync_sim", id, size, "send");
+                let result = c.send(Message::new(CONTENT_TYPE, payload)).await;
+                let settled = match &result {
+                    Ok(()) => Settled::Delivered,
+                    Err(e) => Settled::Failed(describe(e)),
+                };
+                tracing::debug!(target: "clipsync_sim", id, ?settled, "settled");
+                with_log(&log, |l| {
+                    if let Some(r) = l.sent.get_mut(&(name.clone(), id)) {
+                        r.settled = Some((now(), settled));
+                    }
+                });
+                id += 1;
+                if result.is_err() {
+                    conn = None;
+                    tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
+                }
+            }
+            if let Some(c) = conn {
+                c.close().await;
+            }
+            tracing::info!(target: "clipsync_sim", "client done");
+            Ok(())
+        });
+    }
+}
+
+fn describe(e: &SendError) -> String {
+    e.to_string()
+}
+
+/// A workload payload: message id (8 bytes), client index (2 bytes), filler.
+fn make_payload(client: usize, id: u64, size: usize) -> Bytes {
+    let mut p = Vec::with_capacity(size.max(10));
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&(client as u16).to_be_bytes());
+    p.resize(size.max(10), (id % 251) as u8);
+    Bytes::from(p)
+}
+
+fn parse_payload(p: &[u8], names: &[String]) -> Option<(String, u64)> {
+    let id = u64::from_be_bytes(p.get(..8)?.try_into().ok()?);
+    let client = u16::from_be_bytes(p.get(8..10)?.try_into().ok()?);
+    Some((names.get(usize::from(client))?.clone(), id))
+}

@@ -1,0 +1,265 @@
+//! The checks every run must pass. Each is a function from what happened to the violations
+//! it found; later issues (streams, resumption) add theirs to [`check`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clipsync::wire::ReasonCode;
+
+use crate::host::{Log, Settled};
+use crate::scenario::Scenario;
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name.
+    pub invariant: &'static str,
+    /// What broke it.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// How the simulation itself ended.
+#[derive(Clone, Debug)]
+pub struct Ending {
+    /// turmoil's error, if the run did not complete (timeout, host error).
+    pub error: Option<String>,
+    /// Panics caught in any host.
+    pub panics: Vec<String>,
+    /// When the last healing fault happened.
+    pub last_heal: Option<Duration>,
+    /// When the first fault happened.
+    pub first_fault: Option<Duration>,
+}
+
+/// Runs every invariant that applies to `s`.
+pub fn check(s: &Scenario, log: &Log, end: &Ending) -> Vec<Violation> {
+    let mut v = Vec::new();
+    no_panic(end, &mut v);
+    finished(s, end, &mut v);
+    exactly_once_in_order(log, &mut v);
+    settled(log, &mut v);
+    if let Some(ms) = s.invariants.max_send_ms {
+        max_send_time(log, Duration::from_millis(ms), &mut v);
+    }
+    if let Some(ms) = s.invariants.reconnect_within_ms {
+        reconnected(s, log, end, Duration::from_millis(ms), &mut v);
+    }
+    if s.invariants.untrusted_refused {
+        untrusted_refused(s, log, &mut v);
+    }
+    if s.invariants.all_delivered {
+        all_delivered(log, &mut v);
+    }
+    v
+}
+
+fn violation(v: &mut Vec<Violation>, invariant: &'static str, detail: String) {
+    v.push(Violation { invariant, detail });
+}
+
+fn no_panic(end: &Ending, v: &mut Vec<Violation>) {
+    for p in &end.panics {
+        violation(v, "no-panic", p.clone());
+    }
+}
+
+fn finished(s: &Scenario, end: &Ending, v: &mut Vec<Violation>) {
+    if let Some(e) = &end.error {
+        violation(
+            v,
+            "finished",
+            format!("did not complete within {} s: {e}", s.duration_s),
+        );
+    }
+}
+
+/// Per client: deliveries in increasing id order with no duplicate; every acknowledged send
+/// delivered exactly once; nothing delivered that was not sent.
+fn exactly_once_in_order(log: &Log, v: &mut Vec<Violation>) {
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut count: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+    for (client, id, at) in &log.delivered {
+        let prev = last.insert(client, *id).unwrap_or(0);
+        if *id <= prev {
+            violation(
+                v,
+                "exactly-once-in-order",
+                format!(
+                    "{client}/{id} delivered at {:.3} s after {client}/{prev}",
+                    at.as_secs_f64()
+                ),
+            );
+        }
+        *count.entry((client, *id)).or_default() += 1;
+        if !log.sent.contains_key(&(client.clone(), *id)) {
+            violation(
+                v,
+                "exactly-once-in-order",
+                format!("{client}/{id} delivered but never sent"),
+            );
+        }
+    }
+    for ((client, id), rec) in &log.sent {
+        let n = count.get(&(client.as_str(), *id)).copied().unwrap_or(0);
+        let acked = matches!(rec.settled, Some((_, Settled::Delivered)));
+        if acked && n != 1 {
+            violation(
+                v,
+                "exactly-once-in-order",
+                format!("{client}/{id} acknowledged but delivered {n} times"),
+            );
+        } else if n > 1 {
+            violation(
+                v,
+                "exactly-once-in-order",
+                format!("{client}/{id} delivered {n} times"),
+            );
+        }
+    }
+}
+
+fn settled(log: &Log, v: &mut Vec<Violation>) {
+    for ((client, id), rec) in &log.sent {
+        if rec.settled.is_none() {
+            violation(
+                v,
+                "settled",
+                format!(
+                    "{client}/{id} sent at {:.3} s never settled",
+                    rec.issued.as_secs_f64()
+                ),
+            );
+        }
+    }
+}
+
+fn max_send_time(log: &Log, bound: Duration, v: &mut Vec<Violation>) {
+    for ((client, id), rec) in &log.sent {
+        if let Some((at, how)) = &rec.settled {
+            let took = at.saturating_sub(rec.issued);
+            if took > bound {
+                violation(
+                    v,
+                    "max-send-time",
+                    format!(
+                        "{client}/{id} took {} ms to settle ({how:?}), bound {} ms",
+                        took.as_millis(),
+                        bound.as_millis()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// After a client lost its connection (a failed send or connect), it connects again within
+/// the bound, counted from the later of the loss and the last healing fault.
+fn reconnected(s: &Scenario, log: &Log, end: &Ending, bound: Duration, v: &mut Vec<Violation>) {
+    for client in s.clients().filter(|c| c.trusted) {
+        let name = &client.name;
+        let mut failures: Vec<Duration> = log
+            .sent
+            .iter()
+            .filter(|((c, _), _)| c == name)
+            .filter_map(|(_, r)| match &r.settled {
+                Some((at, Settled::Failed(_))) => Some(*at),
+                _ => None,
+            })
+            .collect();
+        let connects = log.connects.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        failures.extend(connects.iter().filter(|c| c.result.is_err()).map(|c| c.at));
+        let Some(&lost) = failures.iter().max() else {
+            continue;
+        };
+        // A loss on the very last message needs no reconnection.
+        let last_send = log
+            .sent
+            .iter()
+            .filter(|((c, _), _)| c == name)
+            .filter_map(|(_, r)| r.settled.as_ref().map(|(at, _)| *at))
+            .max();
+        if last_send == Some(lost) && !connects.iter().any(|c| c.at > lost) {
+            continue;
+        }
+        let from = end.last_heal.map_or(lost, |h| h.max(lost));
+        let back = connects
+            .iter()
+            .filter(|c| c.result.is_ok() && c.at > lost)
+            .map(|c| c.at)
+            .min();
+        match back {
+            Some(t) if t.saturating_sub(from) <= bound => {}
+            Some(t) => violation(
+                v,
+                "reconnected",
+                format!(
+                    "{name} reconnected {} ms after {:.3} s, bound {} ms",
+                    t.saturating_sub(from).as_millis(),
+                    from.as_secs_f64(),
+                    bound.as_millis()
+                ),
+            ),
+            None => violation(
+                v,
+                "reconnected",
+                format!("{name} never reconnected after {:.3} s", lost.as_secs_f64()),
+            ),
+        }
+    }
+}
+
+fn untrusted_refused(s: &Scenario, log: &Log, v: &mut Vec<Violation>) {
+    for client in s.clients().filter(|c| !c.trusted) {
+        let connects = log
+            .connects
+            .get(&client.name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if connects.is_empty() {
+            violation(
+                v,
+                "untrusted-refused",
+                format!("{} never tried to connect", client.name),
+            );
+        }
+        for c in connects {
+            match &c.result {
+                Err((Some(ReasonCode::KeyNotAuthorized), _)) => {}
+                other => violation(
+                    v,
+                    "untrusted-refused",
+                    format!(
+                        "{} at {:.3} s: {other:?}, expected key not authorized",
+                        client.name,
+                        c.at.as_secs_f64()
+                    ),
+                ),
+            }
+        }
+        if log.delivered.iter().any(|(c, _, _)| *c == client.name) {
+            violation(
+                v,
+                "untrusted-refused",
+                format!("{} had a message delivered", client.name),
+            );
+        }
+    }
+}
+
+fn all_delivered(log: &Log, v: &mut Vec<Violation>) {
+    for ((client, id), rec) in &log.sent {
+        if let Some((_, Settled::Failed(reason))) = &rec.settled {
+            violation(
+                v,
+                "all-delivered",
+                format!("{client}/{id} failed: {reason}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! `clipsync-sim`: run seeded failure scenarios against the real transport, replay one seed.
+//!
+//! ```text
+//! clipsync-sim run [SCENARIO...] [--seeds N] [--seed S] [--jobs J] [--check-determinism]
+//! clipsync-sim replay SCENARIO --seed S [--trace]
+//! ```
+//!
+//! `run` prints one line per failing seed, with the broken invariant and the command that
+//! reproduces it, then `N passed, M failed`; it exits 1 if any run failed. `replay` prints the
+//! event trace (with `--trace`) and the verdict; two replays of one seed print the same bytes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use clipsync_sim::host::Sabotage;
+use clipsync_sim::runner::{Essentials, Isolation, reproduce_command, run_many, run_one};
+use clipsync_sim::scenario::Scenario;
+
+#[derive(Parser)]
+#[command(
+    name = "clipsync-sim",
+    version,
+    about = "Deterministic network simulator for the ClipSync transport"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenarios for many seeds.
+    Run {
+        /// Scenario files or names (default: every file in scenarios/).
+        scenarios: Vec<String>,
+        /// Seeds per scenario (default: each scenario's own `seeds`).
+        #[arg(long)]
+        seeds: Option<u64>,
+        /// Run only this seed.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Worker threads (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Run each seed twice; a differing trace hash is a failure.
+        #[arg(long)]
+        check_determinism: bool,
+        /// Test only: break the harness on purpose (`drop-one-delivery`).
+        #[arg(long, hide = true)]
+        sabotage: Option<String>,
+    },
+    /// Run one seed in this process and print its essentials (what `run` workers call).
+    #[command(hide = true)]
+    Child {
+        /// Scenario file.
+        scenario: PathBuf,
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Test only: break the harness on purpose.
+        #[arg(long)]
+        sabotage: Option<String>,
+    },
+    /// Run one seed and print its verdict (and trace).
+    Replay {
+        /// Scenario file or name.
+        scenario: String,
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Print the event trace.
+        #[arg(long)]
+        trace: bool,
+    },
+}
+
+/// The scenarios directory: `./scenarios`, else the one in the source tree.
+fn scenarios_dir() -> PathBuf {
+    let local = PathBuf::from("scenarios");
+    if local.is_dir() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
+    }
+}
+
+fn resolve(arg: &str) -> PathBuf {
+    let p = PathBuf::from(arg);
+    if p.is_file() {
+        return p;
+    }
+    let named = scenarios_dir().join(format!("{arg}.toml"));
+    if named.is_file() { named } else { p }
+}
+
+fn load(args: &[String]) -> Result<Vec<Scenario>, String> {
+    if args.is_empty() {
+        return Scenario::load_dir(&scenarios_dir()).map_err(|e| e.to_string());
+    }
+    args.iter()
+        .map(|a| Scenario::load(&resolve(a)).map_err(|e| e.to_string()))
+        .collect()
+}
+
+fn parse_sabotage(s: Option<&str>) -> Result<Sabotage, String> {
+    match s {
+        None => Ok(Sabotage::default()),
+        Some("drop-one-delivery") => Ok(Sabotage {
+            drop_one_delivery: true,
+        }),
+        Some(other) => Err(format!("unknown sabotage {other:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run {
+            scenarios,
+            seeds,
+            seed,
+            jobs,
+            check_determinism,
+            sabotage,
+        } => {
+            let sabotage = match parse_sabotage(sabotage.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("clipsync-sim: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let scenarios = match load(&scenarios) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("clipsync-sim: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut pairs = Vec::new();
+            for (i, s) in scenarios.iter().enumerate() {
+                match seed {
+                    Some(one) => pairs.push((i, one)),
+                    None => {
+                        let mut all: Vec<u64> = (1..=seeds.unwrap_or(s.seeds)).collect();
+                        all.extend(&s.regressions);
+                        all.sort_unstable();
+                        all.dedup();
+                        pairs.extend(all.into_iter().map(|k| (i, k)));
+                    }
+                }
+            }
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            // Wall time of the sweep, for the figures printed at the end (the harness's own
+            // clock; nothing simulated reads it).
+            let started = std::time::Instant::now();
+            // Each run in a fresh process: see `Isolation::Process` for why.
+            let isolation = match std::env::current_exe() {
+                Ok(exe) => Isolation::Process(exe),
+                Err(_) => Isolation::InProcess,
+            };
+            let outcomes = run_many(
+                &scenarios,
+                &pairs,
+                jobs,
+                check_determinism,
+                &isolation,
+                sabotage,
+            );
+            let wall = started.elapsed().as_secs_f64();
+            let mut failed = 0;
+            for o in &outcomes {
+                if o.violations.is_empty() {
+                    continue;
+                }
+                failed += 1;
+                let s = &scenarios[o.scenario];
+                for v in &o.violations {
+                    println!("FAIL {} seed {}: {v}", s.name, o.seed);
+                }
+                println!("  reproduce: {}", reproduce_command(s, o.seed));
+            }
+            for (i, s) in scenarios.iter().enumerate() {
+                let mine: Vec<_> = outcomes.iter().filter(|o| o.scenario == i).collect();
+                let bad = mine.iter().filter(|o| !o.violations.is_empty()).count();
+                println!("{:<24} {:>4} seeds, {:>4} failed", s.name, mine.len(), bad);
+            }
+            let runs: u32 = outcomes.iter().map(|o| o.runs).sum();
+            let simulated: f64 = outcomes
+                .iter()
+                .map(|o| o.simulated.as_secs_f64() * f64::from(o.runs))
+                .sum();
+            println!(
+                "{runs} runs in {wall:.1} s on {jobs} threads: {:.1} runs/s, {:.0} simulated s per wall s",
+                f64::from(runs) / wall,
+                simulated / wall
+            );
+            println!("{} passed, {failed} failed", outcomes.len() - failed);
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Child {
+            scenario,
+            seed,
+            sabotage,
+        } => match (
+            Scenario::load(&scenario),
+            parse_sabotage(sabotage.as_deref()),
+        ) {
+            (Ok(s), Ok(sabotage)) => {
+                let r = run_one(&s, seed, sabotage);
+                let e = Essentials {
+                    hash: r.hash,
+                    simulated: r.simulated,
+                    violations: r.violations,
+                };
+                print!("{}", e.to_lines());
+                ExitCode::SUCCESS
+            }
+            (Err(e), _) => {
+                eprintln!("clipsync-sim: {e}");
+                ExitCode::from(2)
+            }
+            (_, Err(e)) => {
+                eprintln!("clipsync-sim: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Replay {
+            scenario,
+            seed,
+            trace,
+        } => {
+            let s = match Scenario::load(&resolve(&scenario)) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("clipsync-sim: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let report = run_one(&s, seed, Sabotage::default());
+            if trace {
+                for line in &report.trace {
+                    println!("{line}");
+                }
+            }
+            println!("scenario: {}", s.name);
+            println!("seed: {seed}");
+            println!("simulated: {:.3} s", report.simulated.as_secs_f64());
+            println!("trace: {} events, hash {}", report.trace.len(), report.hash);
+            if report.passed() {
+                println!("verdict: pass");
+                ExitCode::SUCCESS
+            } else {
+                for v in &report.violations {
+                    println!("violation: {v}");
+                }
+                println!("verdict: FAIL");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

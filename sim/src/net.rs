@@ -1,0 +1,71 @@
+//! The socket seam on turmoil: the only code in the project that knows turmoil's sockets.
+
+use std::io;
+
+use clipsync::net::{Address, BoxFuture, BoxStream, NetListener, Network};
+
+/// The socket seam on turmoil's simulated TCP.
+///
+/// `unix:` addresses have no simulated counterpart (turmoil has no Unix sockets) and fail
+/// with `Unsupported`; real Unix sockets are covered by the real-socket tests. A listener binds
+/// `0.0.0.0` on the port given (turmoil accepts no other host for binding).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TurmoilNet;
+
+impl Network for TurmoilNet {
+    fn dial<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<BoxStream>> {
+        Box::pin(async move {
+            match addr {
+                Address::Tcp(a) => {
+                    let s = turmoil::net::TcpStream::connect(a.as_str()).await?;
+                    Ok(Box::new(s) as BoxStream)
+                }
+                Address::Unix(_) => Err(unsupported()),
+            }
+        })
+    }
+
+    fn bind<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<Box<dyn NetListener>>> {
+        Box::pin(async move {
+            match addr {
+                Address::Tcp(a) => {
+                    let port = a
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, a.clone()))?;
+                    let l = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
+                    Ok(Box::new(TurmoilListener(l)) as Box<dyn NetListener>)
+                }
+                Address::Unix(_) => Err(unsupported()),
+            }
+        })
+    }
+}
+
+fn unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "turmoil has no Unix sockets; simulate them as TCP",
+    )
+}
+
+struct TurmoilListener(turmoil::net::TcpListener);
+
+impl std::fmt::Debug for TurmoilListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TurmoilListener")
+    }
+}
+
+impl NetListener for TurmoilListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, String)>> {
+        Box::pin(async move {
+            let (s, peer) = self.0.accept().await?;
+            Ok((Box::new(s) as BoxStream, peer.to_string()))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<Address> {
+        Ok(Address::Tcp(self.0.local_addr()?.to_string()))
+    }
+}

@@ -1,0 +1,370 @@
+//! Runs scenarios: one seed ([`run_one`]) or many in parallel ([`run_many`]).
+
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::host::{self, Log, Sabotage, SharedLog};
+use crate::invariants::{self, Ending, Violation};
+use crate::scenario::{FaultKind, Scenario};
+use crate::trace::{self, Trace};
+
+/// What one seed of one scenario did.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// The event trace.
+    pub trace: Vec<String>,
+    /// The trace's hash: the determinism fingerprint.
+    pub hash: String,
+    /// Broken invariants (empty: passed).
+    pub violations: Vec<Violation>,
+    /// Simulated time the run covered.
+    pub simulated: Duration,
+    /// What the hosts observed.
+    pub log: Log,
+}
+
+impl RunReport {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// The command that replays one seed with its trace.
+pub fn reproduce_command(s: &Scenario, seed: u64) -> String {
+    format!(
+        "cargo run --release -p clipsync-sim -- replay {} --seed {seed} --trace",
+        s.path.display()
+    )
+}
+
+thread_local! {
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records panics of the current thread (a run's hosts all run on its thread) instead of
+/// printing them; the run reports them as `no-panic` violations.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let recorded = PANICS
+                .try_with(|p| {
+                    p.borrow_mut().push(info.to_string());
+                })
+                .is_ok();
+            if !recorded {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, fault: &FaultKind) {
+    match fault {
+        FaultKind::Partition { a, b } => sim.partition(a.as_str(), b.as_str()),
+        FaultKind::PartitionOneway { from, to } => sim.partition_oneway(from.as_str(), to.as_str()),
+        FaultKind::Repair { a, b } => sim.repair(a.as_str(), b.as_str()),
+        FaultKind::RepairOneway { from, to } => sim.repair_oneway(from.as_str(), to.as_str()),
+        FaultKind::Hold { a, b } => sim.hold(a.as_str(), b.as_str()),
+        FaultKind::Release { a, b } => sim.release(a.as_str(), b.as_str()),
+        FaultKind::Crash { host } => sim.crash(host.as_str()),
+        FaultKind::Bounce { host } => sim.bounce(host.as_str()),
+        FaultKind::Latency { a, b, ms: v } => sim.set_link_latency(a.as_str(), b.as_str(), ms(*v)),
+        FaultKind::FailRate { rate } => sim.set_fail_rate(*rate),
+    }
+}
+
+/// Runs one seed of `s`.
+pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
+    install_panic_hook();
+    PANICS.with(|p| p.borrow_mut().clear());
+    let trace = Trace::default();
+    let log: SharedLog = Arc::new(Mutex::new(Log::default()));
+    let subscriber = tracing_subscriber::registry().with(trace.layer());
+    let (error, simulated, first_fault, last_heal) =
+        tracing::subscriber::with_default(subscriber, || {
+            let mut sim = turmoil::Builder::new()
+                .rng_seed(seed)
+                .epoch(crate::crypto::epoch())
+                .simulation_duration(Duration::from_secs(s.duration_s))
+                .tick_duration(ms(s.tick_ms))
+                .min_message_latency(ms(s.link.latency_ms[0]))
+                .max_message_latency(ms(s.link.latency_ms[1]))
+                .fail_rate(s.link.fail_rate)
+                .repair_rate(s.link.repair_rate)
+                .build();
+            host::register(&mut sim, s, seed, &log, sabotage);
+            let mut timeline = s.timeline.clone();
+            timeline.sort_by_key(|f| f.at_ms);
+            let mut next = 0;
+            let mut first_fault = None;
+            let mut last_heal = None;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                loop {
+                    while next < timeline.len() && sim.elapsed() >= ms(timeline[next].at_ms) {
+                        let fault = &timeline[next].kind;
+                        apply(&mut sim, fault);
+                        trace.push(sim.elapsed(), "harness", &format!("FAULT {fault:?}"));
+                        first_fault.get_or_insert(sim.elapsed());
+                        if fault.heals() {
+                            last_heal = Some(sim.elapsed());
+                        }
+                        next += 1;
+                    }
+                    match sim.step() {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }));
+            let simulated = sim.elapsed();
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some("the simulation panicked".to_string()),
+            };
+            (error, simulated, first_fault, last_heal)
+        });
+    let panics = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let ending = Ending {
+        error,
+        panics,
+        last_heal,
+        first_fault,
+    };
+    let violations = invariants::check(s, &log, &ending);
+    let lines = trace.lines();
+    RunReport {
+        scenario: s.name.clone(),
+        seed,
+        hash: trace::hash(&lines),
+        trace: lines,
+        violations,
+        simulated,
+        log,
+    }
+}
+
+/// One entry of a sweep's result.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Index of the scenario in the list given.
+    pub scenario: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Broken invariants, including determinism when checked.
+    pub violations: Vec<Violation>,
+    /// Simulated time covered (of the first run, when run twice).
+    pub simulated: Duration,
+    /// Runs made (2 when checking determinism).
+    pub runs: u32,
+}
+
+/// Where each run of a sweep executes.
+#[derive(Clone, Debug)]
+pub enum Isolation {
+    /// In this process (fast; fine for scenarios without crashes).
+    InProcess,
+    /// In a fresh child process running this executable's hidden `child` command.
+    ///
+    /// Needed for a faithful determinism check: tokio numbers tasks with a process-wide
+    /// counter and shuts a crashed host's tasks down in an order that depends on those
+    /// numbers, so a crash scenario run twice *in one process* closes its sockets in a
+    /// different order the second time. A fresh process starts every run from the same state,
+    /// exactly as `replay` does.
+    Process(std::path::PathBuf),
+}
+
+/// The essentials of one run, as a child process reports them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Essentials {
+    /// Trace hash.
+    pub hash: String,
+    /// Simulated time.
+    pub simulated: Duration,
+    /// Broken invariants.
+    pub violations: Vec<Violation>,
+}
+
+impl Essentials {
+    /// What `child` prints: `hash H`, `simulated S`, then one `violation NAME<TAB>DETAIL` each.
+    pub fn to_lines(&self) -> String {
+        let mut out = format!(
+            "hash {}\nsimulated {}\n",
+            self.hash,
+            self.simulated.as_nanos()
+        );
+        for v in &self.violations {
+            out.push_str(&format!(
+                "violation {}\t{}\n",
+                v.invariant,
+                v.detail.replace('\n', " ")
+            ));
+        }
+        out
+    }
+
+    fn parse(text: &str) -> Result<Essentials, String> {
+        let mut hash = None;
+        let mut simulated = None;
+        let mut violations = Vec::new();
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("hash ") {
+                hash = Some(h.to_string());
+            } else if let Some(n) = line.strip_prefix("simulated ") {
+                simulated = n.parse::<u64>().ok().map(Duration::from_nanos);
+            } else if let Some(v) = line.strip_prefix("violation ") {
+                let (name, detail) = v.split_once('\t').unwrap_or((v, ""));
+                violations.push(Violation {
+                    invariant: invariant_name(name),
+                    detail: detail.to_string(),
+                });
+            }
+        }
+        Ok(Essentials {
+            hash: hash.ok_or("child printed no hash")?,
+            simulated: simulated.ok_or("child printed no simulated time")?,
+            violations,
+        })
+    }
+}
+
+/// The static name for an invariant name read back from a child.
+fn invariant_name(name: &str) -> &'static str {
+    const KNOWN: [&str; 11] = [
+        "no-panic",
+        "finished",
+        "exactly-once-in-order",
+        "settled",
+        "max-send-time",
+        "reconnected",
+        "untrusted-refused",
+        "all-delivered",
+        "determinism",
+        "child",
+        "unknown",
+    ];
+    KNOWN.into_iter().find(|k| *k == name).unwrap_or("unknown")
+}
+
+fn run_essentials(
+    s: &Scenario,
+    seed: u64,
+    isolation: &Isolation,
+    sabotage: Sabotage,
+) -> Essentials {
+    match isolation {
+        Isolation::InProcess => {
+            let r = run_one(s, seed, sabotage);
+            Essentials {
+                hash: r.hash,
+                simulated: r.simulated,
+                violations: r.violations,
+            }
+        }
+        Isolation::Process(exe) => {
+            let mut cmd = std::process::Command::new(exe);
+            cmd.arg("child")
+                .arg(&s.path)
+                .arg("--seed")
+                .arg(seed.to_string());
+            if sabotage.drop_one_delivery {
+                cmd.args(["--sabotage", "drop-one-delivery"]);
+            }
+            let out = cmd.output();
+            let failed = |detail: String| Essentials {
+                hash: String::from("-"),
+                simulated: Duration::ZERO,
+                violations: vec![Violation {
+                    invariant: "child",
+                    detail,
+                }],
+            };
+            match out {
+                Ok(o) if o.status.success() => {
+                    Essentials::parse(&String::from_utf8_lossy(&o.stdout)).unwrap_or_else(failed)
+                }
+                Ok(o) => failed(format!(
+                    "child exited with {}: {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => failed(format!("cannot start child: {e}")),
+            }
+        }
+    }
+}
+
+/// Runs every (scenario, seed) pair on `jobs` threads; with `check_determinism` each seed runs
+/// twice and differing trace hashes are a violation. Results come back in input order.
+pub fn run_many(
+    scenarios: &[Scenario],
+    pairs: &[(usize, u64)],
+    jobs: usize,
+    check_determinism: bool,
+    isolation: &Isolation,
+    sabotage: Sabotage,
+) -> Vec<Outcome> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; pairs.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(si, seed)) = pairs.get(i) else {
+                        return;
+                    };
+                    let s = &scenarios[si];
+                    let first = run_essentials(s, seed, isolation, sabotage);
+                    let mut violations = first.violations.clone();
+                    let mut runs = 1;
+                    if check_determinism {
+                        let second = run_essentials(s, seed, isolation, sabotage);
+                        runs = 2;
+                        if second.hash != first.hash {
+                            violations.push(Violation {
+                                invariant: "determinism",
+                                detail: format!(
+                                    "trace hash {} then {} (diff two `replay --trace` outputs)",
+                                    first.hash, second.hash
+                                ),
+                            });
+                        }
+                    }
+                    let outcome = Outcome {
+                        scenario: si,
+                        seed,
+                        violations,
+                        simulated: first.simulated,
+                        runs,
+                    };
+                    results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(outcome);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}

@@ -1,0 +1,412 @@
+//! Scenario files (`scenarios/*.toml`): hosts, link, fault timeline, workload, invariants.
+//! `scenarios/README.md` documents every key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// One scenario, as read from its TOML file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in reports.
+    pub name: String,
+    /// What the scenario shows, in a sentence or two.
+    pub purpose: String,
+    /// Simulated time after which an unfinished run fails, in seconds.
+    pub duration_s: u64,
+    /// Simulated time per simulation step, in milliseconds (default 1).
+    #[serde(default = "one")]
+    pub tick_ms: u64,
+    /// Seeds CI runs (`clipsync-sim run` without `--seeds`): 1 to `seeds`.
+    pub seeds: u64,
+    /// Seeds that once found a bug, run in every sweep besides `1..=seeds`.
+    #[serde(default)]
+    pub regressions: Vec<u64>,
+    /// The network between hosts.
+    #[serde(default)]
+    pub link: Link,
+    /// The hosts: one server, one or more clients.
+    pub hosts: Vec<HostSpec>,
+    /// `TransportConfig` keys applied to every host (TOML keys, e.g. `heartbeat_timeout_ms`).
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Faults at simulated times.
+    #[serde(default)]
+    pub timeline: Vec<Fault>,
+    /// What the clients send.
+    pub workload: Workload,
+    /// What must hold at the end.
+    #[serde(default)]
+    pub invariants: Invariants,
+    /// The file it came from (set by [`Scenario::load`]).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Link properties for every pair of hosts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// Per-message latency range `[min, max]` in milliseconds.
+    pub latency_ms: [u64; 2],
+    /// Probability that a link fails (turmoil's fail rate: behaves like random partitions).
+    #[serde(default)]
+    pub fail_rate: f64,
+    /// Probability that a failed link repairs itself at each step.
+    #[serde(default)]
+    pub repair_rate: f64,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            latency_ms: [0, 100],
+            fail_rate: 0.0,
+            repair_rate: 0.0,
+        }
+    }
+}
+
+/// What a host does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Listens; a turmoil host, so it can crash and bounce.
+    Server,
+    /// Dials the server and runs the workload.
+    Client,
+}
+
+/// One host.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Host name (also its address in the simulated network).
+    pub name: String,
+    /// Server or client.
+    pub role: Role,
+    /// Clients: whether the server trusts this client's key (default true).
+    #[serde(default = "yes")]
+    pub trusted: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A fault at a simulated time.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawFault")]
+pub struct Fault {
+    /// When, in simulated milliseconds from the start.
+    pub at_ms: u64,
+    /// What.
+    pub kind: FaultKind,
+}
+
+/// A `[[timeline]]` entry as written: `at_ms`, `fault`, and the keys that fault takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    at_ms: u64,
+    fault: String,
+    a: Option<String>,
+    b: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    host: Option<String>,
+    ms: Option<u64>,
+    rate: Option<f64>,
+}
+
+impl TryFrom<RawFault> for Fault {
+    type Error = String;
+
+    fn try_from(r: RawFault) -> Result<Self, String> {
+        let need = |v: Option<String>, key: &str| {
+            v.ok_or_else(|| format!("fault {:?} needs `{key}`", r.fault))
+        };
+        let kind = match r.fault.as_str() {
+            "partition" => FaultKind::Partition {
+                a: need(r.a, "a")?,
+                b: need(r.b, "b")?,
+            },
+            "partition_oneway" => FaultKind::PartitionOneway {
+                from: need(r.from, "from")?,
+                to: need(r.to, "to")?,
+            },
+            "repair" => FaultKind::Repair {
+                a: need(r.a, "a")?,
+                b: need(r.b, "b")?,
+            },
+            "repair_oneway" => FaultKind::RepairOneway {
+                from: need(r.from, "from")?,
+                to: need(r.to, "to")?,
+            },
+            "hold" => FaultKind::Hold {
+                a: need(r.a, "a")?,
+                b: need(r.b, "b")?,
+            },
+            "release" => FaultKind::Release {
+                a: need(r.a, "a")?,
+                b: need(r.b, "b")?,
+            },
+            "crash" => FaultKind::Crash {
+                host: need(r.host, "host")?,
+            },
+            "bounce" => FaultKind::Bounce {
+                host: need(r.host, "host")?,
+            },
+            "latency" => FaultKind::Latency {
+                a: need(r.a, "a")?,
+                b: need(r.b, "b")?,
+                ms: r.ms.ok_or("fault \"latency\" needs `ms`")?,
+            },
+            "fail_rate" => FaultKind::FailRate {
+                rate: r.rate.ok_or("fault \"fail_rate\" needs `rate`")?,
+            },
+            other => return Err(format!("unknown fault {other:?}")),
+        };
+        Ok(Fault {
+            at_ms: r.at_ms,
+            kind,
+        })
+    }
+}
+
+/// The faults turmoil can make.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultKind {
+    /// Drop everything between `a` and `b`, both ways.
+    Partition {
+        /// One side.
+        a: String,
+        /// The other.
+        b: String,
+    },
+    /// Drop everything from `from` to `to`.
+    PartitionOneway {
+        /// Sender side.
+        from: String,
+        /// Receiver side.
+        to: String,
+    },
+    /// Undo a partition both ways.
+    Repair {
+        /// One side.
+        a: String,
+        /// The other.
+        b: String,
+    },
+    /// Undo a one-way partition.
+    RepairOneway {
+        /// Sender side.
+        from: String,
+        /// Receiver side.
+        to: String,
+    },
+    /// Queue everything between `a` and `b` (delay without loss).
+    Hold {
+        /// One side.
+        a: String,
+        /// The other.
+        b: String,
+    },
+    /// Deliver what `hold` queued.
+    Release {
+        /// One side.
+        a: String,
+        /// The other.
+        b: String,
+    },
+    /// Stop a host's software (peers see a clean end of stream).
+    Crash {
+        /// The host.
+        host: String,
+    },
+    /// Restart a crashed host's software from scratch.
+    Bounce {
+        /// The host.
+        host: String,
+    },
+    /// Set the latency of the link between `a` and `b`.
+    Latency {
+        /// One side.
+        a: String,
+        /// The other.
+        b: String,
+        /// The new latency, in milliseconds.
+        ms: u64,
+    },
+    /// Set the fail rate of every link.
+    FailRate {
+        /// The new rate.
+        rate: f64,
+    },
+}
+
+impl FaultKind {
+    /// Whether this fault ends a disturbance (the reconnection bound counts from the last).
+    pub fn heals(&self) -> bool {
+        matches!(
+            self,
+            Self::Repair { .. }
+                | Self::RepairOneway { .. }
+                | Self::Release { .. }
+                | Self::Bounce { .. }
+        ) || matches!(self, Self::FailRate { rate } if *rate == 0.0)
+    }
+}
+
+/// What each client sends.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Messages per client (for untrusted clients: connection attempts).
+    pub messages: u64,
+    /// Payload size range `[min, max]` in bytes.
+    pub size: [usize; 2],
+    /// Pause between sends, `[min, max]` milliseconds.
+    pub interval_ms: [u64; 2],
+    /// Pause before dialling again after a failure, in milliseconds.
+    pub retry_ms: u64,
+}
+
+/// Checks beyond those every run gets (no panic, finished in time, exactly-once in order,
+/// every send settled).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invariants {
+    /// Every send settles (delivered or failed) within this many milliseconds of being issued.
+    pub max_send_ms: Option<u64>,
+    /// After the last healing fault, every client that had lost its connection is connected
+    /// again within this many milliseconds.
+    pub reconnect_within_ms: Option<u64>,
+    /// Every connection attempt by an untrusted client is refused with `key not authorized`,
+    /// and nothing of theirs is delivered.
+    #[serde(default)]
+    pub untrusted_refused: bool,
+    /// Every message is delivered (no send may fail).
+    #[serde(default)]
+    pub all_delivered: bool,
+}
+
+/// Why a scenario file cannot be used.
+#[derive(Debug)]
+pub struct ScenarioError(pub String);
+
+impl std::fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioError(format!("cannot read {}: {e}", path.display())))?;
+        let mut s: Scenario =
+            toml::from_str(&text).map_err(|e| ScenarioError(format!("{}: {e}", path.display())))?;
+        s.path = path.to_path_buf();
+        s.check()
+            .map_err(|e| ScenarioError(format!("{}: {e}", path.display())))?;
+        Ok(s)
+    }
+
+    /// Every `*.toml` in `dir`, in name order.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| ScenarioError(format!("cannot read {}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| Scenario::load(p)).collect()
+    }
+
+    /// The server's name.
+    pub fn server(&self) -> &str {
+        self.hosts
+            .iter()
+            .find(|h| h.role == Role::Server)
+            .map_or("server", |h| h.name.as_str())
+    }
+
+    /// The clients.
+    pub fn clients(&self) -> impl Iterator<Item = &HostSpec> {
+        self.hosts.iter().filter(|h| h.role == Role::Client)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let servers = self.hosts.iter().filter(|h| h.role == Role::Server).count();
+        if servers != 1 {
+            return Err(format!("needs exactly one server host, has {servers}"));
+        }
+        if self.clients().count() == 0 {
+            return Err("needs at least one client host".into());
+        }
+        let names: std::collections::BTreeSet<_> = self.hosts.iter().map(|h| &h.name).collect();
+        if names.len() != self.hosts.len() {
+            return Err("host names must be distinct".into());
+        }
+        let known = |n: &String| -> Result<(), String> {
+            if names.contains(n) {
+                Ok(())
+            } else {
+                Err(format!("timeline names unknown host {n:?}"))
+            }
+        };
+        for f in &self.timeline {
+            match &f.kind {
+                FaultKind::Partition { a, b }
+                | FaultKind::Repair { a, b }
+                | FaultKind::Hold { a, b }
+                | FaultKind::Release { a, b }
+                | FaultKind::Latency { a, b, .. } => {
+                    known(a)?;
+                    known(b)?;
+                }
+                FaultKind::PartitionOneway { from, to } | FaultKind::RepairOneway { from, to } => {
+                    known(from)?;
+                    known(to)?;
+                }
+                FaultKind::Crash { host } | FaultKind::Bounce { host } => {
+                    known(host)?;
+                    if host != self.server() {
+                        return Err(format!("only the server can crash or bounce, not {host:?}"));
+                    }
+                }
+                FaultKind::FailRate { rate } if !(0.0..=1.0).contains(rate) => {
+                    return Err(format!("fail rate {rate} not within 0 and 1"));
+                }
+                FaultKind::FailRate { .. } => {}
+            }
+            if f.at_ms >= self.duration_s * 1000 {
+                return Err(format!("fault at {} ms is after the end", f.at_ms));
+            }
+        }
+        let w = &self.workload;
+        if w.size[0] > w.size[1] || w.interval_ms[0] > w.interval_ms[1] {
+            return Err("workload ranges must be [min, max]".into());
+        }
+        if w.size[0] < 10 {
+            return Err("workload sizes start at 10 bytes (message id and client index)".into());
+        }
+        if self.link.latency_ms[0] > self.link.latency_ms[1] {
+            return Err("link latency must be [min, max]".into());
+        }
+        if self.tick_ms == 0 {
+            return Err("tick_ms must be at least 1".into());
+        }
+        // The transport configuration must be valid as well.
+        crate::host::transport_config(self, 0, "check").map(|_| ())
+    }
+}

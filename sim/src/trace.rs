@@ -1,0 +1,137 @@
+//! The event trace: every transport event (and every workload and harness event) with its
+//! simulated time and host, one line each. Its hash is the run's determinism fingerprint.
+//!
+//! The transport logs its events with `tracing`; [`TraceLayer`] records those of targets
+//! `clipsync…` (the transport and this crate) at DEBUG and above, finds the host from
+//! turmoil's `node` span, and stamps the simulated time.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The lines of one run's trace.
+#[derive(Clone, Debug, Default)]
+pub struct Trace(Arc<Mutex<Vec<String>>>);
+
+impl Trace {
+    /// Appends a line stamped with `at` for `host` (used by the harness, outside any host).
+    pub fn push(&self, at: std::time::Duration, host: &str, text: &str) {
+        let line = format!("{:>11.6} {:<8} {}", at.as_secs_f64(), host, text);
+        self.lock().push(line);
+    }
+
+    /// A copy of the lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The layer that feeds this trace.
+    pub fn layer(&self) -> TraceLayer {
+        TraceLayer(self.clone())
+    }
+}
+
+/// SHA-256 of the lines (each followed by a newline), as 16 hex digits.
+pub fn hash(lines: &[String]) -> String {
+    let mut h = Sha256::new();
+    for l in lines {
+        h.update(l.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize()[..8].iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A `tracing` layer writing into a [`Trace`].
+#[derive(Debug)]
+pub struct TraceLayer(Trace);
+
+/// Fields of a span, formatted once.
+struct SpanFields(String);
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.rest, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.rest, " {}={value}", field.name());
+        }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut()
+                .insert(SpanFields(f.rest.trim_start().to_string()));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        values.record(&mut f);
+        if let Some(span) = ctx.span(id) {
+            let mut ext = span.extensions_mut();
+            if let Some(SpanFields(s)) = ext.get_mut::<SpanFields>() {
+                s.push_str(&f.rest);
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if !meta.target().starts_with("clipsync") || *meta.level() > Level::DEBUG {
+            return;
+        }
+        let mut host = String::from("-");
+        let mut path = String::new();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                let fields = ext.get::<SpanFields>().map_or("", |f| f.0.as_str());
+                if span.name() == "node" {
+                    host = fields.strip_prefix("name=").unwrap_or(fields).to_string();
+                } else {
+                    let _ = write!(path, "{}{{{fields}}}: ", span.name());
+                }
+            }
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        let text = format!("{:<5} {path}{}{}", meta.level(), f.message, f.rest);
+        self.0.push(at, &host, &text);
+    }
+}
