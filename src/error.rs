@@ -133,6 +133,21 @@ pub enum SendError {
     /// The connection had already ended; the message was not sent.
     #[error("not sent: {0}")]
     Closed(CloseCause),
+    /// The receiver failed the stream (it was cancelled, refused, or did not verify); the
+    /// connection is unaffected.
+    #[error("stream failed at the receiver with {reason}: {detail}")]
+    Stream {
+        /// The receiver's reason code.
+        reason: ReasonCode,
+        /// Details.
+        detail: String,
+    },
+    /// The payload needs a stream and the peer does not support streams.
+    #[error("the peer does not support streams")]
+    StreamsUnsupported,
+    /// Reading the stream's source failed; the stream was aborted.
+    #[error("reading the stream's source failed: {0}")]
+    Source(String),
 }
 
 /// The connection has ended; no more messages will arrive. The cause says why.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use clipsync::config::TransportConfig;
 use clipsync::secure::SshAuthenticator;
-use clipsync::transport::{AcceptError, Address, Message, PeerInfo, Transport};
+use clipsync::transport::{AcceptError, Address, Incoming, Message, PeerInfo, Transport};
 use clipsync::wire::{DecodeLimits, Frame, examples};
 
 #[derive(Parser)]
@@ -162,7 +162,16 @@ async fn serve(listen: Address, common: Common) -> ExitCode {
                     println!("connected {peer}");
                     loop {
                         match conn.receive().await {
-                            Ok(m) => println!("{}", describe(&peer, &m)),
+                            Ok(Incoming::Message(m)) => println!("{}", describe(&peer, &m)),
+                            Ok(Incoming::Stream(s)) => {
+                                // Streams are written under --out in a later step; for now
+                                // read them whole up to a bound and describe them.
+                                match s.read_to_end(64 << 20).await {
+                                    Ok(_) => println!("stream from {peer}"),
+                                    Err(e) => println!("stream from {peer} failed: {e}"),
+                                }
+                            }
+                            Ok(_) => {}
                             Err(closed) => {
                                 println!("disconnected {peer}: {}", closed.0);
                                 break;

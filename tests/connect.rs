@@ -36,23 +36,28 @@ async fn exchange(listen_on: Address, cfg: clipsync::config::TransportConfig) {
         c.send(Message::text(format!("c{i}"))).await.unwrap();
     }
     for i in 0..3 {
-        let m = s.receive().await.unwrap();
+        let m = s.receive().await.unwrap().into_message().unwrap();
         assert_eq!(m, Message::text(format!("c{i}")));
     }
     // Server to client, with another content type.
     s.send(Message::new("image/png", vec![0x89, b'P', b'N', b'G']))
         .await
         .unwrap();
-    let m = c.receive().await.unwrap();
+    let m = c.receive().await.unwrap().into_message().unwrap();
     assert_eq!(m.content_type, "image/png");
     assert_eq!(&m.payload[..], &[0x89, b'P', b'N', b'G']);
 
-    // A message over the peer's limit is refused alone; the connection stays up.
+    // A single message over the peer's limit is refused alone; the connection stays up.
     let big = vec![0u8; 1024 * 1024 + 1];
-    let e = c.send(Message::new("application/octet-stream", big)).await;
+    let e = c
+        .send_message(Message::new("application/octet-stream", big))
+        .await;
     assert!(matches!(e, Err(SendError::TooLarge { .. })), "{e:?}");
     c.send(Message::text("still up")).await.unwrap();
-    assert_eq!(s.receive().await.unwrap(), Message::text("still up"));
+    assert_eq!(
+        s.receive().await.unwrap().into_message().unwrap(),
+        Message::text("still up")
+    );
 
     // Graceful close: the server learns the peer closed normally.
     c.close().await;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use clipsync::config::TransportConfig;
 use clipsync::error::SendError;
 use clipsync::secure::SshAuthenticator;
-use clipsync::transport::{AcceptError, Message, PeerInfo, Transport};
+use clipsync::transport::{AcceptError, Incoming, Message, PeerInfo, Transport};
 use clipsync::wire::ReasonCode;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -24,6 +24,8 @@ use crate::scenario::Scenario;
 pub const PORT: u16 = 7070;
 /// The content type of workload messages.
 pub const CONTENT_TYPE: &str = "application/x-clipsync-sim";
+/// The largest stream the server reads into memory.
+const MAX_STREAM: usize = 64 << 20;
 
 /// The fate of one send, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,11 +165,26 @@ pub fn register(
                         let log = log.clone();
                         let names = names.clone();
                         tokio::spawn(async move {
-                            while let Ok(m) = conn.receive().await {
-                                let Some((client, id)) = parse_payload(&m.payload, &names) else {
+                            while let Ok(incoming) = conn.receive().await {
+                                let payload = match incoming {
+                                    Incoming::Message(m) => m.payload,
+                                    Incoming::Stream(s) => match s.read_to_end(MAX_STREAM).await {
+                                        Ok(p) => p,
+                                        Err(e) => {
+                                            tracing::debug!(target: "clipsync_sim", error = %e, "stream failed");
+                                            continue;
+                                        }
+                                    },
+                                    _ => continue,
+                                };
+                                let Some((client, id)) = parse_payload(&payload, &names) else {
                                     tracing::error!(target: "clipsync_sim", "malformed workload message");
                                     continue;
                                 };
+                                if payload[10..].iter().any(|&b| b != filler(id)) {
+                                    tracing::error!(target: "clipsync_sim", %client, id, "payload corrupted");
+                                    continue;
+                                }
                                 tracing::debug!(target: "clipsync_sim", %client, id, "delivered");
                                 if sabotage.drop_one_delivery && id == 3 && client == names[0] {
                                     continue;
@@ -230,7 +247,9 @@ pub fn register(
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(pick(w.interval_ms))).await;
-                let size = pick([w.size[0] as u64, w.size[1] as u64]) as usize;
+                let as_stream = w.stream_every > 0 && id % w.stream_every == 0;
+                let range = if as_stream { w.stream_size } else { w.size };
+                let size = pick([range[0] as u64, range[1] as u64]) as usize;
                 let payload = make_payload(index, id, size);
                 let Some(c) = conn.as_ref() else { continue };
                 with_log(&log, |l| {
@@ -242,8 +261,12 @@ pub fn register(
                         },
                     )
                 });
-                tracing::debug!(target: "clipsync_sim", id, size, "send");
-                let result = c.send(Message::new(CONTENT_TYPE, payload)).await;
+                tracing::debug!(target: "clipsync_sim", id, size, as_stream, "send");
+                let result = if as_stream {
+                    send_stream(c, payload).await
+                } else {
+                    c.send_message(Message::new(CONTENT_TYPE, payload)).await
+                };
                 let settled = match &result {
                     Ok(()) => Settled::Delivered,
                     Err(e) => Settled::Failed(describe(e)),
@@ -273,13 +296,31 @@ fn describe(e: &SendError) -> String {
     e.to_string()
 }
 
+/// Sends `payload` as a stream in uneven pieces (as a reader would hand them over).
+async fn send_stream(c: &clipsync::transport::Connection, payload: Bytes) -> Result<(), SendError> {
+    let mut s = c
+        .open_stream(CONTENT_TYPE, Some(payload.len() as u64))
+        .await?;
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let piece = rest.split_to(rest.len().min(50_000));
+        s.write(piece).await?;
+    }
+    s.finish().await
+}
+
 /// A workload payload: message id (8 bytes), client index (2 bytes), filler.
 fn make_payload(client: usize, id: u64, size: usize) -> Bytes {
     let mut p = Vec::with_capacity(size.max(10));
     p.extend_from_slice(&id.to_be_bytes());
     p.extend_from_slice(&(client as u16).to_be_bytes());
-    p.resize(size.max(10), (id % 251) as u8);
+    p.resize(size.max(10), filler(id));
     Bytes::from(p)
+}
+
+/// The filler byte of message `id`, so the receiver can check every byte.
+fn filler(id: u64) -> u8 {
+    (id % 251) as u8
 }
 
 fn parse_payload(p: &[u8], names: &[String]) -> Option<(String, u64)> {

@@ -275,6 +275,16 @@ pub struct Workload {
     pub interval_ms: [u64; 2],
     /// Pause before dialling again after a failure, in milliseconds.
     pub retry_ms: u64,
+    /// Every `stream_every`-th message goes as a stream instead (0: never).
+    #[serde(default)]
+    pub stream_every: u64,
+    /// Stream size range `[min, max]` in bytes.
+    #[serde(default = "default_stream_size")]
+    pub stream_size: [usize; 2],
+}
+
+fn default_stream_size() -> [usize; 2] {
+    [10, 10]
 }
 
 /// Checks beyond those every run gets (no panic, finished in time, exactly-once in order,
@@ -396,6 +406,9 @@ impl Scenario {
         let w = &self.workload;
         if w.size[0] > w.size[1] || w.interval_ms[0] > w.interval_ms[1] {
             return Err("workload ranges must be [min, max]".into());
+        }
+        if w.stream_size[0] > w.stream_size[1] || w.stream_size[0] < 10 {
+            return Err("workload stream_size must be [min, max], at least 10".into());
         }
         if w.size[0] < 10 {
             return Err("workload sizes start at 10 bytes (message id and client index)".into());

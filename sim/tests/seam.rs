@@ -40,7 +40,11 @@ fn the_full_stack_runs_over_turmoil() {
         let t = transport(1);
         let mut listener = t.listen(&"0.0.0.0:7070".parse()?, auth(1, 2)).await?;
         let mut conn = listener.accept().await?;
-        let m = conn.receive().await?;
+        let m = conn
+            .receive()
+            .await?
+            .into_message()
+            .ok_or("not a message")?;
         conn.send(Message::text(format!(
             "echo: {}",
             String::from_utf8_lossy(&m.payload)
@@ -55,7 +59,11 @@ fn the_full_stack_runs_over_turmoil() {
         let peer = PeerInfo::new("server", vec!["server:7070".parse()?]);
         let mut conn = t.connect(&peer, auth(2, 1)).await?;
         conn.send(Message::text("hi")).await?;
-        let reply = conn.receive().await?;
+        let reply = conn
+            .receive()
+            .await?
+            .into_message()
+            .ok_or("not a message")?;
         assert_eq!(reply, Message::text("echo: hi"));
         conn.close().await;
         Ok(())

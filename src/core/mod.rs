@@ -13,5 +13,7 @@
 //! [`Duration`]: std::time::Duration
 
 mod session;
+mod streams;
 
 pub use session::{CloseCause, Event, SendRefusal, Session, SessionParams};
+pub use streams::StreamRefusal;

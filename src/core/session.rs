@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::wire::{Ack, Frame, GoAway, MessageFrame, PeerLimits, Ping, Pong, ReasonCode};
+use super::streams::{Inbound, StreamParams, StreamRefusal, Streams};
+use crate::wire::{
+    Ack, Frame, GoAway, MessageFrame, PeerLimits, Ping, Pong, ReasonCode, StreamOpen, StreamResult,
+};
 
 /// Settings of a [`Session`], from the local configuration and the peer's `HELLO`.
 #[derive(Clone, Debug)]
@@ -25,6 +28,16 @@ pub struct SessionParams {
     pub replay_buffer_bytes: u64,
     /// What the peer announced it enforces.
     pub peer_limits: PeerLimits,
+    /// Whether both sides announced the STREAMS capability.
+    pub streams: bool,
+    /// Bytes of stream data per chunk we send (capped by the peer's frame limit).
+    pub chunk_size: u32,
+    /// Credit we grant each incoming stream.
+    pub stream_window: u32,
+    /// Credit we grant all incoming streams together.
+    pub connection_window: u32,
+    /// Most incoming streams open at once.
+    pub max_streams: u16,
 }
 
 /// Why a session ended.
@@ -84,6 +97,45 @@ pub enum Event {
     },
     /// A `PONG` measured this round-trip time.
     Rtt(Duration),
+    /// The peer opened a stream (in sequence order with messages).
+    StreamOpened {
+        /// The peer's stream id.
+        id: u64,
+        /// Its content type.
+        content_type: String,
+        /// Its length, if announced.
+        total_len: Option<u64>,
+        /// Its SHA-256, if announced.
+        sha256: Option<[u8; 32]>,
+    },
+    /// Bytes of an incoming stream, in order.
+    StreamData {
+        /// The stream.
+        id: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// An incoming stream ended: whole and verified, or failed (reason, detail).
+    StreamEnded {
+        /// The stream.
+        id: u64,
+        /// The outcome.
+        result: Result<(), (ReasonCode, String)>,
+    },
+    /// The peer acknowledged bytes of one of our streams (for progress, and resumption).
+    StreamAcked {
+        /// Our stream.
+        id: u64,
+        /// Bytes received in order by the peer.
+        acked: u64,
+    },
+    /// The peer settled one of our streams (`STREAM_RESULT`).
+    StreamSettled {
+        /// Our stream.
+        id: u64,
+        /// Delivered and verified, or why not.
+        result: Result<(), (ReasonCode, String)>,
+    },
     /// The session ended; nothing more will be sent or delivered.
     Closed(CloseCause),
 }
@@ -102,6 +154,8 @@ pub enum SendRefusal {
     Blocked,
     /// The session is closed.
     Closed,
+    /// The peer did not announce the STREAMS capability.
+    StreamsUnsupported,
 }
 
 /// The session core of one connection. See the [module docs](super) for the run loop.
@@ -125,12 +179,27 @@ pub struct Session {
     outbox: VecDeque<Frame>,
     events: VecDeque<Event>,
     closed: bool,
+    streams: Streams,
 }
 
 impl Session {
     /// A fresh session (sequence numbers from 1) starting at `now`.
     pub fn new(p: SessionParams, now: Duration) -> Self {
+        let streams = Streams::new(StreamParams {
+            stream_window: u64::from(p.stream_window),
+            connection_window: u64::from(p.connection_window),
+            max_incoming: usize::from(p.max_streams),
+            max_chunk: u64::from(p.chunk_size).min(u64::from(
+                p.peer_limits
+                    .max_frame_size
+                    .saturating_sub(crate::config::CHUNK_OVERHEAD),
+            )),
+            peer_stream_window: u64::from(p.peer_limits.stream_window),
+            peer_connection_window: u64::from(p.peer_limits.connection_window),
+            peer_max_streams: usize::from(p.peer_limits.max_streams),
+        });
         Self {
+            streams,
             p,
             sent_seq: 0,
             peer_acked: 0,
@@ -186,10 +255,7 @@ impl Session {
         {
             return Err(SendRefusal::Blocked);
         }
-        self.sent_seq += 1;
-        let seq = self.sent_seq;
-        self.unacked.push_back((seq, size));
-        self.unacked_bytes += size as u64;
+        let seq = self.next_seq(size);
         self.outbox.push_back(Frame::Message(MessageFrame {
             seq,
             content_type,
@@ -205,30 +271,102 @@ impl Session {
         }
         // Any frame is proof of life (PROTOCOL.md §6.3).
         self.last_recv = now;
+        let streams_frame = matches!(
+            frame,
+            Frame::StreamOpen(_)
+                | Frame::StreamChunk(_)
+                | Frame::StreamEnd(_)
+                | Frame::StreamAbort(_)
+                | Frame::StreamResult(_)
+                | Frame::Credit(_)
+        );
+        if streams_frame && !self.p.streams {
+            self.close(
+                ReasonCode::ProtocolError,
+                "stream frames without the STREAMS capability".into(),
+            );
+            return;
+        }
+        // Sequenced frames: take the next, drop a retransmission, close on a gap.
+        let seq = match &frame {
+            Frame::Message(m) => Some(m.seq),
+            Frame::StreamOpen(o) => Some(o.seq),
+            Frame::StreamResult(r) => Some(r.seq),
+            _ => None,
+        };
+        if let Some(seq) = seq {
+            if seq <= self.received {
+                // A retransmission of something we have: drop it, but acknowledge again.
+                self.note_received(now);
+                return;
+            }
+            if seq != self.received + 1 {
+                self.close(
+                    ReasonCode::ProtocolError,
+                    format!("sequence gap: expected {}, got {seq}", self.received + 1),
+                );
+                return;
+            }
+            self.received = seq;
+            self.note_received(now);
+        }
         match frame {
-            Frame::Message(m) => {
-                if m.seq == self.received + 1 {
-                    self.received = m.seq;
-                    self.events.push_back(Event::Message {
-                        seq: m.seq,
-                        content_type: m.content_type,
-                        payload: m.payload,
+            Frame::Message(m) => self.events.push_back(Event::Message {
+                seq: m.seq,
+                content_type: m.content_type,
+                payload: m.payload,
+            }),
+            Frame::StreamOpen(o) => {
+                match self.streams.on_open(o.stream_id, o.total_len, o.sha256) {
+                    Ok(()) => self.events.push_back(Event::StreamOpened {
+                        id: o.stream_id,
+                        content_type: o.content_type,
+                        total_len: o.total_len,
+                        sha256: o.sha256,
+                    }),
+                    // Refused alone (too many streams), or a fatal id.
+                    Err(Inbound::Ended(Err(refusal))) => {
+                        self.settle_incoming(o.stream_id, Err(refusal));
+                    }
+                    Err(other) => self.inbound(o.stream_id, other),
+                }
+            }
+            Frame::StreamChunk(c) => {
+                let id = c.stream_id;
+                let inbound = self.streams.on_chunk(c);
+                self.inbound(id, inbound);
+            }
+            Frame::StreamEnd(e) => {
+                let inbound = self.streams.on_end(e);
+                self.inbound(e.stream_id, inbound);
+            }
+            Frame::StreamAbort(a) => {
+                let inbound = self.streams.on_abort(&a);
+                self.inbound(a.stream_id, inbound);
+            }
+            Frame::StreamResult(r) => {
+                if self.streams.settle(r.stream_id) {
+                    let result = if r.reason == ReasonCode::Normal {
+                        Ok(())
+                    } else {
+                        Err((r.reason, r.text))
+                    };
+                    self.events.push_back(Event::StreamSettled {
+                        id: r.stream_id,
+                        result,
                     });
-                    self.note_received(now);
-                } else if m.seq <= self.received {
-                    // A retransmission of something we have: drop it, but acknowledge again.
-                    self.note_received(now);
                 } else {
                     self.close(
                         ReasonCode::ProtocolError,
-                        format!(
-                            "sequence gap: expected {}, got {}",
-                            self.received + 1,
-                            m.seq
-                        ),
+                        format!("STREAM_RESULT for unknown stream {}", r.stream_id),
                     );
                 }
             }
+            Frame::Credit(c) => match self.streams.credit(c) {
+                Ok(Some((id, acked))) => self.events.push_back(Event::StreamAcked { id, acked }),
+                Ok(None) => {}
+                Err(e) => self.close(ReasonCode::ProtocolError, e),
+            },
             Frame::Ack(a) => self.apply_ack(a.last_seq),
             Frame::Ping(p) => self.outbox.push_back(Frame::Pong(Pong {
                 timestamp_us: p.timestamp_us,
@@ -249,20 +387,164 @@ impl Session {
                         .push_back(Event::Closed(CloseCause::Peer(g.reason, g.text)));
                 }
             }
-            Frame::StreamOpen(_)
-            | Frame::StreamChunk(_)
-            | Frame::StreamEnd(_)
-            | Frame::StreamAbort(_)
-            | Frame::StreamResult(_)
-            | Frame::Credit(_) => self.close(
-                ReasonCode::ProtocolError,
-                "stream frames without the STREAMS capability".into(),
-            ),
             other => self.close(
                 ReasonCode::ProtocolError,
                 format!("{} after the handshake", other.frame_type()),
             ),
         }
+    }
+
+    /// Opens an outgoing stream; returns its id. Its `STREAM_OPEN` is sequenced with messages.
+    /// [`SendRefusal::Blocked`] while the peer's `max_streams` are open.
+    pub fn open_stream(
+        &mut self,
+        content_type: String,
+        total_len: Option<u64>,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<u64, SendRefusal> {
+        if self.closed {
+            return Err(SendRefusal::Closed);
+        }
+        if !self.p.streams {
+            return Err(SendRefusal::StreamsUnsupported);
+        }
+        if !self.streams.can_open() {
+            return Err(SendRefusal::Blocked);
+        }
+        let id = self.streams.open(total_len, sha256);
+        let seq = self.next_seq(0);
+        self.outbox.push_back(Frame::StreamOpen(StreamOpen {
+            seq,
+            stream_id: id,
+            total_len,
+            sha256,
+            content_type,
+        }));
+        Ok(id)
+    }
+
+    /// How many bytes stream `id` may send now (at most one chunk; 0 means wait for credit).
+    pub fn stream_capacity(&self, id: u64) -> u64 {
+        if self.closed {
+            0
+        } else {
+            self.streams.capacity(id)
+        }
+    }
+
+    /// Queues a chunk of at most [`Session::stream_capacity`] bytes on stream `id`.
+    pub fn stream_write(&mut self, id: u64, data: Bytes) -> Result<(), StreamRefusal> {
+        if self.closed {
+            return Err(StreamRefusal::Unknown);
+        }
+        let chunk = self.streams.write(id, data)?;
+        self.outbox.push_back(Frame::StreamChunk(chunk));
+        Ok(())
+    }
+
+    /// Ends stream `id`: `STREAM_END` with its length and SHA-256. The stream settles when the
+    /// peer's `STREAM_RESULT` arrives ([`Event::StreamSettled`]).
+    pub fn stream_finish(&mut self, id: u64) -> Result<(), StreamRefusal> {
+        if self.closed {
+            return Err(StreamRefusal::Unknown);
+        }
+        match self.streams.finish(id)? {
+            Ok(end) => self.outbox.push_back(Frame::StreamEnd(end)),
+            Err(abort) => self.outbox.push_back(Frame::StreamAbort(abort)),
+        }
+        Ok(())
+    }
+
+    /// Gives up on outgoing stream `id`; it settles with the peer's `STREAM_RESULT`.
+    pub fn stream_abort(
+        &mut self,
+        id: u64,
+        reason: ReasonCode,
+        text: String,
+    ) -> Result<(), StreamRefusal> {
+        if self.closed {
+            return Err(StreamRefusal::Unknown);
+        }
+        let abort = self.streams.abort(id, reason, text)?;
+        self.outbox.push_back(Frame::StreamAbort(abort));
+        Ok(())
+    }
+
+    /// The application took `n` bytes of incoming stream `id`: credit may be due.
+    pub fn stream_consumed(&mut self, id: u64, n: u64) {
+        if self.closed {
+            return;
+        }
+        for c in self.streams.consumed(id, n) {
+            self.outbox.push_back(Frame::Credit(c));
+        }
+    }
+
+    /// The application let go of incoming stream `id`. If it had not ended, the peer is told
+    /// `cancelled`; either way its unread bytes return to the connection window.
+    pub fn stream_release(&mut self, id: u64) {
+        if self.closed {
+            return;
+        }
+        let open = self.streams.incoming.get(&id).is_some_and(|s| !s.ended);
+        if self.streams.close_incoming(id) && open {
+            self.settle_incoming(
+                id,
+                Err((ReasonCode::Cancelled, "the receiver let go".into())),
+            );
+        }
+        if let Some(c) = self.streams.connection_credit(false) {
+            self.outbox.push_back(Frame::Credit(c));
+        }
+    }
+
+    /// Bytes of outgoing stream data kept for retransmission.
+    pub fn stream_retained_bytes(&self) -> u64 {
+        self.streams.retained_bytes()
+    }
+
+    fn next_seq(&mut self, size: usize) -> u64 {
+        self.sent_seq += 1;
+        self.unacked.push_back((self.sent_seq, size));
+        self.unacked_bytes += size as u64;
+        self.sent_seq
+    }
+
+    /// Acts on what a stream frame meant.
+    fn inbound(&mut self, id: u64, inbound: Inbound) {
+        match inbound {
+            Inbound::Nothing => {}
+            Inbound::Data(data) => self.events.push_back(Event::StreamData { id, data }),
+            Inbound::Ended(result) => {
+                if let Some(s) = self.streams.incoming.get_mut(&id) {
+                    s.ended = true;
+                }
+                self.events.push_back(Event::StreamEnded {
+                    id,
+                    result: result.clone(),
+                });
+                self.settle_incoming(id, result);
+            }
+            Inbound::Fatal(reason, detail) => self.close(reason, detail),
+        }
+    }
+
+    /// Answers an incoming stream's end with a sequenced `STREAM_RESULT`.
+    fn settle_incoming(&mut self, id: u64, result: Result<(), (ReasonCode, String)>) {
+        let (reason, text) = match result {
+            Ok(()) => (ReasonCode::Normal, String::new()),
+            Err((r, t)) => (
+                r,
+                crate::wire::truncate_utf8(&t, crate::wire::MAX_TEXT_LEN).to_string(),
+            ),
+        };
+        let seq = self.next_seq(0);
+        self.outbox.push_back(Frame::StreamResult(StreamResult {
+            seq,
+            stream_id: id,
+            reason,
+            text,
+        }));
     }
 
     /// The connection broke underneath: the session ends without a goodbye.
@@ -419,6 +701,11 @@ mod tests {
             idle_timeout: 3000 * MS,
             replay_buffer_bytes: 10,
             peer_limits: example_limits(),
+            streams: true,
+            chunk_size: 64 * 1024,
+            stream_window: 2 * 1024 * 1024,
+            connection_window: 8 * 1024 * 1024,
+            max_streams: 16,
         }
     }
 

@@ -1,18 +1,23 @@
 //! The connection task.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tracing::Instrument;
 
+use super::stream::{
+    InItem, IncomingStream, OutCmd, Progress, StreamError, StreamSender, StreamSignal,
+};
 use crate::config::TransportConfig;
 use crate::core::{CloseCause, Event, SendRefusal, Session, SessionParams};
 use crate::error::SendError;
@@ -56,12 +61,28 @@ pub enum ConnectionState {
     Closed(CloseCause),
 }
 
+/// What [`crate::transport::Connection::receive`] returns: the peer's messages and streams,
+/// in the order the peer sent them.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// A whole message.
+    Message(Message),
+    /// A stream; read it (or drop it to cancel).
+    Stream(IncomingStream),
+}
+
 /// What the application's handle sends to the driver.
 #[derive(Debug)]
 pub(crate) enum Command {
     Send {
         message: Message,
         done: oneshot::Sender<Result<(), SendError>>,
+    },
+    OpenStream {
+        content_type: String,
+        total_len: Option<u64>,
+        reply: oneshot::Sender<Result<StreamSender, SendError>>,
     },
     Close {
         reason: ReasonCode,
@@ -73,17 +94,26 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) struct Handles {
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) incoming: mpsc::Receiver<Message>,
+    pub(crate) incoming: mpsc::Receiver<Incoming>,
     pub(crate) state: watch::Receiver<ConnectionState>,
     pub(crate) task: JoinHandle<()>,
 }
 
-/// Messages delivered but not yet taken by the application. With one more held by the driver,
-/// at most `(INCOMING + 1) × max_message_size` bytes wait; then the driver stops reading and
-/// TCP pushes back on the peer.
+/// Messages and streams delivered but not yet taken by the application.
 const INCOMING: usize = 16;
+/// Delivered items the driver holds beyond that before it stops reading the socket (and TCP
+/// pushes back on the peer): with `INCOMING`, at most `(INCOMING + HELD) × max_message_size`
+/// bytes of messages wait for the application. Streams are not held back this way: their
+/// windows bound them, and stopping the socket would stall a stream the application is
+/// reading while it does not call `receive`.
+const HELD: usize = 16;
 /// Encoded frames waiting for the writer.
 const OUTGOING: usize = 64;
+/// Stream chunks queued for the writer at once. A message waits behind at most this many
+/// chunks (plus what the socket holds), which bounds head-of-line blocking.
+const CHUNK_SLOTS: usize = 2;
+/// Data items a [`StreamSender`] may queue ahead of the driver (each at most one chunk).
+const STREAM_QUEUE: usize = 2;
 
 /// Starts the driver and writer tasks of an authenticated channel.
 pub(crate) fn spawn(
@@ -99,10 +129,26 @@ pub(crate) fn spawn(
         idle_timeout: cfg.heartbeat_timeout,
         replay_buffer_bytes: cfg.replay_buffer_bytes,
         peer_limits: channel.handshake.peer_limits,
+        streams: channel.handshake.peer_capabilities & crate::wire::CAP_STREAMS != 0,
+        chunk_size: cfg.chunk_size,
+        stream_window: cfg.stream_window,
+        connection_window: cfg.connection_window,
+        max_streams: cfg.max_streams,
     };
     let (commands, command_rx) = mpsc::channel(cfg.send_queue as usize);
     let (incoming_tx, incoming) = mpsc::channel(INCOMING);
     let (state_tx, state) = watch::channel(ConnectionState::Connected);
+    let (signals_tx, signals) = mpsc::unbounded_channel();
+    let chunk = cfg
+        .chunk_size
+        .min(
+            channel
+                .handshake
+                .peer_limits
+                .max_frame_size
+                .saturating_sub(crate::config::CHUNK_OVERHEAD),
+        )
+        .max(1) as usize;
     let driver = Driver {
         session: Session::new(params, Duration::ZERO),
         start: Instant::now(),
@@ -115,6 +161,15 @@ pub(crate) fn spawn(
         waiting_ack: BTreeMap::new(),
         blocked: VecDeque::new(),
         deliveries: VecDeque::new(),
+        signals,
+        signals_tx,
+        out: BTreeMap::new(),
+        pending_opens: VecDeque::new(),
+        last_served: 0,
+        chunk_slots: Arc::new(Semaphore::new(CHUNK_SLOTS)),
+        chunk_permit: None,
+        incoming_streams: BTreeMap::new(),
+        chunk,
     };
     let task = tokio::spawn(
         async move {
@@ -138,27 +193,139 @@ struct Driver {
     write_timeout: Duration,
     send_queue: usize,
     commands: mpsc::Receiver<Command>,
-    incoming: mpsc::Sender<Message>,
+    incoming: mpsc::Sender<Incoming>,
     state: watch::Sender<ConnectionState>,
     /// Sends handed to the session, by sequence number, waiting for the peer's ACK.
     waiting_ack: BTreeMap<u64, oneshot::Sender<Result<(), SendError>>>,
     /// Sends the session refused as Blocked (replay bound), in order.
     blocked: VecDeque<(Message, oneshot::Sender<Result<(), SendError>>)>,
-    /// Messages received, waiting for room in `incoming`.
-    deliveries: VecDeque<Message>,
+    /// Messages and streams received, waiting for room in `incoming`.
+    deliveries: VecDeque<Incoming>,
+    /// Consumption and release reports from incoming stream handles.
+    signals: mpsc::UnboundedReceiver<StreamSignal>,
+    signals_tx: mpsc::UnboundedSender<StreamSignal>,
+    /// Outgoing streams, by id.
+    out: BTreeMap<u64, OutHandle>,
+    /// Stream opens waiting for the peer's `max_streams` to allow them.
+    pending_opens: VecDeque<PendingOpen>,
+    /// The outgoing stream served last (round robin).
+    last_served: u64,
+    chunk_slots: Arc<Semaphore>,
+    /// A writer slot for the next chunk, once acquired.
+    chunk_permit: Option<OwnedSemaphorePermit>,
+    /// Incoming streams, by id.
+    incoming_streams: BTreeMap<u64, InHandle>,
+    /// Bytes per chunk.
+    chunk: usize,
+}
+
+/// A stream open waiting for a slot: content type, length, where to answer.
+type PendingOpen = (
+    String,
+    Option<u64>,
+    oneshot::Sender<Result<StreamSender, SendError>>,
+);
+
+/// The driver's side of an outgoing stream.
+struct OutHandle {
+    rx: mpsc::Receiver<OutCmd>,
+    /// Data taken from the queue, waiting for credit.
+    pending: Option<Bytes>,
+    /// `Finish` or `Abort`, waiting for `pending` to go.
+    closing: Option<OutCmd>,
+    progress: watch::Sender<Progress>,
+    done: Option<oneshot::Sender<Result<(), SendError>>>,
+    opened: Duration,
+}
+
+/// The driver's side of an incoming stream.
+struct InHandle {
+    tx: mpsc::UnboundedSender<InItem>,
+    progress: watch::Sender<Progress>,
+    opened: Duration,
+}
+
+/// Work an outgoing stream has for the session.
+enum StreamWork {
+    Chunk(Bytes),
+    Finish,
+    Abort(ReasonCode, String),
+}
+
+fn rate(bytes: u64, since: Duration, now: Duration) -> f64 {
+    let secs = now.saturating_sub(since).as_secs_f64();
+    if secs > 0.0 { bytes as f64 / secs } else { 0.0 }
+}
+
+/// Finds the next outgoing stream with work, round robin after `after`: a chunk it has credit
+/// for, or its finish/abort once its data has gone.
+fn poll_streams(
+    out: &mut BTreeMap<u64, OutHandle>,
+    session: &Session,
+    after: u64,
+    cx: &mut Context<'_>,
+) -> Poll<(u64, StreamWork)> {
+    let ids: Vec<u64> = out
+        .range(after + 1..)
+        .map(|(k, _)| *k)
+        .chain(out.range(..=after).map(|(k, _)| *k))
+        .collect();
+    for id in ids {
+        let Some(h) = out.get_mut(&id) else { continue };
+        if h.pending.is_none() && h.closing.is_none() {
+            match h.rx.poll_recv(cx) {
+                Poll::Ready(Some(OutCmd::Data(b))) => h.pending = Some(b),
+                Poll::Ready(Some(c)) => h.closing = Some(c),
+                Poll::Ready(None) => {
+                    h.closing = Some(OutCmd::Abort(
+                        ReasonCode::Cancelled,
+                        "the sender dropped the stream".into(),
+                    ));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some(OutCmd::Abort(..)) = h.closing {
+            h.pending = None;
+        }
+        if let Some(p) = h.pending.as_mut() {
+            let cap = session.stream_capacity(id) as usize;
+            if cap > 0 {
+                let chunk = if p.len() <= cap {
+                    h.pending.take().unwrap_or_default()
+                } else {
+                    p.split_to(cap)
+                };
+                return Poll::Ready((id, StreamWork::Chunk(chunk)));
+            }
+        } else if let Some(c) = h.closing.take() {
+            return Poll::Ready((
+                id,
+                match c {
+                    OutCmd::Abort(r, t) => StreamWork::Abort(r, t),
+                    _ => StreamWork::Finish,
+                },
+            ));
+        }
+    }
+    Poll::Pending
 }
 
 /// One thing the driver's `select!` woke up for.
 enum Input {
     WriterFailed(String),
-    Deliver(Option<mpsc::OwnedPermit<Message>>),
+    Deliver(Option<mpsc::OwnedPermit<Incoming>>),
     Command(Option<Command>),
+    Signal(Option<StreamSignal>),
     Ws(Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>),
+    ChunkSlot(OwnedSemaphorePermit),
+    Stream(u64, StreamWork),
     Timer,
 }
 
 enum WriterCmd {
-    Frame(Bytes),
+    /// A frame, with the chunk slot it holds (for stream chunks).
+    Frame(Bytes, Option<OwnedSemaphorePermit>),
     Close(CloseFrame),
 }
 
@@ -179,9 +346,18 @@ impl Driver {
             // 1. Drain the session's outputs.
             let now = self.now();
             while let Some(frame) = self.session.poll_transmit(now) {
+                let permit = if matches!(frame, Frame::StreamChunk(_)) {
+                    self.chunk_permit.take()
+                } else {
+                    None
+                };
                 match frame.encode() {
                     Ok(bytes) => {
-                        if writer_tx.send(WriterCmd::Frame(bytes)).await.is_err() {
+                        if writer_tx
+                            .send(WriterCmd::Frame(bytes, permit))
+                            .await
+                            .is_err()
+                        {
                             self.session.connection_lost("writer stopped".into());
                         }
                     }
@@ -197,41 +373,54 @@ impl Driver {
                         content_type,
                         payload,
                         ..
-                    } => self.deliveries.push_back(Message {
+                    } => self.deliveries.push_back(Incoming::Message(Message {
                         content_type,
                         payload,
-                    }),
+                    })),
                     Event::Acked { up_to } => self.acked(up_to),
                     Event::Rtt(rtt) => tracing::trace!(rtt_us = rtt.as_micros() as u64, "rtt"),
                     Event::Closed(cause) => closed = Some(cause),
+                    other => self.stream_event(other, now),
                 }
             }
             if let Some(cause) = closed {
                 // Flush what the session queued last (the GOAWAY) before leaving.
                 while let Some(frame) = self.session.poll_transmit(now) {
                     if let Ok(bytes) = frame.encode() {
-                        let _ = writer_tx.send(WriterCmd::Frame(bytes)).await;
+                        let _ = writer_tx.send(WriterCmd::Frame(bytes, None)).await;
                     }
                 }
                 break cause;
             }
             // 2. Wait for input.
             let deadline = self.session.poll_timeout().map(|d| self.start + d);
-            let can_read = self.deliveries.is_empty();
+            let can_read = self.deliveries.len() < HELD;
             let can_take = self.blocked.len() < self.send_queue;
+            let want_slot = self.chunk_permit.is_none() && !self.out.is_empty();
+            let can_pump = self.chunk_permit.is_some();
+            let slots = self.chunk_slots.clone();
+            let after = self.last_served;
             let input = tokio::select! {
                 biased;
                 reason = &mut failed_rx => {
                     Input::WriterFailed(reason.unwrap_or_else(|_| "writer stopped".into()))
                 }
-                permit = self.incoming.clone().reserve_owned(), if !self.deliveries.is_empty() => {
-                    Input::Deliver(permit.ok())
-                }
-                cmd = self.commands.recv(), if can_take => Input::Command(cmd),
-                msg = stream.next(), if can_read => Input::Ws(msg),
                 () = async { if let Some(d) = deadline { sleep_until(d).await } }, if deadline.is_some() => {
                     Input::Timer
                 }
+                cmd = self.commands.recv(), if can_take => Input::Command(cmd),
+                signal = self.signals.recv() => Input::Signal(signal),
+                permit = self.incoming.clone().reserve_owned(), if !self.deliveries.is_empty() => {
+                    Input::Deliver(permit.ok())
+                }
+                (id, work) = std::future::poll_fn(|cx| poll_streams(&mut self.out, &self.session, after, cx)), if can_pump => {
+                    Input::Stream(id, work)
+                }
+                msg = stream.next(), if can_read => Input::Ws(msg),
+                permit = slots.acquire_owned(), if want_slot => match permit {
+                    Ok(p) => Input::ChunkSlot(p),
+                    Err(_) => Input::WriterFailed("chunk slots closed".into()),
+                },
             };
             self.input(input);
         };
@@ -288,6 +477,35 @@ impl Driver {
             // user as far as it cares; keep acknowledging.
             Input::Deliver(None) => self.deliveries.clear(),
             Input::Command(cmd) => self.command(cmd),
+            Input::Signal(Some(StreamSignal::Consumed { id, n })) => {
+                self.session.stream_consumed(id, n);
+            }
+            Input::Signal(Some(StreamSignal::Released { id })) => {
+                self.incoming_streams.remove(&id);
+                self.session.stream_release(id);
+            }
+            // The driver holds a sender itself, so the channel never closes.
+            Input::Signal(None) => {}
+            Input::ChunkSlot(permit) => self.chunk_permit = Some(permit),
+            Input::Stream(id, work) => {
+                self.last_served = id;
+                match work {
+                    StreamWork::Chunk(data) => {
+                        let n = data.len() as u64;
+                        if self.session.stream_write(id, data).is_ok() {
+                            if let Some(h) = self.out.get(&id) {
+                                h.progress.send_modify(|p| p.sent += n);
+                            }
+                        }
+                    }
+                    StreamWork::Finish => {
+                        let _ = self.session.stream_finish(id);
+                    }
+                    StreamWork::Abort(reason, text) => {
+                        let _ = self.session.stream_abort(id, reason, text);
+                    }
+                }
+            }
             Input::Ws(msg) => match msg {
                 Some(Ok(WsMessage::Binary(b))) => match Frame::decode(b, self.decode_limits) {
                     Ok(frame) => self.session.handle_frame(frame, now),
@@ -331,6 +549,18 @@ impl Driver {
                     self.blocked.push_back((message, done));
                 }
             }
+            Some(Command::OpenStream {
+                content_type,
+                total_len,
+                reply,
+            }) => {
+                if self.pending_opens.is_empty() {
+                    self.try_open(content_type, total_len, reply);
+                } else {
+                    self.pending_opens
+                        .push_back((content_type, total_len, reply));
+                }
+            }
             Some(Command::Close { reason, detail }) => self.session.close(reason, detail),
             None => self.session.close(
                 ReasonCode::Normal,
@@ -358,6 +588,158 @@ impl Driver {
                     "closed".into(),
                 ))));
             }
+            Err(SendRefusal::StreamsUnsupported) => {
+                let _ = done.send(Err(SendError::StreamsUnsupported));
+            }
+        }
+    }
+
+    fn try_open(
+        &mut self,
+        content_type: String,
+        total_len: Option<u64>,
+        reply: oneshot::Sender<Result<StreamSender, SendError>>,
+    ) {
+        match self
+            .session
+            .open_stream(content_type.clone(), total_len, None)
+        {
+            Ok(id) => {
+                let (data, rx) = mpsc::channel(STREAM_QUEUE);
+                let (progress_tx, progress) = watch::channel(Progress {
+                    total: total_len,
+                    ..Progress::default()
+                });
+                let (done_tx, done) = oneshot::channel();
+                self.out.insert(
+                    id,
+                    OutHandle {
+                        rx,
+                        pending: None,
+                        closing: None,
+                        progress: progress_tx,
+                        done: Some(done_tx),
+                        opened: self.now(),
+                    },
+                );
+                tracing::debug!(id, %content_type, ?total_len, "stream opened");
+                let _ = reply.send(Ok(StreamSender {
+                    id,
+                    data,
+                    progress,
+                    done,
+                    chunk: self.chunk,
+                    state: self.state.subscribe(),
+                    settled: None,
+                }));
+            }
+            Err(SendRefusal::Blocked) => {
+                self.pending_opens
+                    .push_front((content_type, total_len, reply))
+            }
+            Err(SendRefusal::StreamsUnsupported) => {
+                let _ = reply.send(Err(SendError::StreamsUnsupported));
+            }
+            Err(_) => {
+                let _ = reply.send(Err(SendError::Closed(CloseCause::Local(
+                    ReasonCode::Normal,
+                    "closed".into(),
+                ))));
+            }
+        }
+    }
+
+    /// Acts on a stream event from the session.
+    fn stream_event(&mut self, event: Event, now: Duration) {
+        match event {
+            Event::StreamOpened {
+                id,
+                content_type,
+                total_len,
+                sha256,
+            } => {
+                tracing::debug!(id, %content_type, ?total_len, "stream incoming");
+                let (tx, rx) = mpsc::unbounded_channel();
+                let (progress_tx, progress) = watch::channel(Progress {
+                    total: total_len,
+                    ..Progress::default()
+                });
+                self.incoming_streams.insert(
+                    id,
+                    InHandle {
+                        tx,
+                        progress: progress_tx,
+                        opened: now,
+                    },
+                );
+                self.deliveries.push_back(Incoming::Stream(IncomingStream {
+                    id,
+                    content_type,
+                    total_len,
+                    sha256,
+                    rx,
+                    signals: self.signals_tx.clone(),
+                    progress,
+                    current: Bytes::new(),
+                    ended: None,
+                }));
+            }
+            Event::StreamData { id, data } => {
+                if let Some(h) = self.incoming_streams.get(&id) {
+                    let n = data.len() as u64;
+                    let opened = h.opened;
+                    h.progress.send_modify(|p| {
+                        p.received += n;
+                        p.bytes_per_sec = rate(p.received, opened, now);
+                    });
+                    // A dropped reader reports its release; nothing to do here.
+                    let _ = h.tx.send(InItem::Data(data));
+                }
+            }
+            Event::StreamEnded { id, result } => {
+                tracing::debug!(id, ok = result.is_ok(), "stream ended");
+                if let Some(h) = self.incoming_streams.remove(&id) {
+                    h.progress.send_modify(|p| p.done = true);
+                    let _ =
+                        h.tx.send(InItem::End(result.map_err(|(reason, detail)| {
+                            StreamError::Failed { reason, detail }
+                        })));
+                }
+            }
+            Event::StreamAcked { id, acked } => {
+                if let Some(h) = self.out.get(&id) {
+                    let opened = h.opened;
+                    h.progress.send_modify(|p| {
+                        p.acked = acked;
+                        p.bytes_per_sec = rate(acked, opened, now);
+                    });
+                }
+            }
+            Event::StreamSettled { id, result } => {
+                tracing::debug!(id, ok = result.is_ok(), "stream settled");
+                if let Some(mut h) = self.out.remove(&id) {
+                    h.progress.send_modify(|p| {
+                        p.done = true;
+                        if result.is_ok() {
+                            p.acked = p.sent;
+                        }
+                    });
+                    if let Some(done) = h.done.take() {
+                        let _ = done.send(
+                            result.map_err(|(reason, detail)| SendError::Stream { reason, detail }),
+                        );
+                    }
+                }
+                // A stream slot freed: open what waits.
+                while let Some((ct, len, reply)) = self.pending_opens.pop_front() {
+                    let before = self.pending_opens.len();
+                    self.try_open(ct, len, reply);
+                    if self.pending_opens.len() > before {
+                        break;
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -386,10 +768,30 @@ impl Driver {
         for (_, done) in self.blocked.drain(..) {
             let _ = done.send(Err(SendError::Closed(cause.clone())));
         }
+        for (_, mut h) in std::mem::take(&mut self.out) {
+            h.progress.send_modify(|p| p.done = true);
+            if let Some(done) = h.done.take() {
+                let _ = done.send(Err(SendError::Unknown(cause.clone())));
+            }
+        }
+        for (_, _, reply) in self.pending_opens.drain(..) {
+            let _ = reply.send(Err(SendError::Closed(cause.clone())));
+        }
+        for (_, h) in std::mem::take(&mut self.incoming_streams) {
+            h.progress.send_modify(|p| p.done = true);
+            let _ =
+                h.tx.send(InItem::End(Err(StreamError::Closed(cause.clone()))));
+        }
         self.commands.close();
         while let Ok(cmd) = self.commands.try_recv() {
-            if let Command::Send { done, .. } = cmd {
-                let _ = done.send(Err(SendError::Closed(cause.clone())));
+            match cmd {
+                Command::Send { done, .. } => {
+                    let _ = done.send(Err(SendError::Closed(cause.clone())));
+                }
+                Command::OpenStream { reply, .. } => {
+                    let _ = reply.send(Err(SendError::Closed(cause.clone())));
+                }
+                Command::Close { .. } => {}
             }
         }
         let _ = self.state.send(ConnectionState::Closed(cause.clone()));
@@ -408,15 +810,17 @@ async fn write_loop(
         while let Some(cmd) = rx.recv().await {
             let mut next = Some(cmd);
             while let Some(cmd) = next.take() {
-                let msg = match cmd {
-                    WriterCmd::Frame(b) => WsMessage::Binary(b),
-                    WriterCmd::Close(f) => WsMessage::Close(Some(f)),
+                let (msg, slot) = match cmd {
+                    WriterCmd::Frame(b, slot) => (WsMessage::Binary(b), slot),
+                    WriterCmd::Close(f) => (WsMessage::Close(Some(f)), None),
                 };
                 let closing = matches!(msg, WsMessage::Close(_));
                 timeout(write_timeout, sink.feed(msg))
                     .await
                     .map_err(|_| format!("write blocked for {} ms", write_timeout.as_millis()))?
                     .map_err(|e| format!("write failed: {e}"))?;
+                // The chunk is in the WebSocket's buffer: its slot is free for the next.
+                drop(slot);
                 if closing {
                     break;
                 }
@@ -432,5 +836,13 @@ async fn write_loop(
     .await;
     if let Err(e) = result {
         let _ = failed.send(e);
+    }
+}
+
+/// The cause a closed connection reports (or a loss, if the task ended without one).
+pub(crate) fn cause_of(state: &watch::Receiver<ConnectionState>) -> CloseCause {
+    match &*state.borrow() {
+        ConnectionState::Closed(c) => c.clone(),
+        ConnectionState::Connected => CloseCause::Lost("connection task ended".into()),
     }
 }

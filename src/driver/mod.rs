@@ -9,6 +9,8 @@
 //! simulator replays the same choice for the same seed.
 
 mod connection;
+mod stream;
 
-pub(crate) use connection::{Command, Handles, spawn};
-pub use connection::{ConnectionState, Message};
+pub(crate) use connection::{Command, Handles, cause_of, spawn};
+pub use connection::{ConnectionState, Incoming, Message};
+pub use stream::{Full, IncomingStream, Progress, StreamError, StreamSender};

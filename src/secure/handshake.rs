@@ -20,9 +20,8 @@ use super::ws::Ws;
 use crate::config::TransportConfig;
 use crate::error::ConnectError;
 use crate::wire::{
-    Auth, AuthResult, CAP_RESUME, CAP_STREAMS, DecodeLimits, Frame, FrameType, GoAway, Hello,
-    PROTOCOL_VERSION, PeerLimits, ReasonCode, Resume, Resumed, Role, SessionId, SessionLost,
-    truncate_utf8,
+    Auth, AuthResult, CAP_STREAMS, DecodeLimits, Frame, FrameType, GoAway, Hello, PROTOCOL_VERSION,
+    PeerLimits, ReasonCode, Resume, Resumed, Role, SessionId, SessionLost, truncate_utf8,
 };
 
 /// What one side brings to the handshake.
@@ -66,7 +65,8 @@ pub async fn run(ws: &mut Ws, input: HandshakeInput<'_>) -> Result<Handshaked, C
         protocol_version: PROTOCOL_VERSION,
         role,
         nonce: input.nonce,
-        capabilities: CAP_STREAMS | CAP_RESUME,
+        // RESUME is announced once sessions survive reconnects (the reconnection issue).
+        capabilities: CAP_STREAMS,
         limits: input.cfg.peer_limits(),
         public_key: input.auth.public_key(),
         extensions: vec![],

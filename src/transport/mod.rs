@@ -32,8 +32,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::config::TransportConfig;
-use crate::driver::{self, Command, Handles};
-pub use crate::driver::{ConnectionState, Message};
+use crate::driver::{self, Command, Handles, cause_of};
+pub use crate::driver::{
+    ConnectionState, Full, Incoming, IncomingStream, Message, Progress, StreamError, StreamSender,
+};
 use crate::error::{CloseCause, ConfigError, ConnectError, ConnectionClosed, SendError};
 pub use crate::net::Address;
 use crate::net::{NetListener, Network, TokioNet};
@@ -395,6 +397,7 @@ pub struct Connection {
     handles: Handles,
     peer_key: Bytes,
     peer_fingerprint: String,
+    stream_threshold: usize,
 }
 
 impl Connection {
@@ -411,15 +414,37 @@ impl Connection {
             handles: driver::spawn(channel, cfg, span, permit),
             peer_key,
             peer_fingerprint,
+            stream_threshold: cfg.stream_threshold as usize,
         }
     }
 
-    /// Sends `message` and waits until the peer acknowledged it.
+    /// Sends `message` and waits until the peer has it: acknowledged, or for a payload larger
+    /// than `stream_threshold`, streamed in chunks and verified by the peer (which then
+    /// receives it as an [`Incoming::Stream`]).
     ///
     /// Waits while the send queue is full. Fails with [`SendError::TooLarge`] for a payload
-    /// over the peer's limit (nothing sent, connection unaffected), and with
+    /// the peer cannot take (nothing sent, connection unaffected), and with
     /// [`SendError::Unknown`] if the connection ends before the acknowledgement.
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        if message.payload.len() > self.stream_threshold {
+            let len = message.payload.len() as u64;
+            let mut s = match self
+                .open_stream(message.content_type.clone(), Some(len))
+                .await
+            {
+                Ok(s) => s,
+                Err(SendError::StreamsUnsupported) => return self.send_message(message).await,
+                Err(e) => return Err(e),
+            };
+            s.write(message.payload).await?;
+            return s.finish().await;
+        }
+        self.send_message(message).await
+    }
+
+    /// Sends `message` as one `MESSAGE` frame whatever its size (up to the peer's
+    /// `max_message_size`), and waits for the acknowledgement.
+    pub async fn send_message(&self, message: Message) -> Result<(), SendError> {
         let (done, rx) = oneshot::channel();
         if self
             .handles
@@ -460,9 +485,45 @@ impl Connection {
         })
     }
 
-    /// The next message from the peer, in order; after the last one, why the connection
-    /// ended.
-    pub async fn receive(&mut self) -> Result<Message, ConnectionClosed> {
+    /// Opens a stream of `content_type` (with its length, if known). Waits while the peer's
+    /// `max_streams` are open. Write to the returned [`StreamSender`], then `finish` it.
+    pub async fn open_stream(
+        &self,
+        content_type: impl Into<String>,
+        total_len: Option<u64>,
+    ) -> Result<StreamSender, SendError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::OpenStream {
+            content_type: content_type.into(),
+            total_len,
+            reply,
+        };
+        if self.handles.commands.send(cmd).await.is_err() {
+            return Err(SendError::Closed(self.cause()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(SendError::Closed(self.cause())))
+    }
+
+    /// Streams everything `reader` yields (a file, a pipe, a buffer) and waits until the peer
+    /// verified it; returns the bytes sent. Memory stays bounded by the windows whatever the
+    /// size; watch progress with [`Connection::open_stream`] and [`StreamSender::progress`]
+    /// instead when it matters.
+    pub async fn send_stream<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        content_type: impl Into<String>,
+        total_len: Option<u64>,
+        reader: &mut R,
+    ) -> Result<u64, SendError> {
+        let mut s = self.open_stream(content_type, total_len).await?;
+        let n = s.copy_from(reader).await?;
+        s.finish().await?;
+        Ok(n)
+    }
+
+    /// The next message or stream from the peer, in the order the peer sent them; after the
+    /// last one, why the connection ended.
+    pub async fn receive(&mut self) -> Result<Incoming, ConnectionClosed> {
         match self.handles.incoming.recv().await {
             Some(m) => Ok(m),
             None => Err(ConnectionClosed(self.cause())),
@@ -514,9 +575,27 @@ impl Connection {
     }
 }
 
-fn cause_of(state: &watch::Receiver<ConnectionState>) -> CloseCause {
-    match &*state.borrow() {
-        ConnectionState::Closed(c) => c.clone(),
-        _ => CloseCause::Lost("connection task ended".into()),
+impl Incoming {
+    /// The message, if this is one.
+    pub fn into_message(self) -> Option<Message> {
+        match self {
+            Incoming::Message(m) => Some(m),
+            Incoming::Stream(_) => None,
+        }
+    }
+
+    /// The payload as a message, reading a stream whole (refusing more than `max` bytes).
+    pub async fn into_bytes(self, max: usize) -> Result<Message, StreamError> {
+        match self {
+            Incoming::Message(m) => Ok(m),
+            Incoming::Stream(s) => {
+                let content_type = s.content_type().to_string();
+                let payload = s.read_to_end(max).await?;
+                Ok(Message {
+                    content_type,
+                    payload,
+                })
+            }
+        }
     }
 }

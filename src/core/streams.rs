@@ -1,0 +1,751 @@
+//! Streams inside a session: chunking, credit-based flow control, reassembly, verification
+//! (PROTOCOL.md §5.2–§5.6, §6.2). Pure state; the [`super::Session`] feeds it frames and
+//! sequence numbers and forwards what it produces.
+//!
+//! Memory is bounded by the windows, never by payload size:
+//! - a sender never has more than the receiver's `limit` in flight per stream, nor more than
+//!   the connection limit over all streams, and keeps at most that much for retransmission;
+//! - a receiver grants `limit = consumed + window`, so at most one window per stream (and one
+//!   connection window overall) is ever buffered between the network and the application.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::wire::{Credit, ReasonCode, StreamAbort, StreamChunk, StreamEnd};
+
+/// One outgoing stream.
+#[derive(Debug)]
+pub(crate) struct OutStream {
+    pub(crate) total_len: Option<u64>,
+    pub(crate) announced_sha: Option<[u8; 32]>,
+    /// Bytes handed out as chunks.
+    pub(crate) sent: u64,
+    /// Bytes the receiver reported received in order.
+    pub(crate) acked: u64,
+    /// The receiver accepts bytes below this offset.
+    pub(crate) limit: u64,
+    hasher: Sha256,
+    /// Chunks sent and not yet acknowledged, kept for retransmission after a resume.
+    pub(crate) retained: VecDeque<(u64, Bytes)>,
+    /// `STREAM_END` or `STREAM_ABORT` queued.
+    pub(crate) ended: bool,
+}
+
+/// One incoming stream.
+#[derive(Debug)]
+pub(crate) struct InStream {
+    pub(crate) total_len: Option<u64>,
+    pub(crate) announced_sha: Option<[u8; 32]>,
+    /// Bytes received in order.
+    pub(crate) received: u64,
+    /// Bytes the application has taken.
+    pub(crate) consumed: u64,
+    /// The last limit we granted.
+    pub(crate) granted: u64,
+    hasher: Sha256,
+    /// Ended (verified, failed or aborted); kept until the application lets go, so its
+    /// unread bytes still count against the connection window.
+    pub(crate) ended: bool,
+}
+
+/// Why a stream operation was refused. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamRefusal {
+    /// No such open stream (finished, aborted, or never opened).
+    Unknown,
+    /// More data than the credit allows right now: wait for credit.
+    NoCredit,
+    /// More data than the announced total length.
+    Overrun,
+}
+
+/// What a received stream frame means for the session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// Nothing for the application.
+    Nothing,
+    /// Bytes for the application.
+    Data(Bytes),
+    /// The stream ended: verified (`Ok`) or failed, with the reason to answer in `STREAM_RESULT`.
+    Ended(Result<(), (ReasonCode, String)>),
+    /// The peer broke flow control or the protocol: close the connection.
+    Fatal(ReasonCode, String),
+}
+
+/// All streams of a session, both directions, and the connection-wide windows.
+#[derive(Debug)]
+pub(crate) struct Streams {
+    /// Our receive window per stream, and overall.
+    stream_window: u64,
+    connection_window: u64,
+    /// Most incoming streams open at once.
+    max_incoming: usize,
+    /// Largest chunk we send: min(our chunk size, peer frame limit − 24).
+    pub(crate) max_chunk: u64,
+    /// The peer's initial window per stream, and most streams it accepts.
+    peer_stream_window: u64,
+    pub(crate) peer_max_streams: usize,
+
+    pub(crate) out: BTreeMap<u64, OutStream>,
+    next_out_id: u64,
+    /// Chunk bytes sent on this connection, and the peer's connection limit.
+    conn_sent: u64,
+    conn_limit: u64,
+
+    pub(crate) incoming: BTreeMap<u64, InStream>,
+    /// Highest incoming stream id opened so far (ids increase; lower unknown ids are finished).
+    last_in_id: u64,
+    /// Chunk bytes received on this connection, consumed (or discarded), and the limit granted.
+    conn_received: u64,
+    conn_consumed: u64,
+    conn_granted: u64,
+}
+
+/// The parameters of [`Streams`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamParams {
+    pub(crate) stream_window: u64,
+    pub(crate) connection_window: u64,
+    pub(crate) max_incoming: usize,
+    pub(crate) max_chunk: u64,
+    pub(crate) peer_stream_window: u64,
+    pub(crate) peer_connection_window: u64,
+    pub(crate) peer_max_streams: usize,
+}
+
+impl Streams {
+    pub(crate) fn new(p: StreamParams) -> Self {
+        Self {
+            stream_window: p.stream_window,
+            connection_window: p.connection_window,
+            max_incoming: p.max_incoming,
+            max_chunk: p.max_chunk.max(1),
+            peer_stream_window: p.peer_stream_window,
+            peer_max_streams: p.peer_max_streams,
+            out: BTreeMap::new(),
+            next_out_id: 1,
+            conn_sent: 0,
+            conn_limit: p.peer_connection_window,
+            incoming: BTreeMap::new(),
+            last_in_id: 0,
+            conn_received: 0,
+            conn_consumed: 0,
+            conn_granted: p.connection_window,
+        }
+    }
+
+    // ----- sending -----
+
+    /// Whether another outgoing stream may open now.
+    pub(crate) fn can_open(&self) -> bool {
+        self.out.len() < self.peer_max_streams
+    }
+
+    /// Registers a new outgoing stream; returns its id.
+    pub(crate) fn open(&mut self, total_len: Option<u64>, sha256: Option<[u8; 32]>) -> u64 {
+        let id = self.next_out_id;
+        self.next_out_id += 1;
+        self.out.insert(
+            id,
+            OutStream {
+                total_len,
+                announced_sha: sha256,
+                sent: 0,
+                acked: 0,
+                limit: self.peer_stream_window,
+                hasher: Sha256::new(),
+                retained: VecDeque::new(),
+                ended: false,
+            },
+        );
+        id
+    }
+
+    /// How many bytes stream `id` may send right now (0: wait for credit), at most one chunk.
+    pub(crate) fn capacity(&self, id: u64) -> u64 {
+        let Some(s) = self.out.get(&id) else {
+            return 0;
+        };
+        if s.ended {
+            return 0;
+        }
+        let stream = s.limit.saturating_sub(s.sent);
+        let conn = self.conn_limit.saturating_sub(self.conn_sent);
+        stream.min(conn).min(self.max_chunk)
+    }
+
+    /// Sends `data` (at most [`Streams::capacity`] bytes) on stream `id`.
+    pub(crate) fn write(&mut self, id: u64, data: Bytes) -> Result<StreamChunk, StreamRefusal> {
+        let cap = self.capacity(id);
+        let s = self.out.get_mut(&id).ok_or(StreamRefusal::Unknown)?;
+        if s.ended {
+            return Err(StreamRefusal::Unknown);
+        }
+        let n = data.len() as u64;
+        if n == 0 || n > cap {
+            return Err(StreamRefusal::NoCredit);
+        }
+        if s.total_len.is_some_and(|t| s.sent + n > t) {
+            return Err(StreamRefusal::Overrun);
+        }
+        s.hasher.update(&data);
+        let offset = s.sent;
+        s.sent += n;
+        s.retained.push_back((offset, data.clone()));
+        self.conn_sent += n;
+        Ok(StreamChunk {
+            stream_id: id,
+            offset,
+            data,
+        })
+    }
+
+    /// Ends stream `id`: `STREAM_END` with length and hash, or, if the bytes do not match
+    /// what `STREAM_OPEN` announced, `STREAM_ABORT` with `stream integrity` (the receiver
+    /// would refuse them anyway; better say so than send a lie).
+    pub(crate) fn finish(
+        &mut self,
+        id: u64,
+    ) -> Result<Result<StreamEnd, StreamAbort>, StreamRefusal> {
+        let s = self.out.get_mut(&id).ok_or(StreamRefusal::Unknown)?;
+        if s.ended {
+            return Err(StreamRefusal::Unknown);
+        }
+        s.ended = true;
+        let sha256: [u8; 32] = s.hasher.clone().finalize().into();
+        let problem = if s.total_len.is_some_and(|t| t != s.sent) {
+            Some(format!(
+                "announced {} bytes, sent {}",
+                s.total_len.unwrap_or(0),
+                s.sent
+            ))
+        } else if s.announced_sha.is_some_and(|h| h != sha256) {
+            Some("the bytes sent do not match the announced SHA-256".to_string())
+        } else {
+            None
+        };
+        Ok(match problem {
+            None => Ok(StreamEnd {
+                stream_id: id,
+                total_len: s.sent,
+                sha256,
+            }),
+            Some(text) => Err(StreamAbort {
+                stream_id: id,
+                reason: ReasonCode::StreamIntegrity,
+                text,
+            }),
+        })
+    }
+
+    /// Gives up on stream `id`.
+    pub(crate) fn abort(
+        &mut self,
+        id: u64,
+        reason: ReasonCode,
+        text: String,
+    ) -> Result<StreamAbort, StreamRefusal> {
+        let s = self.out.get_mut(&id).ok_or(StreamRefusal::Unknown)?;
+        if s.ended {
+            return Err(StreamRefusal::Unknown);
+        }
+        s.ended = true;
+        Ok(StreamAbort {
+            stream_id: id,
+            reason,
+            text,
+        })
+    }
+
+    /// The receiver's `STREAM_RESULT` settled stream `id`; forget it. Returns whether it was
+    /// ours and open.
+    pub(crate) fn settle(&mut self, id: u64) -> bool {
+        self.out.remove(&id).is_some()
+    }
+
+    /// Applies a `CREDIT` from the peer. Returns the stream whose acknowledged offset moved, or
+    /// an error for a credit that breaks the rules.
+    pub(crate) fn credit(&mut self, c: Credit) -> Result<Option<(u64, u64)>, String> {
+        if c.stream_id == 0 {
+            if c.acked > self.conn_sent {
+                return Err(format!(
+                    "connection CREDIT acknowledges {} bytes, {} sent",
+                    c.acked, self.conn_sent
+                ));
+            }
+            self.conn_limit = self.conn_limit.max(c.limit);
+            return Ok(None);
+        }
+        let Some(s) = self.out.get_mut(&c.stream_id) else {
+            // A credit for a stream already settled: late, harmless.
+            return Ok(None);
+        };
+        if c.acked > s.sent {
+            return Err(format!(
+                "CREDIT acknowledges {} bytes of stream {}, {} sent",
+                c.acked, c.stream_id, s.sent
+            ));
+        }
+        s.limit = s.limit.max(c.limit);
+        if c.acked > s.acked {
+            s.acked = c.acked;
+            while s
+                .retained
+                .front()
+                .is_some_and(|(off, d)| off + d.len() as u64 <= c.acked)
+            {
+                s.retained.pop_front();
+            }
+            return Ok(Some((c.stream_id, c.acked)));
+        }
+        Ok(None)
+    }
+
+    /// Bytes kept for retransmission over all outgoing streams.
+    pub(crate) fn retained_bytes(&self) -> u64 {
+        self.out
+            .values()
+            .flat_map(|s| s.retained.iter())
+            .map(|(_, d)| d.len() as u64)
+            .sum()
+    }
+
+    // ----- receiving -----
+
+    /// A `STREAM_OPEN` arrived. `Err` carries the reason to refuse it with (`STREAM_RESULT`)
+    /// or, for an id that does not increase, a fatal protocol error.
+    pub(crate) fn on_open(
+        &mut self,
+        id: u64,
+        total_len: Option<u64>,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<(), Inbound> {
+        if id <= self.last_in_id {
+            return Err(Inbound::Fatal(
+                ReasonCode::ProtocolError,
+                format!("stream id {id} not above {}", self.last_in_id),
+            ));
+        }
+        self.last_in_id = id;
+        if self.incoming.values().filter(|s| !s.ended).count() >= self.max_incoming {
+            return Err(Inbound::Ended(Err((
+                ReasonCode::LimitExceeded,
+                format!("{} streams open", self.incoming.len()),
+            ))));
+        }
+        self.incoming.insert(
+            id,
+            InStream {
+                total_len,
+                announced_sha: sha256,
+                received: 0,
+                consumed: 0,
+                granted: self.stream_window,
+                hasher: Sha256::new(),
+                ended: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// A `STREAM_CHUNK` arrived.
+    pub(crate) fn on_chunk(&mut self, c: StreamChunk) -> Inbound {
+        let n = c.data.len() as u64;
+        if self.conn_received + n > self.conn_granted {
+            return Inbound::Fatal(
+                ReasonCode::FlowControlError,
+                format!(
+                    "{} chunk bytes beyond the connection limit {}",
+                    self.conn_received + n - self.conn_granted,
+                    self.conn_granted
+                ),
+            );
+        }
+        self.conn_received += n;
+        let Some(s) = self.incoming.get_mut(&c.stream_id).filter(|s| !s.ended) else {
+            if c.stream_id <= self.last_in_id {
+                // A stream we finished or refused: the chunk was in flight. Drop it, and
+                // count it consumed so the connection window is not lost.
+                self.conn_consumed += n;
+                return Inbound::Nothing;
+            }
+            return Inbound::Fatal(
+                ReasonCode::ProtocolError,
+                format!("chunk for stream {} that was never opened", c.stream_id),
+            );
+        };
+        let end = c.offset + n; // cannot overflow: the codec refuses such chunks
+        if end > s.granted {
+            return Inbound::Fatal(
+                ReasonCode::FlowControlError,
+                format!(
+                    "stream {} chunk ends at {end}, beyond the limit {}",
+                    c.stream_id, s.granted
+                ),
+            );
+        }
+        if end <= s.received {
+            // Already have all of it (a retransmission after a resume).
+            self.conn_consumed += n;
+            return Inbound::Nothing;
+        }
+        if c.offset > s.received {
+            return Inbound::Ended(Err((
+                ReasonCode::StreamIntegrity,
+                format!(
+                    "stream {} chunk at {} leaves a gap after {}",
+                    c.stream_id, c.offset, s.received
+                ),
+            )));
+        }
+        // Trim what we already have.
+        let skip = (s.received - c.offset) as usize;
+        self.conn_consumed += skip as u64;
+        let data = c.data.slice(skip..);
+        if s.total_len.is_some_and(|t| end > t) {
+            return Inbound::Ended(Err((
+                ReasonCode::StreamIntegrity,
+                format!("stream {} runs past its announced length", c.stream_id),
+            )));
+        }
+        s.hasher.update(&data);
+        s.received = end;
+        Inbound::Data(data)
+    }
+
+    /// A `STREAM_END` arrived: verify length and hash.
+    pub(crate) fn on_end(&mut self, e: StreamEnd) -> Inbound {
+        let Some(s) = self.incoming.get(&e.stream_id).filter(|s| !s.ended) else {
+            return if e.stream_id <= self.last_in_id {
+                Inbound::Nothing // already finished (a resend after a resume)
+            } else {
+                Inbound::Fatal(
+                    ReasonCode::ProtocolError,
+                    format!("end of stream {} that was never opened", e.stream_id),
+                )
+            };
+        };
+        let sha: [u8; 32] = s.hasher.clone().finalize().into();
+        let problem = if e.total_len != s.received {
+            Some(format!(
+                "end says {} bytes, {} received",
+                e.total_len, s.received
+            ))
+        } else if s.total_len.is_some_and(|t| t != e.total_len) {
+            Some(format!(
+                "open announced {} bytes, end says {}",
+                s.total_len.unwrap_or(0),
+                e.total_len
+            ))
+        } else if e.sha256 != sha {
+            Some("SHA-256 of the bytes received does not match the end's".to_string())
+        } else if s.announced_sha.is_some_and(|h| h != sha) {
+            Some("SHA-256 of the bytes received does not match the open's".to_string())
+        } else {
+            None
+        };
+        match problem {
+            None => Inbound::Ended(Ok(())),
+            Some(p) => Inbound::Ended(Err((ReasonCode::StreamIntegrity, p))),
+        }
+    }
+
+    /// A `STREAM_ABORT` arrived.
+    pub(crate) fn on_abort(&mut self, a: &StreamAbort) -> Inbound {
+        if self.incoming.get(&a.stream_id).is_some_and(|s| !s.ended) {
+            Inbound::Ended(Err((a.reason, a.text.clone())))
+        } else if a.stream_id <= self.last_in_id {
+            Inbound::Nothing
+        } else {
+            Inbound::Fatal(
+                ReasonCode::ProtocolError,
+                format!("abort of stream {} that was never opened", a.stream_id),
+            )
+        }
+    }
+
+    /// Forgets incoming stream `id` (ended, failed or cancelled). Its unconsumed bytes go back
+    /// to the connection window: the application will never read them.
+    pub(crate) fn close_incoming(&mut self, id: u64) -> bool {
+        match self.incoming.remove(&id) {
+            Some(s) => {
+                self.conn_consumed += s.received - s.consumed;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The application took `n` bytes of stream `id`. Returns the `CREDIT` frames due: a new
+    /// grant once a quarter of a window has been consumed since the last one.
+    pub(crate) fn consumed(&mut self, id: u64, n: u64) -> Vec<Credit> {
+        let mut out = Vec::new();
+        if let Some(s) = self.incoming.get_mut(&id) {
+            s.consumed = (s.consumed + n).min(s.received);
+            let limit = s.consumed + self.stream_window;
+            if limit - s.granted >= self.stream_window / 4 {
+                s.granted = limit;
+                out.push(Credit {
+                    stream_id: id,
+                    acked: s.received,
+                    limit,
+                });
+            }
+        }
+        self.conn_consumed = (self.conn_consumed + n).min(self.conn_received);
+        if let Some(c) = self.connection_credit(false) {
+            out.push(c);
+        }
+        out
+    }
+
+    /// The connection-wide `CREDIT`, when a quarter window is due (or always, if `force`).
+    pub(crate) fn connection_credit(&mut self, force: bool) -> Option<Credit> {
+        let limit = self.conn_consumed + self.connection_window;
+        if force || limit - self.conn_granted >= self.connection_window / 4 {
+            self.conn_granted = self.conn_granted.max(limit);
+            Some(Credit {
+                stream_id: 0,
+                acked: self.conn_received,
+                limit: self.conn_granted,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> StreamParams {
+        StreamParams {
+            stream_window: 100,
+            connection_window: 150,
+            max_incoming: 2,
+            max_chunk: 40,
+            peer_stream_window: 100,
+            peer_connection_window: 150,
+            peer_max_streams: 2,
+        }
+    }
+
+    fn data(n: usize) -> Bytes {
+        Bytes::from((0..n).map(|i| i as u8).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_sender_never_exceeds_the_stream_window() {
+        let mut s = Streams::new(params());
+        let id = s.open(None, None);
+        let mut sent = 0;
+        while s.capacity(id) > 0 {
+            let n = s.capacity(id) as usize;
+            assert!(n <= 40, "one chunk at most");
+            s.write(id, data(n)).unwrap_or_else(|e| panic!("{e:?}"));
+            sent += n;
+        }
+        assert_eq!(sent, 100);
+        assert_eq!(s.write(id, data(1)), Err(StreamRefusal::NoCredit));
+        // Acknowledgement alone frees retention, not credit.
+        let moved = s.credit(Credit {
+            stream_id: id,
+            acked: 100,
+            limit: 100,
+        });
+        assert_eq!(moved, Ok(Some((id, 100))));
+        assert_eq!(s.capacity(id), 0);
+        assert_eq!(s.retained_bytes(), 0);
+        s.credit(Credit {
+            stream_id: id,
+            acked: 100,
+            limit: 130,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.capacity(id), 30);
+    }
+
+    #[test]
+    fn the_connection_window_caps_all_streams_together() {
+        let mut s = Streams::new(params());
+        let a = s.open(None, None);
+        let b = s.open(None, None);
+        for _ in 0..3 {
+            let n = s.capacity(a) as usize;
+            s.write(a, data(n)).unwrap_or_else(|e| panic!("{e:?}"));
+        }
+        // a took 100 of the 150 connection bytes; b gets at most 50.
+        let mut b_sent = 0;
+        while s.capacity(b) > 0 {
+            let n = s.capacity(b) as usize;
+            s.write(b, data(n)).unwrap_or_else(|e| panic!("{e:?}"));
+            b_sent += n;
+        }
+        assert_eq!(b_sent, 50);
+    }
+
+    #[test]
+    fn credit_is_granted_only_as_the_application_consumes() {
+        let mut r = Streams::new(params());
+        r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        for off in [0u64, 40, 80] {
+            let n = if off == 80 { 20 } else { 40 };
+            let got = r.on_chunk(StreamChunk {
+                stream_id: 1,
+                offset: off,
+                data: data(n),
+            });
+            assert!(matches!(got, Inbound::Data(_)));
+        }
+        // Window full: a byte more is a flow-control violation.
+        let over = r.on_chunk(StreamChunk {
+            stream_id: 1,
+            offset: 100,
+            data: data(1),
+        });
+        assert!(matches!(
+            over,
+            Inbound::Fatal(ReasonCode::FlowControlError, _)
+        ));
+        // Consuming less than a quarter window grants nothing.
+        assert!(r.consumed(1, 10).iter().all(|c| c.stream_id != 1));
+        // A quarter window consumed: a grant of consumed + window.
+        let credits = r.consumed(1, 20);
+        let c = credits.iter().find(|c| c.stream_id == 1).copied();
+        assert_eq!(
+            c,
+            Some(Credit {
+                stream_id: 1,
+                acked: 100,
+                limit: 130
+            })
+        );
+    }
+
+    #[test]
+    fn a_gap_or_a_bad_hash_fails_the_stream_not_the_connection() {
+        let mut r = Streams::new(params());
+        r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        let gap = r.on_chunk(StreamChunk {
+            stream_id: 1,
+            offset: 5,
+            data: data(3),
+        });
+        assert!(matches!(
+            gap,
+            Inbound::Ended(Err((ReasonCode::StreamIntegrity, _)))
+        ));
+        r.on_open(2, Some(3), None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(
+            r.on_chunk(StreamChunk {
+                stream_id: 2,
+                offset: 0,
+                data: Bytes::from_static(b"abc")
+            }),
+            Inbound::Data(_)
+        ));
+        let bad = r.on_end(StreamEnd {
+            stream_id: 2,
+            total_len: 3,
+            sha256: [0; 32],
+        });
+        assert!(matches!(
+            bad,
+            Inbound::Ended(Err((ReasonCode::StreamIntegrity, _)))
+        ));
+        let good = r.on_end(StreamEnd {
+            stream_id: 2,
+            total_len: 3,
+            sha256: crate::wire::examples::SHA256_ABC,
+        });
+        assert_eq!(good, Inbound::Ended(Ok(())));
+    }
+
+    #[test]
+    fn retransmitted_bytes_are_dropped_or_trimmed() {
+        let mut r = Streams::new(params());
+        r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        let _ = r.on_chunk(StreamChunk {
+            stream_id: 1,
+            offset: 0,
+            data: data(10),
+        });
+        assert_eq!(
+            r.on_chunk(StreamChunk {
+                stream_id: 1,
+                offset: 0,
+                data: data(10)
+            }),
+            Inbound::Nothing
+        );
+        let overlap = r.on_chunk(StreamChunk {
+            stream_id: 1,
+            offset: 5,
+            data: data(10),
+        });
+        assert_eq!(overlap, Inbound::Data(data(10).slice(5..)));
+        assert_eq!(r.incoming[&1].received, 15);
+    }
+
+    #[test]
+    fn resume_offsets_are_tracked_exactly() {
+        let mut s = Streams::new(params());
+        let id = s.open(None, None);
+        for _ in 0..2 {
+            let n = s.capacity(id) as usize;
+            s.write(id, data(n)).unwrap_or_else(|e| panic!("{e:?}"));
+        }
+        // 80 sent; the receiver acknowledged 55: retained data covers exactly 40..80.
+        s.credit(Credit {
+            stream_id: id,
+            acked: 55,
+            limit: 100,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let out = &s.out[&id];
+        assert_eq!(out.acked, 55);
+        let offsets: Vec<u64> = out.retained.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, vec![40]);
+        // An acknowledgement beyond what was sent is refused.
+        assert!(
+            s.credit(Credit {
+                stream_id: id,
+                acked: 81,
+                limit: 100
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_sender_refuses_to_overrun_or_misstate_its_length() {
+        let mut s = Streams::new(params());
+        let id = s.open(Some(5), None);
+        assert_eq!(s.write(id, data(6)), Err(StreamRefusal::Overrun));
+        s.write(id, data(3)).unwrap_or_else(|e| panic!("{e:?}"));
+        let ended = s.finish(id).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(
+            ended,
+            Err(StreamAbort {
+                reason: ReasonCode::StreamIntegrity,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn too_many_incoming_streams_are_refused_alone() {
+        let mut r = Streams::new(params());
+        r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        r.on_open(2, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(
+            r.on_open(3, None, None),
+            Err(Inbound::Ended(Err((ReasonCode::LimitExceeded, _))))
+        ));
+        assert!(matches!(r.on_open(3, None, None), Err(Inbound::Fatal(..))));
+    }
+}

@@ -1,0 +1,346 @@
+//! The application's ends of streams: [`StreamSender`] to send a large payload in chunks with
+//! backpressure, [`IncomingStream`] to read one at the application's own pace, [`Progress`]
+//! to watch either.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::connection::ConnectionState;
+use crate::error::{CloseCause, SendError};
+use crate::wire::ReasonCode;
+
+/// How far a stream has got. Updated per chunk; cheap to watch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// Sender: bytes handed to the connection.
+    pub sent: u64,
+    /// Sender: bytes the receiver acknowledged.
+    pub acked: u64,
+    /// Receiver: bytes received in order.
+    pub received: u64,
+    /// The payload's length, if announced.
+    pub total: Option<u64>,
+    /// Average rate since the stream opened, in bytes per second (acknowledged bytes for a
+    /// sender, received bytes for a receiver).
+    pub bytes_per_sec: f64,
+    /// The stream has settled (either way).
+    pub done: bool,
+}
+
+/// What a [`StreamSender`] hands the driver.
+#[derive(Debug)]
+pub(crate) enum OutCmd {
+    Data(Bytes),
+    Finish,
+    Abort(ReasonCode, String),
+}
+
+/// What the driver hands an [`IncomingStream`].
+#[derive(Debug)]
+pub(crate) enum InItem {
+    Data(Bytes),
+    End(Result<(), StreamError>),
+}
+
+/// What stream handles tell the driver. Unbounded on purpose: each message stands for at most
+/// one chunk in flight, so the credit window already bounds how many can be queued.
+#[derive(Debug)]
+pub(crate) enum StreamSignal {
+    Consumed { id: u64, n: u64 },
+    Released { id: u64 },
+}
+
+/// Why an incoming stream did not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The stream failed: the sender aborted it (with its reason), or its bytes did not match
+    /// the announced length or SHA-256 (`stream integrity`). The connection is unaffected.
+    #[error("stream failed with {reason}: {detail}")]
+    Failed {
+        /// The reason code.
+        reason: ReasonCode,
+        /// Details.
+        detail: String,
+    },
+    /// The connection ended before the stream did.
+    #[error("connection closed: {0}")]
+    Closed(CloseCause),
+    /// `read_to_end` was given a limit and the stream is longer.
+    #[error("stream longer than the {max} bytes allowed")]
+    TooLarge {
+        /// The limit given.
+        max: usize,
+    },
+}
+
+impl From<StreamError> for io::Error {
+    fn from(e: StreamError) -> io::Error {
+        io::Error::other(e)
+    }
+}
+
+/// Sends one stream. Write chunks (waiting when the window or queue is full), then
+/// [`StreamSender::finish`], which resolves once the receiver verified the whole payload.
+///
+/// Dropping it without finishing aborts the stream with `cancelled`.
+#[derive(Debug)]
+pub struct StreamSender {
+    pub(crate) id: u64,
+    pub(crate) data: mpsc::Sender<OutCmd>,
+    pub(crate) progress: watch::Receiver<Progress>,
+    pub(crate) done: oneshot::Receiver<Result<(), SendError>>,
+    pub(crate) chunk: usize,
+    pub(crate) state: watch::Receiver<ConnectionState>,
+    /// The settlement, once taken from `done` early (a write found the stream settled).
+    pub(crate) settled: Option<Result<(), SendError>>,
+}
+
+/// [`StreamSender::try_write`] found the queue full; the data comes back.
+#[derive(Debug)]
+pub struct Full(pub Bytes);
+
+impl StreamSender {
+    /// The stream's id on this connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Progress, to watch.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    /// Why the driver no longer takes data: the stream settled (the receiver cancelled or
+    /// failed it), or the connection ended.
+    fn closed(&mut self) -> SendError {
+        if self.settled.is_none() {
+            if let Ok(r) = self.done.try_recv() {
+                self.settled = Some(r);
+            }
+        }
+        match &self.settled {
+            Some(Err(e)) => e.clone(),
+            _ => SendError::Closed(super::connection::cause_of(&self.state)),
+        }
+    }
+
+    /// Queues `data`, waiting while the stream's queue is full (backpressure: a slow receiver
+    /// slows the writer, memory does not grow).
+    pub async fn write(&mut self, mut data: Bytes) -> Result<(), SendError> {
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(self.chunk));
+            if self.data.send(OutCmd::Data(piece)).await.is_err() {
+                return Err(self.closed());
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `data` if there is room now; otherwise hands it back as [`Full`] at once.
+    /// At most one chunk (`chunk_size`) is taken per call; a longer `data` is cut there and the
+    /// rest returned as `Full` only if nothing fit.
+    pub fn try_write(&mut self, mut data: Bytes) -> Result<Option<Bytes>, Full> {
+        let rest = if data.len() > self.chunk {
+            Some(data.split_off(self.chunk))
+        } else {
+            None
+        };
+        match self.data.try_send(OutCmd::Data(data)) {
+            Ok(()) => Ok(rest),
+            Err(mpsc::error::TrySendError::Full(OutCmd::Data(mut d)))
+            | Err(mpsc::error::TrySendError::Closed(OutCmd::Data(mut d))) => {
+                if let Some(r) = rest {
+                    let mut whole = d.to_vec();
+                    whole.extend_from_slice(&r);
+                    d = Bytes::from(whole);
+                }
+                Err(Full(d))
+            }
+            Err(_) => Err(Full(Bytes::new())),
+        }
+    }
+
+    /// Copies `reader` to the stream until its end, in `chunk_size` pieces; returns the bytes
+    /// copied. A read error aborts the stream and is returned as [`SendError::Source`].
+    pub async fn copy_from<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<u64, SendError> {
+        let mut total = 0u64;
+        loop {
+            let mut buf = Vec::with_capacity(self.chunk);
+            let n = match (&mut *reader)
+                .take(self.chunk as u64)
+                .read_to_end(&mut buf)
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = self
+                        .data
+                        .send(OutCmd::Abort(
+                            ReasonCode::Cancelled,
+                            format!("source failed: {e}"),
+                        ))
+                        .await;
+                    return Err(SendError::Source(e.to_string()));
+                }
+            };
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+            if self
+                .data
+                .send(OutCmd::Data(Bytes::from(buf)))
+                .await
+                .is_err()
+            {
+                return Err(self.closed());
+            }
+        }
+    }
+
+    /// Ends the stream and waits until the receiver has verified it (length and SHA-256), or
+    /// failed it (then [`SendError::Stream`] says why), or the connection ended (delivery
+    /// unknown).
+    pub async fn finish(mut self) -> Result<(), SendError> {
+        if let Some(r) = self.settled.take() {
+            return r;
+        }
+        // If the stream already settled, the driver no longer listens; the settlement waits
+        // in `done` either way.
+        let _ = self.data.send(OutCmd::Finish).await;
+        let state = self.state.clone();
+        self.done
+            .await
+            .unwrap_or_else(|_| Err(SendError::Unknown(super::connection::cause_of(&state))))
+    }
+
+    /// Gives up on the stream; the receiver discards what it got.
+    pub async fn abort(self, reason: ReasonCode, detail: String) {
+        let _ = self.data.send(OutCmd::Abort(reason, detail)).await;
+    }
+}
+
+/// A stream from the peer. Read it with [`IncomingStream::chunk`], as an [`AsyncRead`], or
+/// whole with [`IncomingStream::read_to_end`]. The sender can only get a window ahead of the
+/// reader, so reading slowly slows the sender instead of filling memory.
+///
+/// Dropping it before the end cancels the stream (the sender is told `cancelled`).
+#[derive(Debug)]
+pub struct IncomingStream {
+    pub(crate) id: u64,
+    pub(crate) content_type: String,
+    pub(crate) total_len: Option<u64>,
+    pub(crate) sha256: Option<[u8; 32]>,
+    pub(crate) rx: mpsc::UnboundedReceiver<InItem>,
+    pub(crate) signals: mpsc::UnboundedSender<StreamSignal>,
+    pub(crate) progress: watch::Receiver<Progress>,
+    pub(crate) current: Bytes,
+    pub(crate) ended: Option<Result<(), StreamError>>,
+}
+
+impl IncomingStream {
+    /// The peer's id for this stream.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its content type.
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// Its length, if the sender announced it.
+    pub fn total_len(&self) -> Option<u64> {
+        self.total_len
+    }
+
+    /// Its SHA-256, if the sender announced it up front (it is always checked at the end).
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.sha256
+    }
+
+    /// Progress, to watch.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        if !self.current.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.current))));
+        }
+        if let Some(end) = &self.ended {
+            return Poll::Ready(end.clone().map(|()| None));
+        }
+        match ready!(self.rx.poll_recv(cx)) {
+            Some(InItem::Data(b)) => {
+                let _ = self.signals.send(StreamSignal::Consumed {
+                    id: self.id,
+                    n: b.len() as u64,
+                });
+                Poll::Ready(Ok(Some(b)))
+            }
+            Some(InItem::End(result)) => {
+                self.ended = Some(result.clone());
+                Poll::Ready(result.map(|()| None))
+            }
+            None => {
+                let e = StreamError::Closed(CloseCause::Lost("connection task ended".into()));
+                self.ended = Some(Err(e.clone()));
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+
+    /// The next piece of the stream; `Ok(None)` once the whole payload arrived and its length
+    /// and SHA-256 were verified.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, StreamError> {
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    /// Reads the whole stream into memory, refusing more than `max` bytes.
+    pub async fn read_to_end(mut self, max: usize) -> Result<Bytes, StreamError> {
+        let mut out = Vec::new();
+        while let Some(b) = self.chunk().await? {
+            if out.len() + b.len() > max {
+                return Err(StreamError::TooLarge { max });
+            }
+            out.extend_from_slice(&b);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+impl AsyncRead for IncomingStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.current.is_empty() {
+            match ready!(self.poll_item(cx)) {
+                Ok(Some(b)) => self.current = b,
+                Ok(None) => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        let piece = self.current.split_to(n);
+        buf.put_slice(&piece);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for IncomingStream {
+    fn drop(&mut self) {
+        let _ = self.signals.send(StreamSignal::Released { id: self.id });
+    }
+}

@@ -1,0 +1,349 @@
+//! Streams on real sockets: a large stream with its hash checked, a slow reader that keeps
+//! the sender within the window, concurrent streams with messages, cancellation, and a small
+//! message that is not stuck behind a large stream.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use bytes::Bytes;
+use clipsync::config::TransportConfig;
+use clipsync::error::SendError;
+use clipsync::transport::{Connection, Incoming, IncomingStream, Message, PeerInfo};
+use clipsync::wire::ReasonCode;
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// A connected pair over loopback TCP with TLS: (client, server).
+async fn pair(cfg: TransportConfig) -> (Connection, Connection) {
+    let (ka, kb) = (key(1), key(2));
+    let server = transport(cfg.clone());
+    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
+    let peer = PeerInfo::new("server", vec![listener.local_addr().clone()]);
+    let client = transport(cfg);
+    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    (c.unwrap(), s.unwrap())
+}
+
+/// Deterministic payload bytes: byte `i` of stream `tag` (cheap to check without storing).
+fn byte(tag: u8, i: u64) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ tag
+}
+
+fn piece(tag: u8, offset: u64, len: usize) -> Bytes {
+    Bytes::from(
+        (0..len as u64)
+            .map(|i| byte(tag, offset + i))
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn expect_stream(conn: &mut Connection) -> IncomingStream {
+    match conn.receive().await.unwrap() {
+        Incoming::Stream(s) => s,
+        Incoming::Message(m) => panic!(
+            "expected a stream, got a message of {} bytes",
+            m.payload.len()
+        ),
+        _ => panic!("unexpected incoming item"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_stream_arrives_whole_and_verified() {
+    const LEN: u64 = 256 << 20;
+    let (client, mut server) = pair(cfg()).await;
+    let sender = tokio::spawn(async move {
+        let mut s = client
+            .open_stream("application/octet-stream", Some(LEN))
+            .await
+            .unwrap();
+        let progress = s.progress();
+        let mut hasher = Sha256::new();
+        let mut off = 0;
+        while off < LEN {
+            let n = (1 << 20).min(LEN - off) as usize;
+            let p = piece(7, off, n);
+            hasher.update(&p);
+            s.write(p).await.unwrap();
+            off += n as u64;
+        }
+        s.finish().await.unwrap();
+        let p = progress.borrow().clone();
+        assert!(p.done && p.sent == LEN && p.acked == LEN, "{p:?}");
+        (client, <[u8; 32]>::from(hasher.finalize()))
+    });
+    let mut stream = expect_stream(&mut server).await;
+    assert_eq!(stream.total_len(), Some(LEN));
+    let mut got = 0u64;
+    let mut hasher = Sha256::new();
+    while let Some(b) = stream.chunk().await.unwrap() {
+        hasher.update(&b);
+        got += b.len() as u64;
+    }
+    let (_client, sent_hash) = sender.await.unwrap();
+    assert_eq!(got, LEN);
+    assert_eq!(<[u8; 32]>::from(hasher.finalize()), sent_hash);
+    assert!(stream.progress().borrow().done);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_keeps_the_sender_within_the_window() {
+    const LEN: u64 = 24 << 20;
+    let cfg = TransportConfig {
+        stream_window: 1 << 20,
+        ..cfg()
+    };
+    let window = u64::from(cfg.stream_window);
+    let chunk = u64::from(cfg.chunk_size);
+    let (client, mut server) = pair(cfg).await;
+    let mut s = client
+        .open_stream("application/octet-stream", Some(LEN))
+        .await
+        .unwrap();
+    let progress = s.progress();
+    let writer = tokio::spawn(async move {
+        let mut off = 0;
+        while off < LEN {
+            s.write(piece(3, off, 1 << 20)).await.unwrap();
+            off += 1 << 20;
+        }
+        s.finish().await
+    });
+    let mut stream = expect_stream(&mut server).await;
+    let mut read = 0u64;
+    let mut worst = 0u64;
+    while let Some(b) = stream.chunk().await.unwrap() {
+        for (i, x) in b.iter().enumerate() {
+            assert_eq!(*x, byte(3, read + i as u64));
+        }
+        read += b.len() as u64;
+        // The sender may be at most one window (plus the chunk being read) ahead of the
+        // reader: that is the memory the receiver needs, whatever the payload size.
+        let ahead = progress.borrow().sent.saturating_sub(read);
+        worst = worst.max(ahead);
+        assert!(
+            ahead <= window + chunk,
+            "sender {ahead} bytes ahead of the reader"
+        );
+        // Read slowly: yield to let the sender run ahead if it could.
+        tokio::task::yield_now().await;
+        if read % (4 << 20) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(read, LEN);
+    writer.await.unwrap().unwrap();
+    // The window was actually used, so the bound above was really tested.
+    assert!(
+        worst >= window / 2,
+        "the sender never got ahead ({worst} bytes)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_and_messages_all_arrive_intact() {
+    const STREAMS: u8 = 4;
+    const LEN: u64 = 6 << 20;
+    const MESSAGES: usize = 200;
+    let (client, mut server) = pair(cfg()).await;
+    let client = std::sync::Arc::new(client);
+    let mut tasks = Vec::new();
+    for tag in 0..STREAMS {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = c
+                .open_stream(format!("test/stream-{tag}"), Some(LEN))
+                .await
+                .unwrap();
+            let mut off = 0;
+            while off < LEN {
+                let n = 100_000.min(LEN - off) as usize;
+                s.write(piece(tag, off, n)).await.unwrap();
+                off += n as u64;
+            }
+            s.finish().await.unwrap();
+        }));
+    }
+    let c = client.clone();
+    let messages = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            c.send(Message::text(format!("m{i}"))).await.unwrap();
+        }
+    });
+    let mut readers = Vec::new();
+    let mut next_message = 0;
+    while readers.len() < STREAMS as usize || next_message < MESSAGES {
+        match server.receive().await.unwrap() {
+            Incoming::Message(m) => {
+                assert_eq!(
+                    m,
+                    Message::text(format!("m{next_message}")),
+                    "messages in order"
+                );
+                next_message += 1;
+            }
+            Incoming::Stream(mut s) => readers.push(tokio::spawn(async move {
+                let tag: u8 = s
+                    .content_type()
+                    .trim_start_matches("test/stream-")
+                    .parse()
+                    .unwrap();
+                let mut off = 0u64;
+                while let Some(b) = s.chunk().await.unwrap() {
+                    for (i, x) in b.iter().enumerate() {
+                        assert_eq!(
+                            *x,
+                            byte(tag, off + i as u64),
+                            "stream {tag} at {}",
+                            off + i as u64
+                        );
+                    }
+                    off += b.len() as u64;
+                }
+                (tag, off)
+            })),
+            _ => panic!("unexpected incoming item"),
+        }
+    }
+    let mut seen = Vec::new();
+    for r in readers {
+        let (tag, len) = r.await.unwrap();
+        assert_eq!(len, LEN);
+        seen.push(tag);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..STREAMS).collect::<Vec<_>>());
+    messages.await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_message_overtakes_a_large_stream() {
+    const LEN: u64 = 64 << 20;
+    let cfg = cfg();
+    let window = u64::from(cfg.stream_window);
+    let (client, mut server) = pair(cfg).await;
+    let client = std::sync::Arc::new(client);
+    let mut s = client
+        .open_stream("application/octet-stream", Some(LEN))
+        .await
+        .unwrap();
+    let progress = s.progress();
+    let writer = tokio::spawn(async move {
+        let mut off = 0;
+        while off < LEN {
+            s.write(piece(1, off, 1 << 20)).await.unwrap();
+            off += 1 << 20;
+        }
+        s.finish().await
+    });
+    let mut stream = expect_stream(&mut server).await;
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(b) = stream.chunk().await.unwrap() {
+            n += b.len() as u64;
+        }
+        n
+    });
+    // Once 8 MiB are under way, a clipboard update.
+    let mut p = progress.clone();
+    p.wait_for(|p| p.sent >= 8 << 20).await.unwrap();
+    let sent_at_submit = progress.borrow().sent;
+    let ack = client.try_send(Message::text("clipboard")).unwrap();
+    let m = server.receive().await.unwrap().into_message().unwrap();
+    assert_eq!(m, Message::text("clipboard"));
+    ack.await.unwrap();
+    // It arrived long before the stream ended: at most a window beyond where the stream was
+    // when it was submitted (the strict chunk bound is checked in the session core).
+    let sent_at_arrival = progress.borrow().sent;
+    assert!(
+        sent_at_arrival < LEN && sent_at_arrival <= sent_at_submit + window + (1 << 20),
+        "message waited behind {} stream bytes",
+        sent_at_arrival - sent_at_submit
+    );
+    writer.await.unwrap().unwrap();
+    assert_eq!(reader.await.unwrap(), LEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_incoming_stream_cancels_it_for_the_sender() {
+    let (client, mut server) = pair(cfg()).await;
+    let mut s = client
+        .open_stream("application/octet-stream", None)
+        .await
+        .unwrap();
+    s.write(piece(9, 0, 100_000)).await.unwrap();
+    let incoming = expect_stream(&mut server).await;
+    drop(incoming);
+    // The sender keeps writing until it learns; then finish reports the cancellation.
+    let e = loop {
+        match s.try_write(piece(9, 0, 10_000)) {
+            Ok(_) | Err(_) => {}
+        }
+        tokio::task::yield_now().await;
+        if s.progress().borrow().done {
+            break s.finish().await.unwrap_err();
+        }
+    };
+    assert!(
+        matches!(
+            e,
+            SendError::Stream {
+                reason: ReasonCode::Cancelled,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The connection is fine.
+    client.send(Message::text("after")).await.unwrap();
+    assert_eq!(
+        server.receive().await.unwrap().into_message().unwrap(),
+        Message::text("after")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_shorter_than_announced_fails_alone() {
+    let (client, mut server) = pair(cfg()).await;
+    let mut s = client
+        .open_stream("application/octet-stream", Some(1000))
+        .await
+        .unwrap();
+    s.write(piece(2, 0, 500)).await.unwrap();
+    let e = s.finish().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SendError::Stream {
+                reason: ReasonCode::StreamIntegrity,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let incoming = expect_stream(&mut server).await;
+    let e = incoming.read_to_end(1 << 20).await.unwrap_err();
+    assert!(e.to_string().contains("stream integrity"), "{e}");
+    client.send(Message::text("still fine")).await.unwrap();
+    assert!(server.receive().await.unwrap().into_message().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_streams_large_payloads_automatically() {
+    let (client, mut server) = pair(cfg()).await;
+    let big = piece(4, 0, 3 << 20);
+    let c = tokio::spawn(async move {
+        client.send(Message::new("image/png", big)).await.unwrap();
+        client
+    });
+    let got = server.receive().await.unwrap();
+    assert!(matches!(got, Incoming::Stream(_)));
+    let m = got.into_bytes(8 << 20).await.unwrap();
+    assert_eq!(m.content_type, "image/png");
+    assert_eq!(m.payload, piece(4, 0, 3 << 20));
+    c.await.unwrap();
+}
