@@ -10,7 +10,6 @@
 //! `ADDR` is `HOST:PORT` or `unix:PATH`. Errors are one line on stderr with a non-zero exit
 //! status: 1 for a failed connection or send, 2 for bad usage, keys or configuration.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,7 +17,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use clipsync::config::TransportConfig;
 use clipsync::secure::SshAuthenticator;
-use clipsync::transport::{AcceptError, Address, Incoming, Message, PeerInfo, Transport};
+use clipsync::transport::{
+    AcceptError, Address, Incoming, IncomingStream, Message, PeerInfo, Transport,
+};
 use clipsync::wire::{DecodeLimits, Frame, examples};
 
 #[derive(Parser)]
@@ -49,15 +50,20 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Accept connections and print each received message, one line each.
+    /// Accept connections and print each received message or stream, one line each.
     Serve {
         /// Where to listen: HOST:PORT or unix:PATH.
         #[arg(long)]
         listen: Address,
+        /// Write each received stream to a file in DIR named by its BLAKE3 hash (never a name
+        /// the peer chose); without it streams are verified and discarded.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
-    /// Send one message (a file, or standard input) and wait until the peer has it.
+    /// Send a file (streamed, any size, with a progress bar on a terminal) or standard input,
+    /// and wait until the peer has it.
     Send {
         /// Where the peer listens: HOST:PORT or unix:PATH.
         #[arg(long)]
@@ -101,7 +107,11 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(2, &e),
         },
-        Command::Serve { listen, common } => run(serve(listen, common)),
+        Command::Serve {
+            listen,
+            out,
+            common,
+        } => run(serve(listen, out, common)),
         Command::Send {
             connect,
             common,
@@ -144,7 +154,12 @@ fn setup(common: &Common) -> Result<(Transport, Arc<SshAuthenticator>), String> 
     Ok((transport, Arc::new(auth)))
 }
 
-async fn serve(listen: Address, common: Common) -> ExitCode {
+async fn serve(listen: Address, out: Option<PathBuf>, common: Common) -> ExitCode {
+    if let Some(dir) = &out {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return fail(2, &format!("cannot create {}: {e}", dir.display()));
+        }
+    }
     let (transport, auth) = match setup(&common) {
         Ok(x) => x,
         Err(e) => return fail(2, &e),
@@ -157,6 +172,7 @@ async fn serve(listen: Address, common: Common) -> ExitCode {
     loop {
         match listener.accept().await {
             Ok(mut conn) => {
+                let out = out.clone();
                 tokio::spawn(async move {
                     let peer = conn.peer_fingerprint().to_string();
                     println!("connected {peer}");
@@ -164,12 +180,11 @@ async fn serve(listen: Address, common: Common) -> ExitCode {
                         match conn.receive().await {
                             Ok(Incoming::Message(m)) => println!("{}", describe(&peer, &m)),
                             Ok(Incoming::Stream(s)) => {
-                                // Streams are written under --out in a later step; for now
-                                // read them whole up to a bound and describe them.
-                                match s.read_to_end(64 << 20).await {
-                                    Ok(_) => println!("stream from {peer}"),
-                                    Err(e) => println!("stream from {peer} failed: {e}"),
-                                }
+                                // Each stream in its own task: messages keep flowing meanwhile.
+                                let (peer, out) = (peer.clone(), out.clone());
+                                tokio::spawn(async move {
+                                    println!("{}", save_stream(&peer, s, out.as_deref()).await);
+                                });
                             }
                             Ok(_) => {}
                             Err(closed) => {
@@ -182,6 +197,59 @@ async fn serve(listen: Address, common: Common) -> ExitCode {
             }
             Err(AcceptError::Closed) => return fail(1, &"listener closed"),
             Err(e) => eprintln!("clipsync: {e}"),
+        }
+    }
+}
+
+/// Reads a stream to its verified end, hashing it and writing it under `out` (as
+/// `<blake3>.part`, renamed to `<blake3>` once verified); returns the line to print.
+async fn save_stream(peer: &str, mut s: IncomingStream, out: Option<&std::path::Path>) -> String {
+    use tokio::io::AsyncWriteExt;
+    let content_type = s.content_type().to_string();
+    let part = out.map(|d| d.join(format!("incoming-{}.part", s.id())));
+    let mut file = match &part {
+        Some(p) => match tokio::fs::File::create(p).await {
+            Ok(f) => Some(f),
+            Err(e) => return format!("stream from {peer} not saved: {}: {e}", p.display()),
+        },
+        None => None,
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let result: Result<(), String> = async {
+        while let Some(b) = s.chunk().await.map_err(|e| e.to_string())? {
+            hasher.update(&b);
+            size += b.len() as u64;
+            if let Some(f) = file.as_mut() {
+                f.write_all(&b).await.map_err(|e| e.to_string())?;
+            }
+        }
+        if let Some(f) = file.as_mut() {
+            f.flush().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+    .await;
+    let hash = hasher.finalize().to_hex();
+    match (result, part, out) {
+        (Err(e), part, _) => {
+            if let Some(p) = part {
+                let _ = tokio::fs::remove_file(p).await;
+            }
+            format!("stream from {peer} type={content_type} failed after {size} bytes: {e}")
+        }
+        (Ok(()), Some(part), Some(dir)) => {
+            let dest = dir.join(hash.as_str());
+            match tokio::fs::rename(&part, &dest).await {
+                Ok(()) => format!(
+                    "stream from {peer} type={content_type} size={size} blake3={hash} saved={}",
+                    dest.display()
+                ),
+                Err(e) => format!("stream from {peer} verified but not saved: {e}"),
+            }
+        }
+        (Ok(()), _, _) => {
+            format!("stream from {peer} type={content_type} size={size} blake3={hash}")
         }
     }
 }
@@ -211,31 +279,116 @@ async fn send(
         Ok(x) => x,
         Err(e) => return fail(2, &e),
     };
-    let (payload, default_type) = match file.as_ref().filter(|f| f.as_os_str() != "-") {
-        Some(path) => match std::fs::read(path) {
-            Ok(b) => (b, "application/octet-stream"),
+    let peer = PeerInfo::new(connect.to_string(), vec![connect]);
+    let file = file.filter(|f| f.as_os_str() != "-");
+    // Open the source before connecting, so a missing file fails fast.
+    let source = match &file {
+        Some(path) => match tokio::fs::File::open(path).await {
+            Ok(f) => {
+                let len = f.metadata().await.ok().map(|m| m.len());
+                Source::File(f, len)
+            }
             Err(e) => return fail(2, &format!("cannot read {}: {e}", path.display())),
         },
-        None => {
-            let mut b = Vec::new();
-            if let Err(e) = std::io::stdin().read_to_end(&mut b) {
-                return fail(2, &format!("cannot read standard input: {e}"));
-            }
-            (b, "text/plain; charset=utf-8")
-        }
+        None => Source::Stdin,
     };
-    let peer = PeerInfo::new(connect.to_string(), vec![connect]);
+    let threshold = transport.config().stream_threshold as u64;
     let conn = match transport.connect(&peer, auth).await {
         Ok(c) => c,
         Err(e) => return fail(1, &e),
     };
-    let message = Message::new(content_type.as_deref().unwrap_or(default_type), payload);
-    let result = conn.send(message).await;
+    let result = match source {
+        Source::File(mut f, Some(len)) if len > threshold => {
+            let ct = content_type
+                .as_deref()
+                .unwrap_or("application/octet-stream");
+            stream_with_progress(&conn, ct, Some(len), &mut f).await
+        }
+        Source::File(mut f, _) => {
+            let mut b = Vec::new();
+            match tokio::io::AsyncReadExt::read_to_end(&mut f, &mut b).await {
+                Ok(_) => {
+                    let ct = content_type
+                        .as_deref()
+                        .unwrap_or("application/octet-stream");
+                    conn.send(Message::new(ct, b)).await
+                }
+                Err(e) => Err(clipsync::error::SendError::Source(e.to_string())),
+            }
+        }
+        Source::Stdin => {
+            let ct = content_type
+                .as_deref()
+                .unwrap_or("text/plain; charset=utf-8");
+            let mut stdin = tokio::io::stdin();
+            let mut head = Vec::new();
+            let n = tokio::io::AsyncReadExt::read_to_end(
+                &mut tokio::io::AsyncReadExt::take(&mut stdin, threshold + 1),
+                &mut head,
+            )
+            .await;
+            match n {
+                Err(e) => Err(clipsync::error::SendError::Source(e.to_string())),
+                Ok(n) if (n as u64) <= threshold => conn.send(Message::new(ct, head)).await,
+                Ok(_) => {
+                    // Longer than a message: stream it, length unknown.
+                    let mut chained = tokio::io::AsyncReadExt::chain(&head[..], stdin);
+                    stream_with_progress(&conn, ct, None, &mut chained).await
+                }
+            }
+        }
+    };
     conn.close().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e),
     }
+}
+
+enum Source {
+    File(tokio::fs::File, Option<u64>),
+    Stdin,
+}
+
+/// Streams `reader`, with a progress bar on stderr when it is a terminal.
+async fn stream_with_progress<R: tokio::io::AsyncRead + Unpin>(
+    conn: &clipsync::transport::Connection,
+    content_type: &str,
+    len: Option<u64>,
+    reader: &mut R,
+) -> Result<(), clipsync::error::SendError> {
+    let mut s = conn.open_stream(content_type, len).await?;
+    let bar = match len {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bytes}/{total_bytes} acknowledged  {bytes_per_sec}  eta {eta}  [{wide_bar}]",
+    ) {
+        bar.set_style(style);
+    }
+    let mut progress = s.progress();
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            while progress.changed().await.is_ok() {
+                let p = progress.borrow_and_update().clone();
+                bar.set_position(p.acked);
+                if p.done {
+                    break;
+                }
+            }
+        })
+    };
+    let copied = s.copy_from(reader).await;
+    let result = match copied {
+        Ok(_) => s.finish().await,
+        Err(e) => Err(e),
+    };
+    ticker.abort();
+    bar.finish_and_clear();
+    result
 }
 
 fn frames() -> ExitCode {

@@ -129,12 +129,12 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<Option<[u8; 32]>>(),
             content_type()
         )
-            .prop_map(|(seq, stream_id, total_len, sha256, content_type)| {
+            .prop_map(|(seq, stream_id, total_len, hash, content_type)| {
                 Frame::StreamOpen(StreamOpen {
                     seq,
                     stream_id,
                     total_len,
-                    sha256,
+                    hash,
                     content_type,
                 })
             }),
@@ -145,11 +145,11 @@ fn frame() -> impl Strategy<Value = Frame> {
                 data
             })
         ),
-        (id.clone(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(stream_id, total_len, sha256)| {
+        (id.clone(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(stream_id, total_len, hash)| {
             Frame::StreamEnd(StreamEnd {
                 stream_id,
                 total_len,
-                sha256,
+                hash,
             })
         }),
         (id.clone(), reason(), text()).prop_map(|(stream_id, reason, text)| {
@@ -406,7 +406,7 @@ fn stream_open_fields_must_be_zero_without_their_flag() {
         seq: 1,
         stream_id: 1,
         total_len: Some(5),
-        sha256: None,
+        hash: None,
         content_type: "a/b".into(),
     });
     let mut msg = open.encode().unwrap().to_vec();

@@ -105,8 +105,8 @@ pub enum Event {
         content_type: String,
         /// Its length, if announced.
         total_len: Option<u64>,
-        /// Its SHA-256, if announced.
-        sha256: Option<[u8; 32]>,
+        /// Its BLAKE3, if announced.
+        hash: Option<[u8; 32]>,
     },
     /// Bytes of an incoming stream, in order.
     StreamData {
@@ -317,12 +317,12 @@ impl Session {
                 payload: m.payload,
             }),
             Frame::StreamOpen(o) => {
-                match self.streams.on_open(o.stream_id, o.total_len, o.sha256) {
+                match self.streams.on_open(o.stream_id, o.total_len, o.hash) {
                     Ok(()) => self.events.push_back(Event::StreamOpened {
                         id: o.stream_id,
                         content_type: o.content_type,
                         total_len: o.total_len,
-                        sha256: o.sha256,
+                        hash: o.hash,
                     }),
                     // Refused alone (too many streams), or a fatal id.
                     Err(Inbound::Ended(Err(refusal))) => {
@@ -400,7 +400,7 @@ impl Session {
         &mut self,
         content_type: String,
         total_len: Option<u64>,
-        sha256: Option<[u8; 32]>,
+        hash: Option<[u8; 32]>,
     ) -> Result<u64, SendRefusal> {
         if self.closed {
             return Err(SendRefusal::Closed);
@@ -411,13 +411,13 @@ impl Session {
         if !self.streams.can_open() {
             return Err(SendRefusal::Blocked);
         }
-        let id = self.streams.open(total_len, sha256);
+        let id = self.streams.open(total_len, hash);
         let seq = self.next_seq(0);
         self.outbox.push_back(Frame::StreamOpen(StreamOpen {
             seq,
             stream_id: id,
             total_len,
-            sha256,
+            hash,
             content_type,
         }));
         Ok(id)
@@ -442,7 +442,7 @@ impl Session {
         Ok(())
     }
 
-    /// Ends stream `id`: `STREAM_END` with its length and SHA-256. The stream settles when the
+    /// Ends stream `id`: `STREAM_END` with its length and BLAKE3. The stream settles when the
     /// peer's `STREAM_RESULT` arrives ([`Event::StreamSettled`]).
     pub fn stream_finish(&mut self, id: u64) -> Result<(), StreamRefusal> {
         if self.closed {

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use crate::wire::{Credit, ReasonCode, StreamAbort, StreamChunk, StreamEnd};
 
@@ -19,14 +18,14 @@ use crate::wire::{Credit, ReasonCode, StreamAbort, StreamChunk, StreamEnd};
 #[derive(Debug)]
 pub(crate) struct OutStream {
     pub(crate) total_len: Option<u64>,
-    pub(crate) announced_sha: Option<[u8; 32]>,
+    pub(crate) announced_hash: Option<[u8; 32]>,
     /// Bytes handed out as chunks.
     pub(crate) sent: u64,
     /// Bytes the receiver reported received in order.
     pub(crate) acked: u64,
     /// The receiver accepts bytes below this offset.
     pub(crate) limit: u64,
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     /// Chunks sent and not yet acknowledged, kept for retransmission after a resume.
     pub(crate) retained: VecDeque<(u64, Bytes)>,
     /// `STREAM_END` or `STREAM_ABORT` queued.
@@ -37,14 +36,14 @@ pub(crate) struct OutStream {
 #[derive(Debug)]
 pub(crate) struct InStream {
     pub(crate) total_len: Option<u64>,
-    pub(crate) announced_sha: Option<[u8; 32]>,
+    pub(crate) announced_hash: Option<[u8; 32]>,
     /// Bytes received in order.
     pub(crate) received: u64,
     /// Bytes the application has taken.
     pub(crate) consumed: u64,
     /// The last limit we granted.
     pub(crate) granted: u64,
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     /// Ended (verified, failed or aborted); kept until the application lets go, so its
     /// unread bytes still count against the connection window.
     pub(crate) ended: bool,
@@ -144,18 +143,18 @@ impl Streams {
     }
 
     /// Registers a new outgoing stream; returns its id.
-    pub(crate) fn open(&mut self, total_len: Option<u64>, sha256: Option<[u8; 32]>) -> u64 {
+    pub(crate) fn open(&mut self, total_len: Option<u64>, hash: Option<[u8; 32]>) -> u64 {
         let id = self.next_out_id;
         self.next_out_id += 1;
         self.out.insert(
             id,
             OutStream {
                 total_len,
-                announced_sha: sha256,
+                announced_hash: hash,
                 sent: 0,
                 acked: 0,
                 limit: self.peer_stream_window,
-                hasher: Sha256::new(),
+                hasher: blake3::Hasher::new(),
                 retained: VecDeque::new(),
                 ended: false,
             },
@@ -214,15 +213,15 @@ impl Streams {
             return Err(StreamRefusal::Unknown);
         }
         s.ended = true;
-        let sha256: [u8; 32] = s.hasher.clone().finalize().into();
+        let hash: [u8; 32] = *s.hasher.finalize().as_bytes();
         let problem = if s.total_len.is_some_and(|t| t != s.sent) {
             Some(format!(
                 "announced {} bytes, sent {}",
                 s.total_len.unwrap_or(0),
                 s.sent
             ))
-        } else if s.announced_sha.is_some_and(|h| h != sha256) {
-            Some("the bytes sent do not match the announced SHA-256".to_string())
+        } else if s.announced_hash.is_some_and(|h| h != hash) {
+            Some("the bytes sent do not match the announced BLAKE3".to_string())
         } else {
             None
         };
@@ -230,7 +229,7 @@ impl Streams {
             None => Ok(StreamEnd {
                 stream_id: id,
                 total_len: s.sent,
-                sha256,
+                hash,
             }),
             Some(text) => Err(StreamAbort {
                 stream_id: id,
@@ -320,7 +319,7 @@ impl Streams {
         &mut self,
         id: u64,
         total_len: Option<u64>,
-        sha256: Option<[u8; 32]>,
+        hash: Option<[u8; 32]>,
     ) -> Result<(), Inbound> {
         if id <= self.last_in_id {
             return Err(Inbound::Fatal(
@@ -339,11 +338,11 @@ impl Streams {
             id,
             InStream {
                 total_len,
-                announced_sha: sha256,
+                announced_hash: hash,
                 received: 0,
                 consumed: 0,
                 granted: self.stream_window,
-                hasher: Sha256::new(),
+                hasher: blake3::Hasher::new(),
                 ended: false,
             },
         );
@@ -427,7 +426,7 @@ impl Streams {
                 )
             };
         };
-        let sha: [u8; 32] = s.hasher.clone().finalize().into();
+        let sha: [u8; 32] = *s.hasher.finalize().as_bytes();
         let problem = if e.total_len != s.received {
             Some(format!(
                 "end says {} bytes, {} received",
@@ -439,10 +438,10 @@ impl Streams {
                 s.total_len.unwrap_or(0),
                 e.total_len
             ))
-        } else if e.sha256 != sha {
-            Some("SHA-256 of the bytes received does not match the end's".to_string())
-        } else if s.announced_sha.is_some_and(|h| h != sha) {
-            Some("SHA-256 of the bytes received does not match the open's".to_string())
+        } else if e.hash != sha {
+            Some("BLAKE3 of the bytes received does not match the end's".to_string())
+        } else if s.announced_hash.is_some_and(|h| h != sha) {
+            Some("BLAKE3 of the bytes received does not match the open's".to_string())
         } else {
             None
         };
@@ -651,7 +650,7 @@ mod tests {
         let bad = r.on_end(StreamEnd {
             stream_id: 2,
             total_len: 3,
-            sha256: [0; 32],
+            hash: [0; 32],
         });
         assert!(matches!(
             bad,
@@ -660,7 +659,7 @@ mod tests {
         let good = r.on_end(StreamEnd {
             stream_id: 2,
             total_len: 3,
-            sha256: crate::wire::examples::SHA256_ABC,
+            hash: crate::wire::examples::BLAKE3_ABC,
         });
         assert_eq!(good, Inbound::Ended(Ok(())));
     }

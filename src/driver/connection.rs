@@ -111,7 +111,7 @@ const HELD: usize = 16;
 const OUTGOING: usize = 64;
 /// Stream chunks queued for the writer at once. A message waits behind at most this many
 /// chunks (plus what the socket holds), which bounds head-of-line blocking.
-const CHUNK_SLOTS: usize = 2;
+const CHUNK_SLOTS: usize = 4;
 /// Data items a [`StreamSender`] may queue ahead of the driver (each at most one chunk).
 const STREAM_QUEUE: usize = 2;
 
@@ -265,13 +265,30 @@ fn poll_streams(
     after: u64,
     cx: &mut Context<'_>,
 ) -> Poll<(u64, StreamWork)> {
-    let ids: Vec<u64> = out
-        .range(after + 1..)
-        .map(|(k, _)| *k)
-        .chain(out.range(..=after).map(|(k, _)| *k))
-        .collect();
-    for id in ids {
-        let Some(h) = out.get_mut(&id) else { continue };
+    for pass in 0..2 {
+        let range = if pass == 0 {
+            out.range_mut(after + 1..)
+        } else {
+            out.range_mut(..=after)
+        };
+        if let Some(work) = range
+            .map(|(&id, h)| (id, stream_work(id, h, session, cx)))
+            .find_map(|(id, w)| w.map(|w| (id, w)))
+        {
+            return Poll::Ready(work);
+        }
+    }
+    Poll::Pending
+}
+
+/// What stream `id` can do now, if anything.
+fn stream_work(
+    id: u64,
+    h: &mut OutHandle,
+    session: &Session,
+    cx: &mut Context<'_>,
+) -> Option<StreamWork> {
+    {
         if h.pending.is_none() && h.closing.is_none() {
             match h.rx.poll_recv(cx) {
                 Poll::Ready(Some(OutCmd::Data(b))) => h.pending = Some(b),
@@ -296,19 +313,16 @@ fn poll_streams(
                 } else {
                     p.split_to(cap)
                 };
-                return Poll::Ready((id, StreamWork::Chunk(chunk)));
+                return Some(StreamWork::Chunk(chunk));
             }
         } else if let Some(c) = h.closing.take() {
-            return Poll::Ready((
-                id,
-                match c {
-                    OutCmd::Abort(r, t) => StreamWork::Abort(r, t),
-                    _ => StreamWork::Finish,
-                },
-            ));
+            return Some(match c {
+                OutCmd::Abort(r, t) => StreamWork::Abort(r, t),
+                _ => StreamWork::Finish,
+            });
         }
     }
-    Poll::Pending
+    None
 }
 
 /// One thing the driver's `select!` woke up for.
@@ -656,7 +670,7 @@ impl Driver {
                 id,
                 content_type,
                 total_len,
-                sha256,
+                hash,
             } => {
                 tracing::debug!(id, %content_type, ?total_len, "stream incoming");
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -676,7 +690,7 @@ impl Driver {
                     id,
                     content_type,
                     total_len,
-                    sha256,
+                    hash,
                     rx,
                     signals: self.signals_tx.clone(),
                     progress,

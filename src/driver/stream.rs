@@ -60,7 +60,7 @@ pub(crate) enum StreamSignal {
 #[non_exhaustive]
 pub enum StreamError {
     /// The stream failed: the sender aborted it (with its reason), or its bytes did not match
-    /// the announced length or SHA-256 (`stream integrity`). The connection is unaffected.
+    /// the announced length or BLAKE3 (`stream integrity`). The connection is unaffected.
     #[error("stream failed with {reason}: {detail}")]
     Failed {
         /// The reason code.
@@ -131,13 +131,15 @@ impl StreamSender {
     }
 
     /// Queues `data`, waiting while the stream's queue is full (backpressure: a slow receiver
-    /// slows the writer, memory does not grow).
-    pub async fn write(&mut self, mut data: Bytes) -> Result<(), SendError> {
-        while !data.is_empty() {
-            let piece = data.split_to(data.len().min(self.chunk));
-            if self.data.send(OutCmd::Data(piece)).await.is_err() {
-                return Err(self.closed());
-            }
+    /// slows the writer, memory does not grow). `data` is not copied: the connection cuts
+    /// chunks from it as credit allows, so a large `Bytes` costs one queue slot, and the
+    /// caller's memory is what it already holds.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), SendError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.data.send(OutCmd::Data(data)).await.is_err() {
+            return Err(self.closed());
         }
         Ok(())
     }
@@ -207,7 +209,7 @@ impl StreamSender {
         }
     }
 
-    /// Ends the stream and waits until the receiver has verified it (length and SHA-256), or
+    /// Ends the stream and waits until the receiver has verified it (length and BLAKE3), or
     /// failed it (then [`SendError::Stream`] says why), or the connection ended (delivery
     /// unknown).
     pub async fn finish(mut self) -> Result<(), SendError> {
@@ -239,7 +241,7 @@ pub struct IncomingStream {
     pub(crate) id: u64,
     pub(crate) content_type: String,
     pub(crate) total_len: Option<u64>,
-    pub(crate) sha256: Option<[u8; 32]>,
+    pub(crate) hash: Option<[u8; 32]>,
     pub(crate) rx: mpsc::UnboundedReceiver<InItem>,
     pub(crate) signals: mpsc::UnboundedSender<StreamSignal>,
     pub(crate) progress: watch::Receiver<Progress>,
@@ -263,9 +265,9 @@ impl IncomingStream {
         self.total_len
     }
 
-    /// Its SHA-256, if the sender announced it up front (it is always checked at the end).
-    pub fn sha256(&self) -> Option<[u8; 32]> {
-        self.sha256
+    /// Its BLAKE3, if the sender announced it up front (it is always checked at the end).
+    pub fn hash(&self) -> Option<[u8; 32]> {
+        self.hash
     }
 
     /// Progress, to watch.
@@ -301,7 +303,7 @@ impl IncomingStream {
     }
 
     /// The next piece of the stream; `Ok(None)` once the whole payload arrived and its length
-    /// and SHA-256 were verified.
+    /// and BLAKE3 were verified.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, StreamError> {
         std::future::poll_fn(|cx| self.poll_item(cx)).await
     }

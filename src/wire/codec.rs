@@ -37,7 +37,7 @@ impl Frame {
                 if o.total_len.is_some() {
                     f |= FLAG_LENGTH_KNOWN;
                 }
-                if o.sha256.is_some() {
+                if o.hash.is_some() {
                     f |= FLAG_HASH_KNOWN;
                 }
                 f
@@ -53,20 +53,33 @@ impl Frame {
     /// id 0, …), so the encoder never emits what a peer must reject.
     pub fn encode(&self) -> Result<Bytes, EncodeError> {
         self.check()?;
-        let mut body = BytesMut::with_capacity(64);
-        self.put_body(&mut body);
-        let len = u32::try_from(body.len()).map_err(|_| EncodeError::InvalidField {
+        // One buffer, one copy of any payload: the header's length is patched in after.
+        let mut out = BytesMut::with_capacity(HEADER_LEN + 64 + self.payload_len());
+        out.put_u8(PROTOCOL_VERSION);
+        out.put_u8(self.frame_type().byte());
+        out.put_u16(self.flags());
+        out.put_u32(0);
+        self.put_body(&mut out);
+        let len = u32::try_from(out.len() - HEADER_LEN).map_err(|_| EncodeError::InvalidField {
             frame: self.frame_type(),
             field: "length",
             reason: "body longer than 4 GiB",
         })?;
-        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-        out.put_u8(PROTOCOL_VERSION);
-        out.put_u8(self.frame_type().byte());
-        out.put_u16(self.flags());
-        out.put_u32(len);
-        out.extend_from_slice(&body);
+        out[4..8].copy_from_slice(&len.to_be_bytes());
         Ok(out.freeze())
+    }
+
+    /// Bytes of the variable-length payload (for sizing the buffer once).
+    fn payload_len(&self) -> usize {
+        match self {
+            Self::Message(m) => m.payload.len() + m.content_type.len(),
+            Self::StreamChunk(c) => c.data.len(),
+            Self::Hello(h) => {
+                h.public_key.len() + h.extensions.iter().map(|e| e.data.len() + 4).sum::<usize>()
+            }
+            Self::Auth(a) => a.signature.len(),
+            _ => 1024,
+        }
     }
 
     /// Validates every field against the rules the decoder applies.
@@ -202,7 +215,7 @@ impl Frame {
                 b.put_u64(o.seq);
                 b.put_u64(o.stream_id);
                 b.put_u64(o.total_len.unwrap_or(0));
-                b.put_slice(&o.sha256.unwrap_or([0; 32]));
+                b.put_slice(&o.hash.unwrap_or([0; 32]));
                 put_u8_bytes(b, o.content_type.as_bytes());
             }
             Self::StreamChunk(c) => {
@@ -213,7 +226,7 @@ impl Frame {
             Self::StreamEnd(e) => {
                 b.put_u64(e.stream_id);
                 b.put_u64(e.total_len);
-                b.put_slice(&e.sha256);
+                b.put_slice(&e.hash);
             }
             Self::StreamAbort(a) => {
                 b.put_u64(a.stream_id);
@@ -506,7 +519,7 @@ impl Reader {
                 let seq = self.nonzero(seq, "seq")?;
                 let stream_id = self.stream_id()?;
                 let len = self.u64("total_len")?;
-                let hash: [u8; 32] = self.array("sha256")?;
+                let hash: [u8; 32] = self.array("hash")?;
                 let total_len = if flags & FLAG_LENGTH_KNOWN != 0 {
                     Some(len)
                 } else if len != 0 {
@@ -514,10 +527,10 @@ impl Reader {
                 } else {
                     None
                 };
-                let sha256 = if flags & FLAG_HASH_KNOWN != 0 {
+                let hash = if flags & FLAG_HASH_KNOWN != 0 {
                     Some(hash)
                 } else if hash != [0; 32] {
-                    return Err(self.invalid("sha256", "non-zero without HASH_KNOWN"));
+                    return Err(self.invalid("hash", "non-zero without HASH_KNOWN"));
                 } else {
                     None
                 };
@@ -525,7 +538,7 @@ impl Reader {
                     seq,
                     stream_id,
                     total_len,
-                    sha256,
+                    hash,
                     content_type: self.content_type()?,
                 })
             }
@@ -548,7 +561,7 @@ impl Reader {
             FrameType::StreamEnd => Frame::StreamEnd(StreamEnd {
                 stream_id: self.stream_id()?,
                 total_len: self.u64("total_len")?,
-                sha256: self.array("sha256")?,
+                hash: self.array("hash")?,
             }),
             FrameType::StreamAbort => Frame::StreamAbort(StreamAbort {
                 stream_id: self.stream_id()?,

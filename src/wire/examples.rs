@@ -36,10 +36,10 @@ const SESSION_A: SessionId = SessionId([
 const SESSION_B: SessionId = SessionId([
     0x5e, 0x55, 0x10, 0x4b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02,
 ]);
-/// SHA-256 of the three bytes `abc` (FIPS 180-2 test vector).
-pub const SHA256_ABC: [u8; 32] = [
-    0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
-    0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad,
+/// BLAKE3 of the three bytes `abc` (the BLAKE3 reference's test vector).
+pub const BLAKE3_ABC: [u8; 32] = [
+    0x64, 0x37, 0xb3, 0xac, 0x38, 0x46, 0x51, 0x33, 0xff, 0xb6, 0x3b, 0x75, 0x27, 0x3a, 0x8d, 0xb5,
+    0x48, 0xc5, 0x58, 0x46, 0x5d, 0x79, 0xdb, 0x03, 0xfd, 0x35, 0x9c, 0x6c, 0xd5, 0xbd, 0x9d, 0x85,
 ];
 
 /// Every example, by the name of its hex block in PROTOCOL.md.
@@ -128,7 +128,7 @@ pub fn all() -> Vec<(&'static str, Frame)> {
                 seq: 2,
                 stream_id: 1,
                 total_len: Some(3),
-                sha256: Some(SHA256_ABC),
+                hash: Some(BLAKE3_ABC),
                 content_type: "image/png".into(),
             }),
         ),
@@ -138,7 +138,7 @@ pub fn all() -> Vec<(&'static str, Frame)> {
                 seq: 3,
                 stream_id: 2,
                 total_len: None,
-                sha256: None,
+                hash: None,
                 content_type: "application/octet-stream".into(),
             }),
         ),
@@ -155,7 +155,7 @@ pub fn all() -> Vec<(&'static str, Frame)> {
             Frame::StreamEnd(StreamEnd {
                 stream_id: 1,
                 total_len: 3,
-                sha256: SHA256_ABC,
+                hash: BLAKE3_ABC,
             }),
         ),
         (

@@ -19,7 +19,7 @@ pub const HEADER_LEN: usize = 8;
 pub const FLAG_IGNORABLE: u16 = 0x8000;
 /// `STREAM_OPEN` flag: the `total_len` field is meaningful.
 pub const FLAG_LENGTH_KNOWN: u16 = 0x0001;
-/// `STREAM_OPEN` flag: the `sha256` field is meaningful.
+/// `STREAM_OPEN` flag: the `hash` field is meaningful.
 pub const FLAG_HASH_KNOWN: u16 = 0x0002;
 /// Longest reason text in `AUTH_RESULT`, `STREAM_ABORT` and `GOAWAY`, in bytes of UTF-8.
 pub const MAX_TEXT_LEN: usize = 1024;
@@ -319,8 +319,8 @@ pub struct StreamOpen {
     pub stream_id: u64,
     /// Total length, when the sender knows it.
     pub total_len: Option<u64>,
-    /// SHA-256 of the whole payload, when the sender knows it in advance.
-    pub sha256: Option<[u8; 32]>,
+    /// BLAKE3 of the whole payload, when the sender knows it in advance.
+    pub hash: Option<[u8; 32]>,
     /// Content type, 1 to 255 bytes of printable ASCII.
     pub content_type: String,
 }
@@ -343,8 +343,8 @@ pub struct StreamEnd {
     pub stream_id: u64,
     /// Total length of the payload.
     pub total_len: u64,
-    /// SHA-256 of the whole payload.
-    pub sha256: [u8; 32],
+    /// BLAKE3 of the whole payload.
+    pub hash: [u8; 32],
 }
 
 /// `STREAM_ABORT` (0x24): the stream's sender gives up on it (§5.5).

@@ -40,7 +40,7 @@ pub enum ReasonCode {
     Replaced,
     /// 13: two peers dialled each other; this connection lost the tie-break.
     DuplicateConnection,
-    /// 14: the stream's bytes do not match the announced length or SHA-256.
+    /// 14: the stream's bytes do not match the announced length or BLAKE3.
     StreamIntegrity,
     /// 15: the application cancelled the stream.
     Cancelled,

@@ -1,0 +1,366 @@
+//! Throughput and latency on loopback, the competitors side by side in one process:
+//! raw TCP, raw rustls TLS 1.3, tokio-tungstenite wss (one message, and 64 KiB messages), and
+//! ClipSync streaming over TLS with SSH-key authentication. Then small-message round trips on
+//! a ClipSync connection, alone and while a large stream is in flight.
+//!
+//! `cargo bench --bench throughput` (payloads 64 MiB and 512 MiB; `THROUGHPUT_SIZES_MIB=64`
+//! to choose, `THROUGHPUT_RUNS=3` repetitions, median reported). The last lines are
+//! machine-readable: `ratio NAME VALUE` and `p99-under-load-ms VALUE`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clipsync::config::TransportConfig;
+use clipsync::secure::SshAuthenticator;
+use clipsync::transport::{Connection, Incoming, Message, PeerInfo, Transport};
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+const PIECE: usize = 64 * 1024;
+
+fn tls_pair() -> (TlsAcceptor, TlsConnector) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = CertificateDer::from(ck.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        TlsAcceptor::from(Arc::new(server)),
+        TlsConnector::from(Arc::new(client)),
+    )
+}
+
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+    let c = c.unwrap();
+    let s = s.unwrap().0;
+    c.set_nodelay(true).unwrap();
+    s.set_nodelay(true).unwrap();
+    (c, s)
+}
+
+/// Raw TCP: write in 64 KiB pieces, the other side reads until it has everything.
+async fn raw_tcp(payload: &Bytes) -> Duration {
+    let (mut c, mut s) = tcp_pair().await;
+    let len = payload.len();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        while got < len {
+            got += s.read(&mut buf).await.unwrap();
+        }
+    });
+    let t = Instant::now();
+    for p in payload.chunks(PIECE) {
+        c.write_all(p).await.unwrap();
+    }
+    reader.await.unwrap();
+    t.elapsed()
+}
+
+async fn raw_tls(payload: &Bytes) -> Duration {
+    let (acceptor, connector) = tls_pair();
+    let (c, s) = tcp_pair().await;
+    let (c, s) = tokio::join!(
+        connector.connect(ServerName::try_from("localhost").unwrap(), c),
+        acceptor.accept(s)
+    );
+    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    let len = payload.len();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        while got < len {
+            got += s.read(&mut buf).await.unwrap();
+        }
+    });
+    let t = Instant::now();
+    for p in payload.chunks(PIECE) {
+        c.write_all(p).await.unwrap();
+    }
+    c.flush().await.unwrap();
+    reader.await.unwrap();
+    t.elapsed()
+}
+
+/// tokio-tungstenite over rustls: the payload as one message, or in `piece`-byte messages.
+async fn wss(payload: &Bytes, piece: Option<usize>) -> Duration {
+    let (acceptor, connector) = tls_pair();
+    let (c, s) = tcp_pair().await;
+    let (c, s) = tokio::join!(
+        connector.connect(ServerName::try_from("localhost").unwrap(), c),
+        acceptor.accept(s)
+    );
+    let cfg = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let (c, s) = tokio::join!(
+        tokio_tungstenite::client_async_with_config("wss://localhost/", c.unwrap(), Some(cfg)),
+        tokio_tungstenite::accept_async_with_config(s.unwrap(), Some(cfg))
+    );
+    let (mut c, mut s) = (c.unwrap().0, s.unwrap());
+    let len = payload.len();
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < len {
+            if let WsMessage::Binary(b) = s.next().await.unwrap().unwrap() {
+                got += b.len();
+            }
+        }
+    });
+    let t = Instant::now();
+    match piece {
+        None => c.send(WsMessage::Binary(payload.clone())).await.unwrap(),
+        Some(n) => {
+            let mut off = 0;
+            while off < len {
+                let end = (off + n).min(len);
+                c.feed(WsMessage::Binary(payload.slice(off..end)))
+                    .await
+                    .unwrap();
+                off = end;
+            }
+            c.flush().await.unwrap();
+        }
+    }
+    reader.await.unwrap();
+    t.elapsed()
+}
+
+/// The transport's defaults, or `chunk_size` from `THROUGHPUT_CHUNK_KIB` (for experiments).
+fn bench_config() -> TransportConfig {
+    let mut cfg = TransportConfig::default();
+    if let Some(kib) = std::env::var("THROUGHPUT_CHUNK_KIB")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        cfg.chunk_size = kib * 1024;
+        cfg.max_frame_size = cfg.max_frame_size.max(cfg.chunk_size + 1024);
+    }
+    cfg
+}
+
+/// A ClipSync pair; the server side drains streams and echoes messages.
+async fn clipsync_pair() -> Connection {
+    let ka = SshAuthenticator::ed25519_from_seed([1; 32]);
+    let kb = SshAuthenticator::ed25519_from_seed([2; 32]);
+    let sa = Arc::new(SshAuthenticator::new(ka.clone(), vec![kb.public_key().clone()]).unwrap());
+    let ca = Arc::new(SshAuthenticator::new(kb, vec![ka.public_key().clone()]).unwrap());
+    let server = Transport::new(bench_config()).unwrap();
+    let mut listener = server
+        .listen(&"127.0.0.1:0".parse().unwrap(), sa)
+        .await
+        .unwrap();
+    let peer = PeerInfo::new("bench", vec![listener.local_addr().clone()]);
+    let client = Transport::new(bench_config()).unwrap();
+    let (c, s) = tokio::join!(client.connect(&peer, ca), listener.accept());
+    let mut s = s.unwrap();
+    tokio::spawn(async move {
+        let _keep = listener;
+        let echo = Arc::new(tokio::sync::Mutex::new(()));
+        loop {
+            match s.receive().await {
+                Ok(Incoming::Stream(mut st)) => {
+                    tokio::spawn(async move { while let Ok(Some(_)) = st.chunk().await {} });
+                }
+                Ok(Incoming::Message(m)) => {
+                    let _g = echo.lock().await;
+                    let _ = s.try_send(m);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    c.unwrap()
+}
+
+async fn clipsync_stream(conn: &Connection, payload: &Bytes) -> Duration {
+    let t = Instant::now();
+    let mut s = conn
+        .open_stream("application/octet-stream", Some(payload.len() as u64))
+        .await
+        .unwrap();
+    s.write(payload.clone()).await.unwrap();
+    s.finish().await.unwrap();
+    t.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mbps(len: usize, d: Duration) -> f64 {
+    len as f64 / d.as_secs_f64() / 1e6
+}
+
+/// Round trips of a 100-byte message on `conn`; `n` of them.
+async fn rtts(conn: &mut Connection, n: usize) -> Vec<Duration> {
+    let body = Bytes::from(vec![b'x'; 100]);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let _ack = conn
+            .try_send(Message::new("text/plain", body.clone()))
+            .unwrap();
+        loop {
+            match conn.receive().await.unwrap() {
+                Incoming::Message(_) => break,
+                _ => continue,
+            }
+        }
+        out.push(t.elapsed());
+    }
+    out
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("THROUGHPUT_SIZES_MIB")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![64, 512]);
+    // THROUGHPUT_ONLY=clipsync,TLS runs only the paths whose names contain these words.
+    let only: Vec<String> = std::env::var("THROUGHPUT_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let runs: usize = std::env::var("THROUGHPUT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ratios = Vec::new();
+        println!(
+            "{:<34} {:>10} {:>12}   (median of {runs} runs, loopback, one process)",
+            "path", "payload", "MB/s"
+        );
+        let conn = clipsync_pair().await;
+        for &mib in &sizes {
+            let payload = Bytes::from(
+                (0..mib << 20)
+                    .map(|i| (i * 31 % 251) as u8)
+                    .collect::<Vec<u8>>(),
+            );
+            let len = payload.len();
+            macro_rules! measure {
+                ($name:expr, $run:expr) => {{
+                    if !only.is_empty() && !only.iter().any(|o| $name.contains(o.as_str())) {
+                        f64::NAN
+                    } else {
+                        let mut v = Vec::new();
+                        for _ in 0..runs {
+                            v.push($run.await);
+                        }
+                        let m = mbps(len, median(v));
+                        println!("{:<34} {:>6} MiB {m:>12.0}", $name, mib);
+                        m
+                    }
+                }};
+            }
+            let tcp = measure!("raw TCP", raw_tcp(&payload));
+            let tls = measure!("raw rustls TLS 1.3", raw_tls(&payload));
+            let one = measure!("tokio-tungstenite wss, 1 message", wss(&payload, None));
+            let many = measure!(
+                "tokio-tungstenite wss, 64 KiB msgs",
+                wss(&payload, Some(PIECE))
+            );
+            let clip = measure!(
+                "clipsync stream (TLS+auth)",
+                clipsync_stream(&conn, &payload)
+            );
+            let _ = tcp;
+            ratios.push((format!("clipsync/rustls-tls@{mib}MiB"), clip / tls));
+            ratios.push((
+                format!("clipsync/tungstenite-one-message@{mib}MiB"),
+                clip / one,
+            ));
+            ratios.push((
+                format!("clipsync/tungstenite-64k-messages@{mib}MiB"),
+                clip / many,
+            ));
+        }
+        drop(conn);
+
+        if std::env::var("THROUGHPUT_SKIP_LATENCY").is_ok() {
+            return;
+        }
+        // Latency: alone, then under a large stream on the same connection.
+        let mut conn = clipsync_pair().await;
+        let _ = rtts(&mut conn, 100).await; // warm-up
+        let mut alone = rtts(&mut conn, 2000).await;
+        let conn = Arc::new(tokio::sync::Mutex::new(conn));
+        let big = *sizes.iter().max().unwrap_or(&512);
+        let payload = Bytes::from(vec![7u8; big << 20]);
+        let streamer = {
+            let conn = conn.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let mut s = {
+                    let c = conn.lock().await;
+                    c.open_stream("application/octet-stream", Some(payload.len() as u64))
+                        .await
+                        .unwrap()
+                };
+                let _ = tx.send(());
+                s.write(payload).await.unwrap();
+                s.finish().await.unwrap();
+            });
+            rx
+        };
+        streamer.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut loaded = {
+            let mut c = conn.lock().await;
+            rtts(&mut c, 1000).await
+        };
+        println!();
+        println!(
+            "small-message round trip, alone:              p50 {:.3} ms  p99 {:.3} ms",
+            pct(&mut alone, 0.5),
+            pct(&mut alone, 0.99)
+        );
+        println!(
+            "small-message round trip, {big} MiB stream in flight: p50 {:.3} ms  p99 {:.3} ms",
+            pct(&mut loaded, 0.5),
+            pct(&mut loaded, 0.99)
+        );
+        println!();
+        for (name, v) in ratios {
+            println!("ratio {name} {v:.2}");
+        }
+        println!("p99-alone-ms {:.3}", pct(&mut alone, 0.99));
+        println!("p99-under-load-ms {:.3}", pct(&mut loaded, 0.99));
+    });
+}
