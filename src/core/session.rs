@@ -870,6 +870,61 @@ mod tests {
         assert_eq!(a.poll_timeout(), Some(300 * MS));
     }
 
+    /// The session queues exactly what it is given, in order, one chunk per write: a message
+    /// handed over between two chunk writes leaves right after the chunks already written.
+    /// (The driver takes commands before stream work and holds at most `CHUNK_SLOTS` chunks in
+    /// its writer, which bounds how many chunks can precede a message on the wire.)
+    #[test]
+    fn a_message_leaves_after_at_most_the_chunks_already_written() {
+        let mut a = Session::new(params(), Duration::ZERO);
+        let id = a
+            .open_stream("application/octet-stream".into(), None, None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let chunk = |a: &mut Session| {
+            let n = a.stream_capacity(id) as usize;
+            assert_eq!(n, 64 * 1024, "one chunk per write, never more");
+            a.stream_write(id, Bytes::from(vec![0u8; n]))
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        };
+        chunk(&mut a);
+        chunk(&mut a);
+        a.send_message(
+            "text/plain".into(),
+            Bytes::from_static(b"clip"),
+            Duration::ZERO,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        for _ in 0..10 {
+            chunk(&mut a);
+        }
+        let frames = drain(&mut a, Duration::ZERO);
+        let pos = frames
+            .iter()
+            .position(|f| matches!(f, Frame::Message(_)))
+            .unwrap_or(usize::MAX);
+        assert_eq!(pos, 3, "STREAM_OPEN, two chunks, then the message");
+    }
+
+    #[test]
+    fn stream_frames_need_the_capability() {
+        let mut p = params();
+        p.streams = false;
+        let mut a = Session::new(p, Duration::ZERO);
+        assert_eq!(
+            a.open_stream("a/b".into(), None, None),
+            Err(SendRefusal::StreamsUnsupported)
+        );
+        a.handle_frame(
+            Frame::Credit(crate::wire::Credit {
+                stream_id: 1,
+                acked: 0,
+                limit: 1,
+            }),
+            MS,
+        );
+        assert!(a.is_closed());
+    }
+
     #[test]
     fn goaway_acknowledges_what_the_peer_received() {
         let mut a = Session::new(params(), Duration::ZERO);

@@ -748,3 +748,72 @@ mod tests {
         assert!(matches!(r.on_open(3, None, None), Err(Inbound::Fatal(..))));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any payload, cut into any pieces by the writer and any chunk sizes by the credit,
+        /// reassembles at the receiver to the same bytes and the same hash.
+        #[test]
+        fn any_chunking_reassembles_to_the_same_bytes_and_hash(
+            payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+            cuts in proptest::collection::vec(1usize..3000, 1..40),
+            max_chunk in 1u64..5000,
+            window in 1u64..8000,
+        ) {
+            let p = StreamParams {
+                stream_window: window,
+                connection_window: window * 2,
+                max_incoming: 4,
+                max_chunk,
+                peer_stream_window: window,
+                peer_connection_window: window * 2,
+                peer_max_streams: 4,
+            };
+            let (mut tx, mut rx) = (Streams::new(p), Streams::new(p));
+            let id = tx.open(Some(payload.len() as u64), None);
+            rx.on_open(id, Some(payload.len() as u64), None).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            let mut pending: VecDeque<Bytes> = VecDeque::new();
+            let mut at = 0;
+            for c in cuts.iter().cycle() {
+                if at >= payload.len() { break; }
+                let end = (at + c).min(payload.len());
+                pending.push_back(Bytes::copy_from_slice(&payload[at..end]));
+                at = end;
+            }
+            let mut got = Vec::new();
+            while let Some(mut piece) = pending.pop_front() {
+                // Send as much as the credit allows, then let the receiver consume and grant.
+                while !piece.is_empty() {
+                    let cap = tx.capacity(id) as usize;
+                    // Everything sent was consumed and its credit applied: the window is open.
+                    prop_assert!(cap > 0, "no credit although the reader consumed everything");
+                    let chunk = piece.split_to(cap.min(piece.len()));
+                    prop_assert!(chunk.len() as u64 <= max_chunk);
+                    let frame = tx.write(id, chunk).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                    match rx.on_chunk(frame) {
+                        Inbound::Data(d) => {
+                            got.extend_from_slice(&d);
+                            // The application reads at once; the grants it earns go back.
+                            for c in rx.consumed(id, d.len() as u64) {
+                                tx.credit(c).map_err(TestCaseError::fail)?;
+                            }
+                        }
+                        other => return Err(TestCaseError::fail(format!("{other:?}"))),
+                    }
+                }
+            }
+            let end = tx.finish(id).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            let end = end.map_err(|a| TestCaseError::fail(format!("{a:?}")))?;
+            prop_assert_eq!(end.hash, *blake3::hash(&payload).as_bytes());
+            prop_assert_eq!(rx.on_end(end), Inbound::Ended(Ok(())));
+            prop_assert_eq!(got, payload);
+        }
+    }
+}

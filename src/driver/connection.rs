@@ -170,6 +170,7 @@ pub(crate) fn spawn(
         chunk_permit: None,
         incoming_streams: BTreeMap::new(),
         chunk,
+        encode_buf: bytes::BytesMut::new(),
     };
     let task = tokio::spawn(
         async move {
@@ -217,6 +218,9 @@ struct Driver {
     incoming_streams: BTreeMap<u64, InHandle>,
     /// Bytes per chunk.
     chunk: usize,
+    /// Where frames are encoded; its allocation comes back when the writer is done with a
+    /// frame (see `Frame::encode_into`).
+    encode_buf: bytes::BytesMut,
 }
 
 /// A stream open waiting for a slot: content type, length, where to answer.
@@ -365,7 +369,7 @@ impl Driver {
                 } else {
                     None
                 };
-                match frame.encode() {
+                match frame.encode_into(&mut self.encode_buf) {
                     Ok(bytes) => {
                         if writer_tx
                             .send(WriterCmd::Frame(bytes, permit))

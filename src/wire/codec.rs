@@ -52,21 +52,31 @@ impl Frame {
     /// that is empty, too long or not printable ASCII, a text over [`MAX_TEXT_LEN`], stream
     /// id 0, …), so the encoder never emits what a peer must reject.
     pub fn encode(&self) -> Result<Bytes, EncodeError> {
+        self.encode_into(&mut BytesMut::new())
+    }
+
+    /// Like [`Frame::encode`], but builds the frame in `buf`'s spare capacity. A caller that
+    /// keeps `buf` gets its allocation back once the returned `Bytes` is dropped (`BytesMut`
+    /// reclaims a buffer nobody else holds), so a stream of chunks reuses one buffer instead
+    /// of allocating one per frame.
+    pub fn encode_into(&self, buf: &mut BytesMut) -> Result<Bytes, EncodeError> {
         self.check()?;
         // One buffer, one copy of any payload: the header's length is patched in after.
-        let mut out = BytesMut::with_capacity(HEADER_LEN + 64 + self.payload_len());
+        buf.clear();
+        buf.reserve(HEADER_LEN + 64 + self.payload_len());
+        let out = buf;
         out.put_u8(PROTOCOL_VERSION);
         out.put_u8(self.frame_type().byte());
         out.put_u16(self.flags());
         out.put_u32(0);
-        self.put_body(&mut out);
+        self.put_body(out);
         let len = u32::try_from(out.len() - HEADER_LEN).map_err(|_| EncodeError::InvalidField {
             frame: self.frame_type(),
             field: "length",
             reason: "body longer than 4 GiB",
         })?;
         out[4..8].copy_from_slice(&len.to_be_bytes());
-        Ok(out.freeze())
+        Ok(out.split().freeze())
     }
 
     /// Bytes of the variable-length payload (for sizing the buffer once).
