@@ -56,7 +56,23 @@ pub fn check(s: &Scenario, log: &Log, end: &Ending) -> Vec<Violation> {
     if s.invariants.all_delivered {
         all_delivered(log, &mut v);
     }
+    if s.invariants.single_connection {
+        single_connection(s, log, &mut v);
+    }
     v
+}
+
+fn single_connection(s: &Scenario, log: &Log, v: &mut Vec<Violation>) {
+    for client in s.clients().filter(|c| c.trusted) {
+        let n = log.connects.get(&client.name).map_or(0, Vec::len);
+        if n != 1 {
+            violation(
+                v,
+                "single-connection",
+                format!("{} made {n} connection attempts, expected 1", client.name),
+            );
+        }
+    }
 }
 
 fn violation(v: &mut Vec<Violation>, invariant: &'static str, detail: String) {

@@ -248,7 +248,8 @@ impl Essentials {
 
 /// The static name for an invariant name read back from a child.
 fn invariant_name(name: &str) -> &'static str {
-    const KNOWN: [&str; 11] = [
+    const KNOWN: [&str; 12] = [
+        "single-connection",
         "no-panic",
         "finished",
         "exactly-once-in-order",

@@ -304,6 +304,9 @@ pub struct Invariants {
     /// Every message is delivered (no send may fail).
     #[serde(default)]
     pub all_delivered: bool,
+    /// Each client connects exactly once: the faults must not cause a disconnect.
+    #[serde(default)]
+    pub single_connection: bool,
 }
 
 /// Why a scenario file cannot be used.

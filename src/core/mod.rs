@@ -1,4 +1,6 @@
-//! Layer 3, the session core: sans-I/O state machines.
+//! Layer 3, the session core: sans-I/O state machines — the session (sequence numbers,
+//! acknowledgements, heartbeats, health), its streams (credit flow control, verification) and
+//! the reconnection backoff policy.
 //!
 //! No tokio, no sockets, no clock, no global RNG: frames and `now` (a [`Duration`] since the
 //! connection began, supplied by the driver) go in; frames to send, events for the
@@ -12,8 +14,10 @@
 //!
 //! [`Duration`]: std::time::Duration
 
+mod backoff;
 mod session;
 mod streams;
 
+pub use backoff::{Backoff, BackoffPolicy, unit_draw};
 pub use session::{CloseCause, Event, SendRefusal, Session, SessionParams};
 pub use streams::StreamRefusal;

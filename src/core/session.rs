@@ -24,6 +24,9 @@ pub struct SessionParams {
     pub heartbeat_interval: Duration,
     /// Close with `idle timeout` when nothing was received for this long.
     pub idle_timeout: Duration,
+    /// Report the connection degraded when the smoothed round-trip time exceeds this (or a
+    /// ping goes unanswered for a heartbeat interval).
+    pub degraded_rtt: Duration,
     /// Bytes of unacknowledged payload this side may have outstanding.
     pub replay_buffer_bytes: u64,
     /// What the peer announced it enforces.
@@ -97,6 +100,16 @@ pub enum Event {
     },
     /// A `PONG` measured this round-trip time.
     Rtt(Duration),
+    /// The connection's health changed: degraded (a ping unanswered for a heartbeat
+    /// interval, or the smoothed round-trip time above the threshold) or healthy again.
+    Health {
+        /// Whether it is degraded now.
+        degraded: bool,
+        /// The smoothed round-trip time, once measured.
+        rtt: Option<Duration>,
+        /// Why, in words (for the log).
+        why: String,
+    },
     /// The peer opened a stream (in sequence order with messages).
     StreamOpened {
         /// The peer's stream id.
@@ -180,6 +193,15 @@ pub struct Session {
     events: VecDeque<Event>,
     closed: bool,
     streams: Streams,
+    /// When the oldest unanswered `PING` left.
+    ping_sent_at: Option<Duration>,
+    /// Smoothed round-trip time (RFC 6298 weights: 7/8 old, 1/8 new).
+    srtt: Option<Duration>,
+    /// The latest round-trip sample.
+    last_rtt: Option<Duration>,
+    /// When the last `PING` left.
+    last_ping: Duration,
+    degraded: bool,
 }
 
 impl Session {
@@ -213,6 +235,11 @@ impl Session {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             closed: false,
+            ping_sent_at: None,
+            srtt: None,
+            last_rtt: None,
+            last_ping: now,
+            degraded: false,
         }
     }
 
@@ -374,8 +401,15 @@ impl Session {
             Frame::Pong(p) => {
                 let now_us = micros(now);
                 if p.timestamp_us <= now_us {
-                    self.events
-                        .push_back(Event::Rtt(Duration::from_micros(now_us - p.timestamp_us)));
+                    let rtt = Duration::from_micros(now_us - p.timestamp_us);
+                    self.srtt = Some(match self.srtt {
+                        None => rtt,
+                        Some(s) => s.mul_f64(0.875) + rtt.mul_f64(0.125),
+                    });
+                    self.last_rtt = Some(rtt);
+                    self.ping_sent_at = None;
+                    self.events.push_back(Event::Rtt(rtt));
+                    self.update_health(now);
                 }
             }
             Frame::GoAway(g) => {
@@ -601,12 +635,63 @@ impl Session {
         if self.ack_due.is_some_and(|d| d <= now) {
             self.queue_ack();
         }
-        if now.saturating_sub(self.last_send) >= self.ping_interval() {
+        // A ping every interval, busy or idle: liveness for the peer when we are idle, and a
+        // fresh round-trip sample when we are busy (a stale sample would leave a connection
+        // reported degraded long after it recovered).
+        if now.saturating_sub(self.last_ping) >= self.ping_interval() {
             self.outbox.push_back(Frame::Ping(Ping {
                 timestamp_us: micros(now),
             }));
-            // Counted as sent now, so one ping goes per interval even before it is written.
+            self.ping_sent_at.get_or_insert(now);
+            self.last_ping = now;
             self.last_send = now;
+        }
+        self.update_health(now);
+    }
+
+    /// The smoothed round-trip time, once a `PONG` measured it.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// Whether the connection is degraded.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+
+    fn update_health(&mut self, now: Duration) {
+        let missed = self
+            .ping_sent_at
+            .is_some_and(|t| now.saturating_sub(t) >= self.p.heartbeat_interval);
+        // Slow only while both the smoothed and the latest sample are: one slow sample does not
+        // degrade, one fast sample after an outage recovers at once.
+        let slow = match (self.srtt, self.last_rtt) {
+            (Some(s), Some(l)) => s.min(l) > self.p.degraded_rtt,
+            _ => false,
+        };
+        let degraded = missed || slow;
+        if degraded != self.degraded {
+            self.degraded = degraded;
+            let why = if missed {
+                format!(
+                    "no pong for {} ms",
+                    self.ping_sent_at
+                        .map_or(0, |t| now.saturating_sub(t).as_millis())
+                )
+            } else if slow {
+                format!(
+                    "round trip {} ms above {} ms",
+                    self.srtt.unwrap_or_default().as_millis(),
+                    self.p.degraded_rtt.as_millis()
+                )
+            } else {
+                "pong received, round trip back under the threshold".to_string()
+            };
+            self.events.push_back(Event::Health {
+                degraded,
+                rtt: self.srtt,
+                why,
+            });
         }
     }
 
@@ -616,7 +701,7 @@ impl Session {
             return None;
         }
         let idle = self.last_recv + self.p.idle_timeout;
-        let ping = self.last_send + self.ping_interval();
+        let ping = self.last_ping + self.ping_interval();
         Some(
             self.ack_due
                 .map_or(idle.min(ping), |a| a.min(idle).min(ping)),
@@ -699,6 +784,7 @@ mod tests {
             ack_delay: 100 * MS,
             heartbeat_interval: 1000 * MS,
             idle_timeout: 3000 * MS,
+            degraded_rtt: 500 * MS,
             replay_buffer_bytes: 10,
             peer_limits: example_limits(),
             streams: true,
@@ -860,6 +946,83 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn an_unanswered_ping_degrades_before_the_idle_timeout_kills() {
+        let mut a = Session::new(params(), Duration::ZERO);
+        a.handle_timeout(1000 * MS); // ping leaves
+        let _ = drain(&mut a, 1000 * MS);
+        assert_eq!(
+            a.poll_timeout(),
+            Some(2000 * MS),
+            "wakes when the pong is overdue"
+        );
+        a.handle_timeout(2000 * MS);
+        let ev = events(&mut a);
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::Health {
+                    degraded: true,
+                    rtt: None,
+                    ..
+                }]
+            ),
+            "{ev:?}"
+        );
+        assert!(a.is_degraded() && !a.is_closed());
+        // The pong arrives late (1.5 s): healthy again, but the round trip is recorded.
+        a.handle_frame(
+            Frame::Pong(Pong {
+                timestamp_us: 1_000_000,
+            }),
+            2500 * MS,
+        );
+        let ev = events(&mut a);
+        assert!(matches!(ev[0], Event::Rtt(d) if d == 1500 * MS), "{ev:?}");
+        // 1.5 s is above the 500 ms threshold: still degraded, now for slowness.
+        assert!(a.is_degraded());
+        // Fast pongs bring the smoothed round trip down and the connection back.
+        let mut t: u64 = 2500;
+        while a.is_degraded() {
+            t += 10;
+            let now = Duration::from_millis(t);
+            a.handle_frame(Frame::Ping(Ping { timestamp_us: 0 }), now);
+            a.ping_sent_at = None;
+            a.handle_frame(
+                Frame::Pong(Pong {
+                    timestamp_us: (t - 5) * 1000,
+                }),
+                now,
+            );
+            assert!(t < 5000, "never healthy again");
+        }
+        let last = events(&mut a)
+            .into_iter()
+            .rev()
+            .find(|e| matches!(e, Event::Health { .. }));
+        assert!(matches!(
+            last,
+            Some(Event::Health {
+                degraded: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn any_frame_counts_as_liveness() {
+        let mut p = params();
+        p.idle_timeout = 3000 * MS;
+        let mut b = Session::new(p, Duration::ZERO);
+        // A long stream of frames, none of them a pong: never an idle timeout.
+        for t in (0..20_000u64).step_by(500) {
+            let now = Duration::from_millis(t);
+            b.handle_frame(Frame::Ack(Ack { last_seq: 0 }), now);
+            b.handle_timeout(now);
+            assert!(!b.is_closed(), "closed at {t} ms");
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ impl Message {
 pub enum ConnectionState {
     /// Authenticated; messages flow.
     Connected,
+    /// Still up, but a heartbeat went unanswered for an interval or the round-trip time is
+    /// above `degraded_rtt`: expect delays; the idle timeout may follow.
+    Degraded,
     /// Ended, for this cause. Final.
     Closed(CloseCause),
 }
@@ -70,6 +73,15 @@ pub enum Incoming {
     Message(Message),
     /// A stream; read it (or drop it to cancel).
     Stream(IncomingStream),
+}
+
+/// A connection's measured health. Watch it with `Connection::health`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Smoothed round-trip time of `PING`/`PONG`, once measured.
+    pub rtt: Option<Duration>,
+    /// Whether the connection is degraded (see [`ConnectionState::Degraded`]).
+    pub degraded: bool,
 }
 
 /// What the application's handle sends to the driver.
@@ -96,6 +108,7 @@ pub(crate) struct Handles {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) incoming: mpsc::Receiver<Incoming>,
     pub(crate) state: watch::Receiver<ConnectionState>,
+    pub(crate) health: watch::Receiver<Health>,
     pub(crate) task: JoinHandle<()>,
 }
 
@@ -127,6 +140,7 @@ pub(crate) fn spawn(
         ack_delay: cfg.ack_delay,
         heartbeat_interval: cfg.heartbeat_interval,
         idle_timeout: cfg.heartbeat_timeout,
+        degraded_rtt: cfg.degraded_rtt,
         replay_buffer_bytes: cfg.replay_buffer_bytes,
         peer_limits: channel.handshake.peer_limits,
         streams: channel.handshake.peer_capabilities & crate::wire::CAP_STREAMS != 0,
@@ -138,6 +152,7 @@ pub(crate) fn spawn(
     let (commands, command_rx) = mpsc::channel(cfg.send_queue as usize);
     let (incoming_tx, incoming) = mpsc::channel(INCOMING);
     let (state_tx, state) = watch::channel(ConnectionState::Connected);
+    let (health_tx, health) = watch::channel(Health::default());
     let (signals_tx, signals) = mpsc::unbounded_channel();
     let chunk = cfg
         .chunk_size
@@ -158,6 +173,7 @@ pub(crate) fn spawn(
         commands: command_rx,
         incoming: incoming_tx,
         state: state_tx,
+        health: health_tx,
         waiting_ack: BTreeMap::new(),
         blocked: VecDeque::new(),
         deliveries: VecDeque::new(),
@@ -183,6 +199,7 @@ pub(crate) fn spawn(
         commands,
         incoming,
         state,
+        health,
         task,
     }
 }
@@ -196,6 +213,7 @@ struct Driver {
     commands: mpsc::Receiver<Command>,
     incoming: mpsc::Sender<Incoming>,
     state: watch::Sender<ConnectionState>,
+    health: watch::Sender<Health>,
     /// Sends handed to the session, by sequence number, waiting for the peer's ACK.
     waiting_ack: BTreeMap<u64, oneshot::Sender<Result<(), SendError>>>,
     /// Sends the session refused as Blocked (replay bound), in order.
@@ -396,7 +414,28 @@ impl Driver {
                         payload,
                     })),
                     Event::Acked { up_to } => self.acked(up_to),
-                    Event::Rtt(rtt) => tracing::trace!(rtt_us = rtt.as_micros() as u64, "rtt"),
+                    Event::Rtt(rtt) => {
+                        tracing::trace!(rtt_us = rtt.as_micros() as u64, "rtt");
+                        let srtt = self.session.rtt();
+                        self.health.send_if_modified(|h| {
+                            let changed = h.rtt != srtt;
+                            h.rtt = srtt;
+                            changed
+                        });
+                    }
+                    Event::Health { degraded, rtt, why } => {
+                        if degraded {
+                            tracing::warn!(%why, "connection degraded");
+                        } else {
+                            tracing::info!(%why, "connection healthy again");
+                        }
+                        self.health.send_replace(Health { rtt, degraded });
+                        let _ = self.state.send(if degraded {
+                            ConnectionState::Degraded
+                        } else {
+                            ConnectionState::Connected
+                        });
+                    }
                     Event::Closed(cause) => closed = Some(cause),
                     other => self.stream_event(other, now),
                 }
@@ -861,6 +900,8 @@ async fn write_loop(
 pub(crate) fn cause_of(state: &watch::Receiver<ConnectionState>) -> CloseCause {
     match &*state.borrow() {
         ConnectionState::Closed(c) => c.clone(),
-        ConnectionState::Connected => CloseCause::Lost("connection task ended".into()),
+        ConnectionState::Connected | ConnectionState::Degraded => {
+            CloseCause::Lost("connection task ended".into())
+        }
     }
 }

@@ -12,5 +12,5 @@ mod connection;
 mod stream;
 
 pub(crate) use connection::{Command, Handles, cause_of, spawn};
-pub use connection::{ConnectionState, Incoming, Message};
+pub use connection::{ConnectionState, Health, Incoming, Message};
 pub use stream::{Full, IncomingStream, Progress, StreamError, StreamSender};

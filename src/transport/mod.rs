@@ -34,7 +34,8 @@ use tracing::Instrument;
 use crate::config::TransportConfig;
 use crate::driver::{self, Command, Handles, cause_of};
 pub use crate::driver::{
-    ConnectionState, Full, Incoming, IncomingStream, Message, Progress, StreamError, StreamSender,
+    ConnectionState, Full, Health, Incoming, IncomingStream, Message, Progress, StreamError,
+    StreamSender,
 };
 use crate::error::{CloseCause, ConfigError, ConnectError, ConnectionClosed, SendError};
 pub use crate::net::Address;
@@ -530,9 +531,14 @@ impl Connection {
         }
     }
 
-    /// The connection's state, to watch.
+    /// The connection's state, to watch: connected, degraded, closed (with its cause).
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.handles.state.clone()
+    }
+
+    /// Round-trip time and degradation, to watch.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.handles.health.clone()
     }
 
     /// The peer's SSH public key, wire encoding.
