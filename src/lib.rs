@@ -6,8 +6,21 @@
 //! same code over a simulated network.
 //!
 //! Start at [`transport::Transport`]: `connect` a [`transport::PeerInfo`] or `listen` on an
-//! [`transport::Address`], then `send` and `receive` [`transport::Message`]s on the
-//! [`transport::Connection`].
+//! [`transport::Address`], then `send` and `receive` on the [`transport::Connection`]:
+//!
+//! - `send(Message)` resolves when the peer acknowledged the message; a payload above
+//!   `stream_threshold` goes as a stream automatically;
+//! - `open_stream` / `send_stream` send a payload of any size in chunks, with credit-based
+//!   flow control (memory bounded by the windows, not the payload), [`transport::Progress`],
+//!   and a BLAKE3 check of the whole payload at the receiver;
+//! - `receive()` yields [`transport::Incoming::Message`] and [`transport::Incoming::Stream`]
+//!   in the order the peer sent them; a small message is never stuck behind a large stream;
+//! - `state()` and `health()` watch the connection (connected, degraded, closed with its
+//!   cause; round-trip time).
+//!
+//! Every send settles: delivered, refused with a reason, or — if the connection ends first —
+//! "delivery unknown". Bad input from the peer gets a typed error and a close with a numbered
+//! reason (`PROTOCOL.md` §7), never a panic.
 //!
 //! ## Layers
 //!

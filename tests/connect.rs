@@ -141,3 +141,35 @@ async fn a_second_address_is_tried_when_the_first_is_unreachable() {
     let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
     assert!(c.is_ok() && s.is_ok());
 }
+
+#[tokio::test]
+async fn a_new_connection_from_the_same_peer_replaces_the_old_one() {
+    let (ka, kb) = (key(1), key(2));
+    let server = transport(cfg());
+    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
+    let peer = PeerInfo::new("server", vec![listener.local_addr().clone()]);
+    let client = transport(cfg());
+    let (c1, s1) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    let (mut c1, mut s1) = (c1.unwrap(), s1.unwrap());
+    let (c2, s2) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    let (c2, mut s2) = (c2.unwrap(), s2.unwrap());
+    // The old connection ends with `replaced` on both sides; the new one works.
+    let closed = s1.receive().await.unwrap_err();
+    assert_eq!(
+        closed.0.reason(),
+        Some(ReasonCode::Replaced),
+        "{}",
+        closed.0
+    );
+    let closed = c1.receive().await.unwrap_err();
+    assert!(
+        matches!(closed.0, CloseCause::Peer(ReasonCode::Replaced, _)),
+        "{}",
+        closed.0
+    );
+    c2.send(Message::text("new")).await.unwrap();
+    assert_eq!(
+        s2.receive().await.unwrap().into_message().unwrap(),
+        Message::text("new")
+    );
+}

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -292,6 +293,11 @@ impl Transport {
         limit: Arc<Semaphore>,
         tx: mpsc::Sender<Result<Connection, AcceptError>>,
     ) {
+        // The live connection of each peer key: a new authenticated connection from the same
+        // key replaces the old one, which is most likely half-dead (a laptop that slept and
+        // came back on another network; Syncthing #9337 kept such "already connected"
+        // sessions and refused the live one).
+        let live: Arc<std::sync::Mutex<BTreeMap<Bytes, mpsc::Sender<Command>>>> = Arc::default();
         loop {
             let (stream, peer_addr) = match listener.accept().await {
                 Ok(s) => s,
@@ -313,6 +319,7 @@ impl Transport {
             let this = self.clone();
             let auth = auth.clone();
             let tx = tx.clone();
+            let live = live.clone();
             let span = tracing::info_span!("connection", peer = %peer_addr, role = "listener");
             tokio::spawn(
                 async move {
@@ -325,12 +332,29 @@ impl Transport {
                         expected_key: None,
                     };
                     let result = match secure::accept(stream, params).await {
-                        Ok(channel) => Ok(Connection::start(
-                            channel,
-                            &this.inner.cfg,
-                            tracing::Span::current(),
-                            Some(permit),
-                        )),
+                        Ok(channel) => {
+                            let conn = Connection::start(
+                                channel,
+                                &this.inner.cfg,
+                                tracing::Span::current(),
+                                Some(permit),
+                            );
+                            let old = {
+                                let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
+                                live.retain(|_, c| !c.is_closed());
+                                live.insert(conn.peer_key.clone(), conn.handles.commands.clone())
+                            };
+                            if let Some(old) = old {
+                                tracing::info!("replacing the previous connection of this peer");
+                                let _ = old
+                                    .send(Command::Close {
+                                        reason: ReasonCode::Replaced,
+                                        detail: "a new connection from the same peer".into(),
+                                    })
+                                    .await;
+                            }
+                            Ok(conn)
+                        }
                         Err(error) => {
                             tracing::warn!(error = %error, "incoming connection refused");
                             Err(AcceptError::Handshake { peer_addr, error })
