@@ -179,8 +179,9 @@ pub struct Session {
     sent_seq: u64,
     /// Highest sequence number the peer acknowledged.
     peer_acked: u64,
-    /// Outgoing sequenced frames not yet acknowledged: (seq, payload bytes).
-    unacked: VecDeque<(u64, usize)>,
+    /// The replay buffer: outgoing sequenced frames not yet acknowledged, with their payload
+    /// bytes (bounded by `replay_buffer_bytes`; payloads are shared `Bytes`, not copies).
+    unacked: VecDeque<(u64, usize, Frame)>,
     unacked_bytes: u64,
     /// Highest sequence number received in order.
     received: u64,
@@ -201,6 +202,8 @@ pub struct Session {
     last_rtt: Option<Duration>,
     /// When the last `PING` left.
     last_ping: Duration,
+    /// The connection is gone but the session is kept for resumption.
+    suspended: bool,
     degraded: bool,
 }
 
@@ -239,6 +242,7 @@ impl Session {
             srtt: None,
             last_rtt: None,
             last_ping: now,
+            suspended: false,
             degraded: false,
         }
     }
@@ -282,12 +286,15 @@ impl Session {
         {
             return Err(SendRefusal::Blocked);
         }
-        let seq = self.next_seq(size);
-        self.outbox.push_back(Frame::Message(MessageFrame {
-            seq,
-            content_type,
-            payload,
-        }));
+        let seq = self.next_seq();
+        self.sequenced(
+            size,
+            Frame::Message(MessageFrame {
+                seq,
+                content_type,
+                payload,
+            }),
+        );
         Ok(seq)
     }
 
@@ -446,14 +453,17 @@ impl Session {
             return Err(SendRefusal::Blocked);
         }
         let id = self.streams.open(total_len, hash);
-        let seq = self.next_seq(0);
-        self.outbox.push_back(Frame::StreamOpen(StreamOpen {
-            seq,
-            stream_id: id,
-            total_len,
-            hash,
-            content_type,
-        }));
+        let seq = self.next_seq();
+        self.sequenced(
+            0,
+            Frame::StreamOpen(StreamOpen {
+                seq,
+                stream_id: id,
+                total_len,
+                hash,
+                content_type,
+            }),
+        );
         Ok(id)
     }
 
@@ -537,11 +547,17 @@ impl Session {
         self.streams.retained_bytes()
     }
 
-    fn next_seq(&mut self, size: usize) -> u64 {
+    fn next_seq(&mut self) -> u64 {
         self.sent_seq += 1;
-        self.unacked.push_back((self.sent_seq, size));
-        self.unacked_bytes += size as u64;
         self.sent_seq
+    }
+
+    /// Sends a sequenced frame and keeps it in the replay buffer until acknowledged, counting
+    /// `size` payload bytes against the replay bound.
+    fn sequenced(&mut self, size: usize, frame: Frame) {
+        self.unacked.push_back((self.sent_seq, size, frame.clone()));
+        self.unacked_bytes += size as u64;
+        self.outbox.push_back(frame);
     }
 
     /// Acts on what a stream frame meant.
@@ -572,13 +588,92 @@ impl Session {
                 crate::wire::truncate_utf8(&t, crate::wire::MAX_TEXT_LEN).to_string(),
             ),
         };
-        let seq = self.next_seq(0);
-        self.outbox.push_back(Frame::StreamResult(StreamResult {
-            seq,
-            stream_id: id,
-            reason,
-            text,
-        }));
+        let seq = self.next_seq();
+        self.sequenced(
+            0,
+            Frame::StreamResult(StreamResult {
+                seq,
+                stream_id: id,
+                reason,
+                text,
+            }),
+        );
+    }
+
+    /// The connection broke but the session is to be kept for resumption (PROTOCOL.md §4):
+    /// what was queued for the wire is dropped (the replay buffer keeps every unacknowledged
+    /// sequenced frame), timers stop, sends keep queueing into the replay buffer.
+    ///
+    /// Returns false, and keeps nothing, if the session cannot be resumed: streams were open
+    /// (stream resumption is not implemented yet) — treat it as lost.
+    pub fn suspend(&mut self) -> bool {
+        self.outbox.clear();
+        if self.closed || !self.streams.out.is_empty() || !self.streams.incoming.is_empty() {
+            return false;
+        }
+        self.suspended = true;
+        true
+    }
+
+    /// Whether the session waits for a new connection.
+    pub fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+
+    /// Resumes on a new connection at `now`, the peer having received our sequenced frames up
+    /// to `peer_received` (from its `RESUME` or `RESUMED`): those count as acknowledged, the
+    /// rest of the replay buffer is queued again, in order. The peer drops what it already
+    /// has, so nothing is lost or duplicated.
+    ///
+    /// Fails, changing nothing, when `peer_received` cannot be right: beyond what was sent, or
+    /// below what the peer had already acknowledged (it lost state) — the session is lost.
+    pub fn resume(&mut self, peer_received: u64, now: Duration) -> Result<(), String> {
+        if !self.suspended {
+            return Err("the session is not suspended".into());
+        }
+        if peer_received > self.sent_seq {
+            return Err(format!(
+                "peer claims {peer_received} received, {} sent",
+                self.sent_seq
+            ));
+        }
+        if peer_received < self.peer_acked {
+            return Err(format!(
+                "peer claims {peer_received} received after acknowledging {}",
+                self.peer_acked
+            ));
+        }
+        self.suspended = false;
+        self.apply_ack(peer_received);
+        self.outbox.clear();
+        self.outbox
+            .extend(self.unacked.iter().map(|(_, _, f)| f.clone()));
+        self.restart_timers(now);
+        Ok(())
+    }
+
+    /// The peer does not have the session any more (`SESSION_LOST`, or a resume that failed):
+    /// a fresh session starts, numbered from 1. Returns the sequence numbers whose delivery is
+    /// unknown (sent, never acknowledged), for the application to be told.
+    pub fn session_lost(&mut self, now: Duration) -> Vec<u64> {
+        let unknown = self.unacked.drain(..).map(|(s, _, _)| s).collect();
+        self.unacked_bytes = 0;
+        self.sent_seq = 0;
+        self.peer_acked = 0;
+        self.received = 0;
+        self.suspended = false;
+        self.outbox.clear();
+        self.restart_timers(now);
+        unknown
+    }
+
+    fn restart_timers(&mut self, now: Duration) {
+        self.last_recv = now;
+        self.last_send = now;
+        self.last_ping = now;
+        self.ping_sent_at = None;
+        self.unacked_received = 0;
+        self.ack_due = None;
     }
 
     /// The connection broke underneath: the session ends without a goodbye.
@@ -619,7 +714,7 @@ impl Session {
 
     /// Advances timers: sends a due `ACK` or `PING`, or closes on idle timeout.
     pub fn handle_timeout(&mut self, now: Duration) {
-        if self.closed {
+        if self.closed || self.suspended {
             return;
         }
         if now.saturating_sub(self.last_recv) >= self.p.idle_timeout {
@@ -697,7 +792,7 @@ impl Session {
 
     /// When [`Session::handle_timeout`] next has work, if ever.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        if self.closed {
+        if self.closed || self.suspended {
             return None;
         }
         let idle = self.last_recv + self.p.idle_timeout;
@@ -710,6 +805,9 @@ impl Session {
 
     /// The next frame to send, if any.
     pub fn poll_transmit(&mut self, now: Duration) -> Option<Frame> {
+        if self.suspended {
+            return None;
+        }
         let f = self.outbox.pop_front()?;
         self.last_send = now;
         Some(f)
@@ -758,8 +856,8 @@ impl Session {
             return;
         }
         self.peer_acked = last_seq;
-        while self.unacked.front().is_some_and(|&(s, _)| s <= last_seq) {
-            if let Some((_, size)) = self.unacked.pop_front() {
+        while self.unacked.front().is_some_and(|(s, _, _)| *s <= last_seq) {
+            if let Some((_, size, _)) = self.unacked.pop_front() {
                 self.unacked_bytes -= size as u64;
             }
         }
@@ -1086,6 +1184,103 @@ mod tests {
             MS,
         );
         assert!(a.is_closed());
+    }
+
+    fn message_ids(events: &[Event]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { payload, .. } => Some(u64::from(payload[0])),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn params_big_replay() -> SessionParams {
+        SessionParams {
+            replay_buffer_bytes: 1 << 20,
+            ..params()
+        }
+    }
+
+    /// Six messages; the first three arrive, the ack of the third and messages four to six
+    /// are lost with the connection. After resuming with each other's counters, four to six
+    /// arrive once, in order, and one to three are not delivered again.
+    #[test]
+    fn messages_survive_a_disconnect_exactly_once_and_in_order() {
+        let mut a = Session::new(params_big_replay(), Duration::ZERO);
+        let mut b = Session::new(params_big_replay(), Duration::ZERO);
+        for i in 1..=6u8 {
+            a.send_message("t/x".into(), Bytes::from(vec![i]), Duration::ZERO)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        }
+        let frames = drain(&mut a, Duration::ZERO);
+        for f in frames.into_iter().take(3) {
+            b.handle_frame(f, MS);
+        }
+        let mut delivered = message_ids(&events(&mut b));
+        assert_eq!(delivered, vec![1, 2, 3]);
+        // B's ack (of 3, by ack_every) is lost with the connection.
+        let _ = drain(&mut b, MS);
+        assert!(a.suspend() && b.suspend());
+        // Sends while disconnected queue up in the replay buffer.
+        a.send_message("t/x".into(), Bytes::from(vec![7u8]), 2 * MS)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(
+            a.poll_transmit(2 * MS).is_none(),
+            "nothing leaves while suspended"
+        );
+        // RESUME / RESUMED exchange the counters.
+        a.resume(b.received(), 10 * MS)
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.resume(a.received(), 10 * MS)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(events(&mut a).contains(&Event::Acked { up_to: 3 }));
+        let replayed = drain(&mut a, 10 * MS);
+        let seqs: Vec<u64> = replayed
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Message(m) => Some(m.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![4, 5, 6, 7], "only what B lacks is replayed");
+        for f in replayed {
+            b.handle_frame(f, 11 * MS);
+        }
+        delivered.extend(message_ids(&events(&mut b)));
+        assert_eq!(delivered, vec![1, 2, 3, 4, 5, 6, 7]);
+        // A replay of something B has (a stale resume point elsewhere) is dropped.
+        b.handle_frame(msg(5, b"\x05"), 12 * MS);
+        assert!(message_ids(&events(&mut b)).is_empty());
+    }
+
+    #[test]
+    fn an_impossible_resume_point_means_the_session_is_lost() {
+        let mut a = Session::new(params_big_replay(), Duration::ZERO);
+        for i in 1..=3u8 {
+            let _ = a.send_message("t/x".into(), Bytes::from(vec![i]), Duration::ZERO);
+        }
+        a.handle_frame(Frame::Ack(Ack { last_seq: 2 }), MS);
+        assert!(a.suspend());
+        assert!(a.resume(4, 2 * MS).is_err(), "more than was sent");
+        assert!(a.resume(1, 2 * MS).is_err(), "less than it acknowledged");
+        assert!(a.is_suspended(), "a refused resume changes nothing");
+        // The peer lost the session: message 3 is of unknown fate; numbering restarts.
+        assert_eq!(a.session_lost(3 * MS), vec![3]);
+        assert_eq!(a.unacked_bytes(), 0);
+        let seq = a
+            .send_message("t/x".into(), Bytes::from_static(b"n"), 4 * MS)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(seq, 1);
+    }
+
+    #[test]
+    fn a_session_with_open_streams_is_not_resumable_yet() {
+        let mut a = Session::new(params_big_replay(), Duration::ZERO);
+        let _ = a.open_stream("a/b".into(), None, None);
+        assert!(!a.suspend());
+        assert!(!a.is_suspended());
     }
 
     #[test]
