@@ -113,3 +113,11 @@ fn a_missing_or_malformed_file_names_the_file() {
     let e = read_trusted_keys(&fixture("rsa_test_key")).unwrap_err();
     assert!(matches!(e, KeyError::Parse { .. }), "{e}");
 }
+
+/// Keys written by other tools wrap their Base64 at 64 columns (Python's `cryptography`
+/// wrote this fixture); OpenSSH wraps at 70, and ssh-key only reads the latter.
+#[test]
+fn a_key_wrapped_at_64_columns_is_read() {
+    let key = read_private_key(&fixture("pyca_ed25519_key")).unwrap();
+    assert_eq!(key.algorithm(), ssh_key::Algorithm::Ed25519);
+}

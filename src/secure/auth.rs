@@ -195,16 +195,42 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
         path: path.display().to_string(),
         source,
     })?;
-    let key = PrivateKey::from_openssh(text).map_err(|e| KeyError::Parse {
-        path: path.display().to_string(),
-        detail: e.to_string(),
-    })?;
+    // ssh-key insists on OpenSSH's 70-column Base64 lines; other tools (Python's
+    // cryptography, for one) wrap at 64. Re-wrap and try again before giving up.
+    let key = PrivateKey::from_openssh(&text)
+        .or_else(|first| PrivateKey::from_openssh(rewrap_openssh(&text)).map_err(|_| first))
+        .map_err(|e| KeyError::Parse {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
     if key.is_encrypted() {
         return Err(KeyError::Encrypted {
             path: path.display().to_string(),
         });
     }
     Ok(key)
+}
+
+/// The OpenSSH private key PEM `text` with its Base64 body re-wrapped at 70 columns.
+fn rewrap_openssh(text: &str) -> String {
+    const BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    const END: &str = "-----END OPENSSH PRIVATE KEY-----";
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != BEGIN)
+        .skip(1)
+        .take_while(|l| *l != END)
+        .collect();
+    let mut out = String::from(BEGIN);
+    out.push('\n');
+    for line in body.as_bytes().chunks(70) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(END);
+    out.push('\n');
+    out
 }
 
 /// Reads an `authorized_keys`-format file (ClipSync's own, never `~/.ssh/authorized_keys`).

@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""An independent ClipSync client, written from PROTOCOL.md alone.
+
+It uses no ClipSync code: TLS from pyOpenSSL (for the RFC 9266 exporter), WebSocket from the
+`websockets` package's sans-I/O client, ed25519 and SHA-512 from `cryptography`, and the frame
+layouts and the SSHSIG transcript as PROTOCOL.md describes them. It starts `clipsync serve`
+and checks:
+
+1. the upgrade negotiates the `clipsync.v1` subprotocol;
+2. a handshake whose signature is wrong (made over another channel binding) is refused with
+   AUTH_RESULT reason 5 and WebSocket close code 4005;
+3. a correct handshake is accepted, the server's own AUTH verifies, RESUME gets RESUMED, a
+   MESSAGE is acknowledged, and `clipsync serve` prints it.
+
+Usage: independent_client.py PATH_TO_CLIPSYNC_BINARY. Prints one line per check and ends with
+`N passed, M failed`; exits 1 on any failure.
+"""
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import datetime
+
+from OpenSSL import SSL
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+NAMESPACE = b"clipsync-auth-v1"
+LABEL = b"clipsync-auth-v1"
+
+# Frame types (PROTOCOL.md section 2).
+HELLO, AUTH, AUTH_RESULT = 0x01, 0x02, 0x03
+RESUME, RESUMED, SESSION_LOST = 0x10, 0x11, 0x12
+MESSAGE, ACK, GOAWAY = 0x20, 0x30, 0x34
+
+
+def frame(ftype, body, flags=0):
+    """Header: version 1, type, flags (u16), body length (u32), all big-endian."""
+    return struct.pack(">BBHI", 1, ftype, flags, len(body)) + body
+
+
+def parse(msg):
+    version, ftype, flags, length = struct.unpack(">BBHI", msg[:8])
+    assert version == 1, f"version {version}"
+    assert length == len(msg) - 8, "length field disagrees with the message"
+    return ftype, msg[8:]
+
+
+def ssh_string(b):
+    return struct.pack(">I", len(b)) + b
+
+
+def key_blob(public_key):
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return ssh_string(b"ssh-ed25519") + ssh_string(raw)
+
+
+def hello(role, nonce, blob):
+    body = struct.pack(">BB", 1, role) + nonce + struct.pack(">I", 0)  # capabilities: none
+    # max_frame_size, max_message_size, stream_window, connection_window, max_streams,
+    # heartbeat_interval_ms, idle_timeout_ms
+    body += struct.pack(">IIIIHII", 1049600, 1048576, 2097152, 8388608, 16, 15000, 30000)
+    body += struct.pack(">H", len(blob)) + blob + b"\x00"  # no extensions
+    return frame(HELLO, body)
+
+
+def transcript(signer_role, dialer_hello, listener_hello, binding):
+    return (LABEL + bytes([signer_role]) + struct.pack(">I", len(dialer_hello)) + dialer_hello
+            + struct.pack(">I", len(listener_hello)) + listener_hello + binding)
+
+
+def sshsig(private_key, message):
+    """OpenSSH PROTOCOL.sshsig, binary form, hash algorithm sha512."""
+    digest = hashlib.sha512(message).digest()
+    signed = b"SSHSIG" + ssh_string(NAMESPACE) + ssh_string(b"") + ssh_string(b"sha512") + ssh_string(digest)
+    sig = private_key.sign(signed)
+    blob = key_blob(private_key.public_key())
+    return (b"SSHSIG" + struct.pack(">I", 1) + ssh_string(blob) + ssh_string(NAMESPACE)
+            + ssh_string(b"") + ssh_string(b"sha512")
+            + ssh_string(ssh_string(b"ssh-ed25519") + ssh_string(sig)))
+
+
+def read_string(b, at):
+    (n,) = struct.unpack(">I", b[at:at + 4])
+    return b[at + 4:at + 4 + n], at + 4 + n
+
+
+def verify_sshsig(blob, expected_key_blob, message):
+    assert blob[:6] == b"SSHSIG", "not an SSHSIG blob"
+    at = 10
+    key, at = read_string(blob, at)
+    ns, at = read_string(blob, at)
+    _reserved, at = read_string(blob, at)
+    alg, at = read_string(blob, at)
+    sig, at = read_string(blob, at)
+    assert key == expected_key_blob, "signature key differs from the HELLO key"
+    assert ns == NAMESPACE, f"namespace {ns!r}"
+    digest = hashlib.new(alg.decode(), message).digest()
+    signed = b"SSHSIG" + ssh_string(ns) + ssh_string(b"") + ssh_string(alg) + ssh_string(digest)
+    _kind, at2 = read_string(sig, 0)
+    raw, _ = read_string(sig, at2)
+    k, _ = read_string(key, 4 + len(b"ssh-ed25519"))
+    ed25519.Ed25519PublicKey.from_public_bytes(k).verify(raw, signed)
+
+
+def client_certificate():
+    """An ephemeral self-signed certificate: ClipSync's TLS is mutual, identity is the SSH key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "independent-client")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return cert, key
+
+
+class Connection:
+    """TLS (pyOpenSSL) + WebSocket (websockets, sans-I/O) on a blocking socket."""
+
+    def __init__(self, port):
+        cert, key = client_certificate()
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(key)
+        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        # pyOpenSSL wants a blocking socket; main() bounds the whole run with an alarm.
+        sock.settimeout(None)
+        self.tls = SSL.Connection(ctx, sock)
+        self.tls.set_tlsext_host_name(b"clipsync.invalid")
+        self.tls.set_connect_state()
+        self.tls.do_handshake()
+        # RFC 9266: label EXPORTER-Channel-Binding, no context, 32 bytes.
+        self.binding = self.tls.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+        self.ws = ClientProtocol(parse_uri("wss://clipsync.invalid/clipsync"),
+                                 subprotocols=[Subprotocol("clipsync.v1")])
+        self.ws.send_request(self.ws.connect())
+        self.flush()
+        while self.ws.handshake_exc is None and self.ws.state.name == "CONNECTING":
+            self.pump()
+        if self.ws.handshake_exc is not None:
+            raise self.ws.handshake_exc
+        self.pending = []
+
+    def flush(self):
+        for data in self.ws.data_to_send():
+            if data:
+                self.tls.sendall(data)
+
+    def pump(self):
+        try:
+            data = self.tls.recv(65536)
+        except (SSL.ZeroReturnError, SSL.SysCallError):
+            data = b""
+        if data:
+            self.ws.receive_data(data)
+        else:
+            self.ws.receive_eof()
+        self.flush()
+
+    def send(self, payload):
+        self.ws.send_binary(payload)
+        self.flush()
+
+    def recv(self):
+        """The next binary message, or None once the peer closed."""
+        while True:
+            for event in self.ws.events_received():
+                if getattr(event, "opcode", None) == Opcode.BINARY:
+                    self.pending.append(bytes(event.data))
+            if self.pending:
+                return self.pending.pop(0)
+            if self.ws.close_rcvd is not None or self.ws.state.name == "CLOSED":
+                return None
+            self.pump()
+
+    def close_code(self):
+        while self.recv() is not None:
+            pass
+        return self.ws.close_rcvd.code if self.ws.close_rcvd else None
+
+
+def main():
+    binary = sys.argv[1]
+    signal.alarm(120)  # a hung peer fails the run instead of hanging CI
+    results = []
+
+    def check(name, ok, detail=""):
+        results.append(ok)
+        print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}", flush=True)
+
+    workdir = tempfile.mkdtemp(prefix="clipsync-independent-")
+    server_key = ed25519.Ed25519PrivateKey.generate()
+    client_key = ed25519.Ed25519PrivateKey.generate()
+    with open(os.path.join(workdir, "server"), "wb") as f:
+        f.write(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                         serialization.NoEncryption()))
+    with open(os.path.join(workdir, "trusted"), "wb") as f:
+        f.write(client_key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b" python\n")
+    server = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--identity",
+                               os.path.join(workdir, "server"), "--authorized-keys",
+                               os.path.join(workdir, "trusted")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = server.stdout.readline().strip()
+        port = int(first.rsplit(":", 1)[1])
+        blob = key_blob(client_key.public_key())
+        server_blob = key_blob(server_key.public_key())
+
+        # 1 and 2: subprotocol, and a signature over another channel binding.
+        c = Connection(port)
+        check("subprotocol clipsync.v1 negotiated", c.ws.subprotocol == "clipsync.v1",
+              str(c.ws.subprotocol))
+        mine = hello(0, os.urandom(32), blob)
+        c.send(mine)
+        theirs = c.recv()
+        bad = sshsig(client_key, transcript(0, mine, theirs, b"\x00" * 32))
+        c.send(frame(AUTH, struct.pack(">H", len(bad)) + bad))
+        seen_reason = None
+        while True:
+            msg = c.recv()
+            if msg is None:
+                break
+            ftype, body = parse(msg)
+            if ftype == AUTH_RESULT:
+                (seen_reason,) = struct.unpack(">H", body[:2])
+        code = c.ws.close_rcvd.code if c.ws.close_rcvd else None
+        check("wrong signature refused with AUTH_RESULT 5 (auth failed)", seen_reason == 5, f"reason {seen_reason}")
+        check("wrong signature closed with code 4005", code == 4005, f"close code {code}")
+
+        # 3: a correct handshake and one message.
+        c = Connection(port)
+        mine = hello(0, os.urandom(32), blob)
+        c.send(mine)
+        theirs = c.recv()
+        ftype, body = parse(theirs)
+        check("server HELLO received", ftype == HELLO and body[1] == 1, f"type {ftype}")
+        good = sshsig(client_key, transcript(0, mine, theirs, c.binding))
+        c.send(frame(AUTH, struct.pack(">H", len(good)) + good))
+        ftype, body = parse(c.recv())
+        (n,) = struct.unpack(">H", body[:2])
+        try:
+            verify_sshsig(body[2:2 + n], server_blob, transcript(1, mine, theirs, c.binding))
+            check("server AUTH verifies over this TLS session", ftype == AUTH)
+        except Exception as e:  # noqa: BLE001 - report any verification failure
+            check("server AUTH verifies over this TLS session", False, repr(e))
+        ftype, body = parse(c.recv())
+        check("our AUTH accepted (AUTH_RESULT 0)", ftype == AUTH_RESULT and body[:2] == b"\x00\x00",
+              f"type {ftype} body {body[:2].hex()}")
+        c.send(frame(AUTH_RESULT, struct.pack(">HH", 0, 0)))
+        c.send(frame(RESUME, b"\x00" * 16 + struct.pack(">Q", 0)))
+        ftype, body = parse(c.recv())
+        check("RESUME answered with RESUMED", ftype == RESUMED, f"type {ftype}")
+        ct = b"text/plain; charset=utf-8"
+        c.send(frame(MESSAGE, struct.pack(">Q", 1) + bytes([len(ct)]) + ct + b"hello from python"))
+        acked = None
+        deadline = time.time() + 10
+        while acked is None and time.time() < deadline:
+            ftype, body = parse(c.recv())
+            if ftype == ACK:
+                (acked,) = struct.unpack(">Q", body)
+        check("MESSAGE acknowledged", acked == 1, f"ack {acked}")
+        c.send(frame(GOAWAY, struct.pack(">HQH", 0, 0, 0)))
+        c.ws.send_close(4000, "normal")
+        c.flush()
+        printed = False
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            line = server.stdout.readline()
+            if 'text="hello from python"' in line:
+                printed = True
+                break
+        check("clipsync serve printed the message", printed)
+    finally:
+        server.kill()
+        server.wait()
+    failed = results.count(False)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
