@@ -108,6 +108,11 @@ pub struct TransportConfig {
     /// TOML key `backoff_reset_after_ms`; up to 1 day.
     #[serde(rename = "backoff_reset_after_ms", with = "ms")]
     pub backoff_reset_after: Duration,
+    /// Keep a session across network failures: the dialer reconnects with backoff and both
+    /// sides resume where they were (PROTOCOL.md §4), so sends neither fail nor repeat.
+    /// Default true. False ends the connection at the first failure, with every pending send
+    /// settled as "delivery unknown" (the application redials).
+    pub reconnect: bool,
     /// Give up (state offline) after this many failed attempts in a row; 0 never gives up.
     /// Default 0: the sync engine wants its peers back whenever they return.
     pub max_reconnect_attempts: u32,
@@ -166,6 +171,7 @@ impl Default for TransportConfig {
             backoff_max: Duration::from_secs(30),
             backoff_jitter: 1.0,
             backoff_reset_after: Duration::from_secs(60),
+            reconnect: true,
             max_reconnect_attempts: 0,
             resume_window: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),

@@ -204,6 +204,8 @@ pub struct Session {
     last_ping: Duration,
     /// The connection is gone but the session is kept for resumption.
     suspended: bool,
+    /// Why the last connection ended (decides whether the session may be resumed).
+    last_cause: Option<CloseCause>,
     degraded: bool,
 }
 
@@ -243,6 +245,7 @@ impl Session {
             last_rtt: None,
             last_ping: now,
             suspended: false,
+            last_cause: None,
             degraded: false,
         }
     }
@@ -423,9 +426,7 @@ impl Session {
                 // What the peer received before leaving counts as delivered.
                 self.apply_ack(g.last_seq.min(self.sent_seq));
                 if !self.closed {
-                    self.closed = true;
-                    self.events
-                        .push_back(Event::Closed(CloseCause::Peer(g.reason, g.text)));
+                    self.end(CloseCause::Peer(g.reason, g.text));
                 }
             }
             other => self.close(
@@ -606,11 +607,21 @@ impl Session {
     ///
     /// Returns false, and keeps nothing, if the session cannot be resumed: streams were open
     /// (stream resumption is not implemented yet) — treat it as lost.
+    ///
+    /// A session whose connection was lost (end of stream, reset, idle timeout on either side)
+    /// may be suspended even though [`Session::is_closed`] said so; one closed on purpose may
+    /// not.
     pub fn suspend(&mut self) -> bool {
         self.outbox.clear();
-        if self.closed || !self.streams.out.is_empty() || !self.streams.incoming.is_empty() {
+        let by_network = match &self.last_cause {
+            None | Some(CloseCause::Lost(_)) => true,
+            Some(CloseCause::Local(r, _) | CloseCause::Peer(r, _)) => *r == ReasonCode::IdleTimeout,
+        };
+        if !by_network || !self.streams.out.is_empty() || !self.streams.incoming.is_empty() {
             return false;
         }
+        self.closed = false;
+        self.last_cause = None;
         self.suspended = true;
         true
     }
@@ -679,20 +690,23 @@ impl Session {
     /// The connection broke underneath: the session ends without a goodbye.
     pub fn connection_lost(&mut self, detail: String) {
         if !self.closed {
-            self.closed = true;
             self.outbox.clear();
-            self.events
-                .push_back(Event::Closed(CloseCause::Lost(detail)));
+            self.end(CloseCause::Lost(detail));
         }
+    }
+
+    /// Marks the session ended for `cause` and tells the application.
+    fn end(&mut self, cause: CloseCause) {
+        self.closed = true;
+        self.last_cause = Some(cause.clone());
+        self.events.push_back(Event::Closed(cause));
     }
 
     /// The peer closed the WebSocket with this reason (without a `GOAWAY` first).
     pub fn peer_closed(&mut self, reason: ReasonCode, detail: String) {
         if !self.closed {
-            self.closed = true;
             self.outbox.clear();
-            self.events
-                .push_back(Event::Closed(CloseCause::Peer(reason, detail)));
+            self.end(CloseCause::Peer(reason, detail));
         }
     }
 
@@ -702,14 +716,12 @@ impl Session {
         if self.closed {
             return;
         }
-        self.closed = true;
         self.outbox.push_back(Frame::GoAway(GoAway {
             reason,
             last_seq: self.received,
             text: crate::wire::truncate_utf8(&detail, crate::wire::MAX_TEXT_LEN).to_string(),
         }));
-        self.events
-            .push_back(Event::Closed(CloseCause::Local(reason, detail)));
+        self.end(CloseCause::Local(reason, detail));
     }
 
     /// Advances timers: sends a due `ACK` or `PING`, or closes on idle timeout.

@@ -10,7 +10,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tracing::Instrument;
@@ -19,11 +19,13 @@ use super::stream::{
     InItem, IncomingStream, OutCmd, Progress, StreamError, StreamSender, StreamSignal,
 };
 use crate::config::TransportConfig;
+use crate::core::Backoff;
 use crate::core::{CloseCause, Event, SendRefusal, Session, SessionParams};
 use crate::error::SendError;
 use crate::secure::Channel;
-use crate::secure::handshake::{LINGER, close_frame};
+use crate::secure::handshake::{self, LINGER, ResumeAnswer, close_frame};
 use crate::secure::ws::Ws;
+use crate::wire::SessionId;
 use crate::wire::{Frame, ReasonCode};
 
 /// One application message: bytes and what they are.
@@ -60,6 +62,11 @@ pub enum ConnectionState {
     /// Still up, but a heartbeat went unanswered for an interval or the round-trip time is
     /// above `degraded_rtt`: expect delays; the idle timeout may follow.
     Degraded,
+    /// The connection broke; the session waits for a new one (the dialer redials with
+    /// backoff, the listener waits for it). Sends queue meanwhile.
+    Reconnecting,
+    /// The dialer gave up after `max_reconnect_attempts`; the session ends.
+    Offline,
     /// Ended, for this cause. Final.
     Closed(CloseCause),
 }
@@ -134,6 +141,7 @@ pub(crate) fn spawn(
     cfg: &TransportConfig,
     span: tracing::Span,
     permit: Option<OwnedSemaphorePermit>,
+    reconnect: Reconnect,
 ) -> Handles {
     let params = SessionParams {
         ack_every: cfg.ack_every,
@@ -187,6 +195,8 @@ pub(crate) fn spawn(
         incoming_streams: BTreeMap::new(),
         chunk,
         encode_buf: bytes::BytesMut::new(),
+        session_id: channel.handshake.session,
+        reconnect,
     };
     let task = tokio::spawn(
         async move {
@@ -239,6 +249,55 @@ struct Driver {
     /// Where frames are encoded; its allocation comes back when the writer is done with a
     /// frame (see `Frame::encode_into`).
     encode_buf: bytes::BytesMut,
+    /// The session in force.
+    session_id: SessionId,
+    /// How to get the next connection.
+    reconnect: Reconnect,
+}
+
+/// How a connection's session gets its next connection after a network failure.
+pub(crate) enum Reconnect {
+    /// It does not: the session ends with the connection.
+    Never,
+    /// Dialer: dial again (all the peer's addresses), with backoff.
+    Dial {
+        redial: Redial,
+        backoff: Backoff,
+        /// Uniform draws in `[0, 1)` from the transport's seeded RNG.
+        draw: Box<dyn FnMut() -> f64 + Send>,
+        /// Give up (offline) after this many failed attempts; 0 never.
+        max_attempts: u32,
+    },
+    /// Listener: wait for the dialer to come back with this session.
+    Await {
+        resumptions: mpsc::Receiver<Channel>,
+        window: Duration,
+    },
+}
+
+/// Dials the peer again, asking to resume `(session, last received)`.
+pub(crate) type Redial = Box<
+    dyn FnMut(
+            SessionId,
+            u64,
+        ) -> futures_util::future::BoxFuture<
+            'static,
+            Result<Channel, crate::error::ConnectError>,
+        > + Send,
+>;
+
+impl std::fmt::Debug for Reconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Never => "Never",
+            Self::Dial { .. } => "Dial",
+            Self::Await { .. } => "Await",
+        })
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A stream open waiting for a slot: content type, length, where to answer.
@@ -370,14 +429,221 @@ impl Driver {
         Instant::now().saturating_duration_since(self.start)
     }
 
+    /// The connection task: connections come and go (when the session can resume on a new
+    /// one), the session and the application's handles stay.
     async fn run(mut self, ws: Ws) {
+        let mut ws = ws;
+        let cause = loop {
+            let cause = self.run_connection(ws).await;
+            if !self.may_resume(&cause) || !self.session.suspend() {
+                break cause;
+            }
+            tracing::warn!(cause = %cause, "connection lost; the session waits to resume");
+            let _ = self.state.send(ConnectionState::Reconnecting);
+            match self.next_connection().await {
+                Ok(next) => ws = next,
+                Err(end) => break end,
+            }
+        };
+        self.settle_sends(&cause);
+        // Messages received before the end are still the application's.
+        for m in self.deliveries.drain(..) {
+            if self.incoming.send(m).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Whether the session should wait for another connection after `cause`: the network
+    /// broke it (not either application), and this side can get a new one.
+    fn may_resume(&self, cause: &CloseCause) -> bool {
+        let by_network = match cause {
+            CloseCause::Lost(_) => true,
+            CloseCause::Local(r, _) | CloseCause::Peer(r, _) => *r == ReasonCode::IdleTimeout,
+        };
+        by_network && !matches!(self.reconnect, Reconnect::Never)
+    }
+
+    /// Gets the session's next connection: the dialer dials again with backoff, the listener
+    /// waits for the dialer to come back (up to the resume window). Sends keep queueing
+    /// meanwhile. Returns the ended session's cause when there will be none.
+    async fn next_connection(&mut self) -> Result<Ws, CloseCause> {
+        let mut reconnect = std::mem::replace(&mut self.reconnect, Reconnect::Never);
+        if let Reconnect::Dial { backoff, .. } = &mut reconnect {
+            // A connection that had stayed up long enough resets the backoff.
+            backoff.disconnected(self.now());
+        }
+        let result = match &mut reconnect {
+            Reconnect::Never => Err(CloseCause::Lost("no reconnection".into())),
+            Reconnect::Dial {
+                redial,
+                backoff,
+                draw,
+                max_attempts,
+            } => loop {
+                let delay = backoff.next_delay(draw());
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    attempt = backoff.attempts(),
+                    "reconnecting"
+                );
+                if let Some(end) = self.wait_handling_commands(sleep(delay)).await {
+                    break Err(end);
+                }
+                let received = self.session.received();
+                let dial = redial(self.session_id, received);
+                let attempt = tokio::select! {
+                    biased;
+                    r = dial => Some(r),
+                    end = self.commands_until_close() => { break Err(end); }
+                };
+                match attempt {
+                    Some(Ok(channel)) => match self.adopt(channel).await {
+                        Ok(ws) => {
+                            backoff.connected(self.now());
+                            break Ok(ws);
+                        }
+                        Err(end) => break Err(end),
+                    },
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "reconnect failed");
+                        if let crate::error::ConnectError::Refused { reason, detail, .. } = e {
+                            // The peer no longer accepts us: trying again will not help.
+                            if matches!(
+                                reason,
+                                ReasonCode::AuthFailed | ReasonCode::KeyNotAuthorized
+                            ) {
+                                break Err(CloseCause::Peer(reason, detail));
+                            }
+                        }
+                        if *max_attempts > 0 && backoff.attempts() >= *max_attempts {
+                            let _ = self.state.send(ConnectionState::Offline);
+                            break Err(CloseCause::Lost(format!(
+                                "gave up after {} reconnection attempts",
+                                backoff.attempts()
+                            )));
+                        }
+                    }
+                    None => {}
+                }
+            },
+            Reconnect::Await {
+                resumptions,
+                window,
+            } => {
+                let window = *window;
+                let next = tokio::select! {
+                    biased;
+                    ch = resumptions.recv() => ch,
+                    () = sleep(window) => None,
+                    end = self.commands_until_close() => { self.reconnect = reconnect; return Err(end); }
+                };
+                match next {
+                    Some(channel) => self.adopt(channel).await,
+                    None => Err(CloseCause::Local(
+                        ReasonCode::SessionExpired,
+                        format!(
+                            "the peer did not come back within {} ms",
+                            window.as_millis()
+                        ),
+                    )),
+                }
+            }
+        };
+        self.reconnect = reconnect;
+        result
+    }
+
+    /// Processes application commands while `fut` runs; returns the session's end if the
+    /// application closes it meanwhile.
+    async fn wait_handling_commands(
+        &mut self,
+        fut: impl Future<Output = ()>,
+    ) -> Option<CloseCause> {
+        tokio::pin!(fut);
+        tokio::select! {
+            biased;
+            () = &mut fut => None,
+            end = self.commands_until_close() => Some(end),
+        }
+    }
+
+    /// Handles commands (sends queue into the suspended session) until the application
+    /// closes or drops the connection.
+    async fn commands_until_close(&mut self) -> CloseCause {
+        loop {
+            let cmd = self.commands.recv().await;
+            let closing = matches!(cmd, None | Some(Command::Close { .. }));
+            if closing {
+                let (reason, detail) = match cmd {
+                    Some(Command::Close { reason, detail }) => (reason, detail),
+                    _ => (
+                        ReasonCode::Normal,
+                        "connection dropped by the application".into(),
+                    ),
+                };
+                return CloseCause::Local(reason, detail);
+            }
+            self.command(cmd);
+        }
+    }
+
+    /// Takes a new connection for the suspended session: resumes it where the peer says it
+    /// is, or starts over if the peer lost it (the sends it had not acknowledged are of
+    /// unknown fate).
+    async fn adopt(&mut self, mut channel: Channel) -> Result<Ws, CloseCause> {
+        let now = self.now();
+        let peer_received = match channel.handshake.resume {
+            ResumeAnswer::Resumed { peer_received } => Some(peer_received),
+            ResumeAnswer::Lost => None,
+            ResumeAnswer::Asked(r) => {
+                // Listener: the dialer is back for this session; say where we are.
+                let answer = Frame::Resumed(crate::wire::Resumed {
+                    session: self.session_id,
+                    last_received: self.session.received(),
+                });
+                if let Err(e) = handshake::answer_resume(&mut channel.ws, answer).await {
+                    return Err(CloseCause::Lost(e.to_string()));
+                }
+                Some(r.last_received)
+            }
+        };
+        match peer_received.map(|p| self.session.resume(p, now)) {
+            Some(Ok(())) => {
+                tracing::info!(session = %hex(&self.session_id.0), "session resumed");
+            }
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!(error = %e, "cannot resume");
+                }
+                let unknown = self.session.session_lost(now);
+                self.session_id = channel.handshake.session;
+                tracing::warn!(unknown = unknown.len(), "session lost; a new one starts");
+                let cause = CloseCause::Peer(
+                    ReasonCode::SessionUnknown,
+                    "the peer lost the session".into(),
+                );
+                for seq in unknown {
+                    if let Some(done) = self.waiting_ack.remove(&seq) {
+                        let _ = done.send(Err(SendError::Unknown(cause.clone())));
+                    }
+                }
+            }
+        }
+        Ok(channel.ws)
+    }
+
+    /// Runs one connection until it ends; returns why. Sends are settled here only when the
+    /// session cannot continue on another connection.
+    async fn run_connection(&mut self, ws: Ws) -> CloseCause {
         let (sink, mut stream) = ws.split();
         let (writer_tx, writer_rx) = mpsc::channel::<WriterCmd>(OUTGOING);
         let (failed_tx, mut failed_rx) = oneshot::channel::<String>();
         let writer = tokio::spawn(
             write_loop(sink, writer_rx, self.write_timeout, failed_tx).in_current_span(),
         );
-        tracing::info!("connected");
+        tracing::info!(session = %hex(&self.session_id.0), "connected");
+        let _ = self.state.send(ConnectionState::Connected);
         let cause = loop {
             // 1. Drain the session's outputs.
             let now = self.now();
@@ -498,10 +764,12 @@ impl Driver {
             CloseCause::Lost(_) => {}
         }
         drop(writer_tx);
-        // Every send settles now, before any lingering below.
-        self.settle_sends(&cause);
+        // Every send settles now, before any lingering below, unless the session goes on.
+        if !self.may_resume(&cause) {
+            self.settle_sends(&cause);
+        }
         let _ = timeout(self.write_timeout, writer).await;
-        if let CloseCause::Local(..) = cause {
+        if matches!(cause, CloseCause::Local(..)) && !self.may_resume(&cause) {
             // Let the peer read our GOAWAY and close frame before the socket goes (see
             // `handshake::LINGER`): read until its close, bounded.
             let _ = timeout(LINGER, async {
@@ -513,12 +781,7 @@ impl Driver {
             })
             .await;
         }
-        // Messages received before the end are still the application's.
-        for m in self.deliveries.drain(..) {
-            if self.incoming.send(m).await.is_err() {
-                break;
-            }
-        }
+        cause
     }
 
     fn input(&mut self, input: Input) {
@@ -900,8 +1163,9 @@ async fn write_loop(
 pub(crate) fn cause_of(state: &watch::Receiver<ConnectionState>) -> CloseCause {
     match &*state.borrow() {
         ConnectionState::Closed(c) => c.clone(),
-        ConnectionState::Connected | ConnectionState::Degraded => {
-            CloseCause::Lost("connection task ended".into())
-        }
+        ConnectionState::Connected
+        | ConnectionState::Degraded
+        | ConnectionState::Reconnecting
+        | ConnectionState::Offline => CloseCause::Lost("connection task ended".into()),
     }
 }

@@ -21,7 +21,7 @@ use crate::config::TransportConfig;
 use crate::error::ConnectError;
 use crate::wire::{
     Auth, AuthResult, CAP_STREAMS, DecodeLimits, Frame, FrameType, GoAway, Hello, PROTOCOL_VERSION,
-    PeerLimits, ReasonCode, Resume, Resumed, Role, SessionId, SessionLost, truncate_utf8,
+    PeerLimits, ReasonCode, Resume, Role, SessionId, truncate_utf8,
 };
 
 /// What one side brings to the handshake.
@@ -41,6 +41,9 @@ pub struct HandshakeInput<'a> {
     pub expected_key: Option<Bytes>,
     /// Listener only: the id to give a new session.
     pub new_session: SessionId,
+    /// Dialer only: the session to resume and the last sequence number received in it
+    /// (`SessionId::NONE`, 0 for a new session).
+    pub resume: (SessionId, u64),
     /// Lifts the pre-auth read budget once authenticated.
     pub lifter: BudgetLifter,
 }
@@ -54,8 +57,27 @@ pub struct Handshaked {
     pub peer_limits: PeerLimits,
     /// The peer's capability bits.
     pub peer_capabilities: u32,
-    /// The session in force.
+    /// The session in force (dialer: from `RESUMED` or `SESSION_LOST`; listener: the one the
+    /// dialer asked for, or none).
     pub session: SessionId,
+    /// Dialer: what the listener answered. Listener: always `Asked`.
+    pub resume: ResumeAnswer,
+}
+
+/// How the session step went (PROTOCOL.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeAnswer {
+    /// Dialer: `RESUMED` — the listener has the session and received our frames up to
+    /// `peer_received` (0 for a new session).
+    Resumed {
+        /// The listener's `last_received`.
+        peer_received: u64,
+    },
+    /// Dialer: `SESSION_LOST` — a fresh session replaces the one asked for.
+    Lost,
+    /// Listener: the dialer's `RESUME`, not answered yet (the caller decides, knowing its
+    /// sessions, and sends `RESUMED` or `SESSION_LOST`).
+    Asked(Resume),
 }
 
 /// Runs the handshake. The caller bounds it with a timeout.
@@ -146,51 +168,44 @@ pub async fn run(ws: &mut Ws, input: HandshakeInput<'_>) -> Result<Handshaked, C
     input.lifter.lift();
     tracing::info!(peer_key = %fingerprint_of_blob(&peer_hello.public_key), "authenticated");
 
-    let session = match role {
+    let (session, resume) = match role {
         Role::Dialer => {
             send_frame(
                 ws,
                 Frame::Resume(Resume {
-                    session: SessionId::NONE,
-                    last_received: 0,
+                    session: input.resume.0,
+                    last_received: input.resume.1,
                 }),
             )
             .await?;
             match recv(ws).await? {
-                (_, Frame::Resumed(r)) => r.session,
-                (_, Frame::SessionLost(l)) => l.new_session,
+                (_, Frame::Resumed(r)) => (
+                    r.session,
+                    ResumeAnswer::Resumed {
+                        peer_received: r.last_received,
+                    },
+                ),
+                (_, Frame::SessionLost(l)) => (l.new_session, ResumeAnswer::Lost),
                 (_, other) => return unexpected(ws, FrameType::Resumed, other.frame_type()).await,
             }
         }
-        Role::Listener => {
-            let resume = match recv(ws).await? {
-                (_, Frame::Resume(r)) => r,
-                (_, other) => return unexpected(ws, FrameType::Resume, other.frame_type()).await,
-            };
-            // No session is kept across connections yet (the reconnection issue adds it), so
-            // every non-zero session asked for is unknown: say so, never pretend to resume.
-            let answer = if resume.session.is_none() {
-                Frame::Resumed(Resumed {
-                    session: input.new_session,
-                    last_received: 0,
-                })
-            } else {
-                Frame::SessionLost(SessionLost {
-                    old_session: resume.session,
-                    new_session: input.new_session,
-                    reason: ReasonCode::SessionUnknown,
-                })
-            };
-            send_frame(ws, answer).await?;
-            input.new_session
-        }
+        Role::Listener => match recv(ws).await? {
+            (_, Frame::Resume(r)) => (r.session, ResumeAnswer::Asked(r)),
+            (_, other) => return unexpected(ws, FrameType::Resume, other.frame_type()).await,
+        },
     };
     Ok(Handshaked {
         peer_key: peer_hello.public_key,
         peer_limits: peer_hello.limits,
         peer_capabilities: peer_hello.capabilities,
         session,
+        resume,
     })
+}
+
+/// Listener: answers the dialer's `RESUME` (PROTOCOL.md §4).
+pub async fn answer_resume(ws: &mut Ws, answer: Frame) -> Result<(), ConnectError> {
+    send_frame(ws, answer).await
 }
 
 /// What is wrong with the peer's `HELLO`, if anything (PROTOCOL.md §3.1).

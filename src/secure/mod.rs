@@ -60,6 +60,8 @@ pub struct ChannelParams<'a> {
     pub new_session: SessionId,
     /// Dialer: the key the peer must have, in SSH wire encoding.
     pub expected_key: Option<Bytes>,
+    /// Dialer: the session to resume and what was received in it (`NONE`, 0: a new one).
+    pub resume: (SessionId, u64),
 }
 
 /// Dials `addr` and runs the whole setup as the dialer.
@@ -127,6 +129,7 @@ async fn setup(
         nonce: p.nonce,
         expected_key: p.expected_key,
         new_session: p.new_session,
+        resume: p.resume,
         lifter,
     };
     match timeout(cfg.auth_timeout, handshake::run(&mut ws, input)).await {

@@ -33,7 +33,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::config::TransportConfig;
-use crate::driver::{self, Command, Handles, cause_of};
+use crate::core::{Backoff, BackoffPolicy, unit_draw};
+use crate::driver::{self, Command, Handles, Reconnect, Redial, cause_of};
 pub use crate::driver::{
     ConnectionState, Full, Health, Incoming, IncomingStream, Message, Progress, StreamError,
     StreamSender,
@@ -42,8 +43,10 @@ use crate::error::{CloseCause, ConfigError, ConnectError, ConnectionClosed, Send
 pub use crate::net::Address;
 use crate::net::{NetListener, Network, TokioNet};
 use crate::secure::auth::fingerprint_of_blob;
+use crate::secure::handshake::ResumeAnswer;
 use crate::secure::tls::TlsSetupError;
 use crate::secure::{self, Authenticator, ChannelParams, TlsSetup};
+use crate::wire::Frame;
 use crate::wire::{ReasonCode, SessionId};
 
 /// A peer as the discovery component hands it in: a name, where it can be reached, and
@@ -220,14 +223,17 @@ impl Transport {
                     nonce: self.random(),
                     new_session: SessionId::NONE,
                     expected_key: expected_key.clone(),
+                    resume: (SessionId::NONE, 0),
                 };
                 match secure::dial(self.inner.network.as_ref(), addr, params).await {
                     Ok(channel) => {
+                        let reconnect = self.redialer(peer, &auth, expected_key.clone());
                         return Ok(Connection::start(
                             channel,
                             &self.inner.cfg,
                             tracing::Span::current(),
                             None,
+                            reconnect,
                         ));
                     }
                     Err(e) => {
@@ -244,6 +250,63 @@ impl Transport {
         }
         .instrument(span)
         .await
+    }
+
+    /// How a dialled connection reconnects: all of `peer`'s addresses, with the per-peer
+    /// backoff, resuming the session.
+    fn redialer(
+        &self,
+        peer: &PeerInfo,
+        auth: &Arc<dyn Authenticator>,
+        expected_key: Option<Bytes>,
+    ) -> Reconnect {
+        let cfg = &self.inner.cfg;
+        if !cfg.reconnect {
+            return Reconnect::Never;
+        }
+        let (this, peer, auth) = (self.clone(), peer.clone(), auth.clone());
+        let redial: Redial = Box::new(move |session, received| {
+            let (this, peer, auth, expected_key) = (
+                this.clone(),
+                peer.clone(),
+                auth.clone(),
+                expected_key.clone(),
+            );
+            Box::pin(async move {
+                let mut last = ConnectError::NoAddress;
+                for addr in &peer.addresses {
+                    let params = ChannelParams {
+                        cfg: &this.inner.cfg,
+                        tls: &this.inner.tls,
+                        auth: auth.as_ref(),
+                        nonce: this.random(),
+                        new_session: SessionId::NONE,
+                        expected_key: expected_key.clone(),
+                        resume: (session, received),
+                    };
+                    match secure::dial(this.inner.network.as_ref(), addr, params).await {
+                        Ok(channel) => return Ok(channel),
+                        Err(e) => {
+                            let refused = matches!(e, ConnectError::Refused { .. });
+                            last = e;
+                            if refused {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(last)
+            })
+        });
+        let rng = self.clone();
+        let mut backoff = Backoff::new(BackoffPolicy::from_config(cfg));
+        backoff.connected(std::time::Duration::ZERO);
+        Reconnect::Dial {
+            redial,
+            backoff,
+            draw: Box::new(move || unit_draw(u64::from_be_bytes(rng.random()))),
+            max_attempts: cfg.max_reconnect_attempts,
+        }
     }
 
     /// Listens on `addr`; incoming connections authenticate with `auth` and come out of
@@ -298,6 +361,8 @@ impl Transport {
         // came back on another network; Syncthing #9337 kept such "already connected"
         // sessions and refused the live one).
         let live: Arc<std::sync::Mutex<BTreeMap<Bytes, mpsc::Sender<Command>>>> = Arc::default();
+        // Sessions that may be resumed: id → (peer key, where to hand a new connection).
+        let sessions: Arc<SessionRegistry> = Arc::default();
         loop {
             let (stream, peer_addr) = match listener.accept().await {
                 Ok(s) => s,
@@ -320,6 +385,7 @@ impl Transport {
             let auth = auth.clone();
             let tx = tx.clone();
             let live = live.clone();
+            let sessions = sessions.clone();
             let span = tracing::info_span!("connection", peer = %peer_addr, role = "listener");
             tokio::spawn(
                 async move {
@@ -330,14 +396,71 @@ impl Transport {
                         nonce: this.random(),
                         new_session: SessionId(this.random()),
                         expected_key: None,
+                        resume: (SessionId::NONE, 0),
                     };
+                    let new_session = params.new_session;
                     let result = match secure::accept(stream, params).await {
-                        Ok(channel) => {
+                        Ok(mut channel) => {
+                            let asked = match channel.handshake.resume {
+                                ResumeAnswer::Asked(r) => r.session,
+                                _ => SessionId::NONE,
+                            };
+                            // A known session from the same key: hand the connection over.
+                            let resumer = (!asked.is_none())
+                                .then(|| {
+                                    let mut s = sessions.lock().unwrap_or_else(|p| p.into_inner());
+                                    s.retain(|_, (_, tx)| !tx.is_closed());
+                                    s.get(&asked)
+                                        .filter(|(k, _)| *k == channel.handshake.peer_key)
+                                        .map(|(_, tx)| tx.clone())
+                                })
+                                .flatten();
+                            if let Some(tx) = resumer {
+                                tracing::info!("session resumes on a new connection");
+                                drop(permit);
+                                let _ = tx.send(channel).await;
+                                return;
+                            }
+                            let answer = if asked.is_none() {
+                                Frame::Resumed(crate::wire::Resumed {
+                                    session: new_session,
+                                    last_received: 0,
+                                })
+                            } else {
+                                Frame::SessionLost(crate::wire::SessionLost {
+                                    old_session: asked,
+                                    new_session,
+                                    reason: ReasonCode::SessionUnknown,
+                                })
+                            };
+                            if let Err(error) =
+                                secure::handshake::answer_resume(&mut channel.ws, answer).await
+                            {
+                                let _ = tx
+                                    .send(Err(AcceptError::Handshake { peer_addr, error }))
+                                    .await;
+                                return;
+                            }
+                            channel.handshake.session = new_session;
+                            let reconnect = if this.inner.cfg.reconnect {
+                                let (rtx, resumptions) = mpsc::channel(1);
+                                sessions
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(new_session, (channel.handshake.peer_key.clone(), rtx));
+                                Reconnect::Await {
+                                    resumptions,
+                                    window: this.inner.cfg.resume_window,
+                                }
+                            } else {
+                                Reconnect::Never
+                            };
                             let conn = Connection::start(
                                 channel,
                                 &this.inner.cfg,
                                 tracing::Span::current(),
                                 Some(permit),
+                                reconnect,
                             );
                             let old = {
                                 let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
@@ -367,6 +490,10 @@ impl Transport {
         }
     }
 }
+
+/// A listener's resumable sessions: id → (peer key, where to hand a new connection).
+type SessionRegistry =
+    std::sync::Mutex<BTreeMap<SessionId, (Bytes, mpsc::Sender<secure::Channel>)>>;
 
 /// Why [`Listener::accept`] returned no connection this time. The listener keeps running
 /// after a [`AcceptError::Handshake`].
@@ -431,12 +558,13 @@ impl Connection {
         cfg: &TransportConfig,
         span: tracing::Span,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        reconnect: Reconnect,
     ) -> Self {
         let peer_key = channel.handshake.peer_key.clone();
         let peer_fingerprint = fingerprint_of_blob(&peer_key);
         span.record("peer_key", peer_fingerprint.as_str());
         Self {
-            handles: driver::spawn(channel, cfg, span, permit),
+            handles: driver::spawn(channel, cfg, span, permit, reconnect),
             peer_key,
             peer_fingerprint,
             stream_threshold: cfg.stream_threshold as usize,
