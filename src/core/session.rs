@@ -770,12 +770,9 @@ impl Session {
         let missed = self
             .ping_sent_at
             .is_some_and(|t| now.saturating_sub(t) >= self.p.heartbeat_interval);
-        // Slow only while both the smoothed and the latest sample are: one slow sample does not
-        // degrade, one fast sample after an outage recovers at once.
-        let slow = match (self.srtt, self.last_rtt) {
-            (Some(s), Some(l)) => s.min(l) > self.p.degraded_rtt,
-            _ => false,
-        };
+        // The latest sample decides: a round trip above the threshold degrades at once, the
+        // next fast one recovers (the smoothed value, reported alongside, lags by design).
+        let slow = self.last_rtt.is_some_and(|l| l > self.p.degraded_rtt);
         let degraded = missed || slow;
         if degraded != self.degraded {
             self.degraded = degraded;
@@ -788,7 +785,7 @@ impl Session {
             } else if slow {
                 format!(
                     "round trip {} ms above {} ms",
-                    self.srtt.unwrap_or_default().as_millis(),
+                    self.last_rtt.unwrap_or_default().as_millis(),
                     self.p.degraded_rtt.as_millis()
                 )
             } else {
