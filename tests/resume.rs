@@ -66,6 +66,9 @@ impl Proxy {
     }
 }
 
+/// How each send settled, by message number.
+type Outcomes = Arc<Mutex<Vec<(u32, Result<(), SendError>)>>>;
+
 fn fast() -> TransportConfig {
     TransportConfig {
         heartbeat_interval: Duration::from_millis(200),
@@ -168,7 +171,7 @@ async fn a_restarted_server_loses_the_session_and_every_send_settles() {
     let got_a: Arc<Mutex<Vec<u32>>> = Arc::default();
     let receiver_a = collect(s.unwrap(), got_a.clone());
     // Send in the background, recording how each send settled.
-    let outcomes: Arc<Mutex<Vec<(u32, Result<(), SendError>)>>> = Arc::default();
+    let outcomes: Outcomes = Arc::default();
     let sender = {
         let (c, outcomes) = (c.clone(), outcomes.clone());
         tokio::spawn(async move {
@@ -199,7 +202,7 @@ async fn a_restarted_server_loses_the_session_and_every_send_settles() {
     let got_b: Arc<Mutex<Vec<u32>>> = Arc::default();
     let _receiver_b = collect(s_b, got_b.clone());
     sender.await.unwrap();
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = outcomes.lock().unwrap().clone();
     // Every send settled: delivered, or of unknown fate because the session was lost.
     assert_eq!(outcomes.len(), 200);
     let unknown: Vec<u32> = outcomes
