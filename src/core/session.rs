@@ -260,9 +260,15 @@ impl Session {
         self.received
     }
 
-    /// Bytes of payload sent and not yet acknowledged.
+    /// Bytes of payload sent and not yet acknowledged (after a resume: what is being
+    /// retransmitted).
     pub fn unacked_bytes(&self) -> u64 {
         self.unacked_bytes
+    }
+
+    /// Sequenced frames sent and not yet acknowledged.
+    pub fn unacked_frames(&self) -> usize {
+        self.unacked.len()
     }
 
     /// Queues a message; returns its sequence number. It is delivered when an

@@ -610,7 +610,12 @@ impl Driver {
         };
         match peer_received.map(|p| self.session.resume(p, now)) {
             Some(Ok(())) => {
-                tracing::info!(session = %hex(&self.session_id.0), "session resumed");
+                tracing::info!(
+                    session = %hex(&self.session_id.0),
+                    replayed_frames = self.session.unacked_frames(),
+                    replayed_bytes = self.session.unacked_bytes(),
+                    "session resumed"
+                );
             }
             other => {
                 if let Some(Err(e)) = other {
