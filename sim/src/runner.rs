@@ -109,8 +109,7 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
                 .repair_rate(s.link.repair_rate)
                 .build();
             host::register(&mut sim, s, seed, &log, sabotage);
-            let mut timeline = s.timeline.clone();
-            timeline.sort_by_key(|f| f.at_ms);
+            let timeline = s.timeline_for(seed);
             let mut next = 0;
             let mut first_fault = None;
             let mut last_heal = None;

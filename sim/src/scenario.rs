@@ -34,6 +34,9 @@ pub struct Scenario {
     /// Faults at simulated times.
     #[serde(default)]
     pub timeline: Vec<Fault>,
+    /// Swarm mode: each seed draws its own faults (added to `timeline`).
+    #[serde(default)]
+    pub swarm: Option<Swarm>,
     /// What the clients send.
     pub workload: Workload,
     /// What must hold at the end.
@@ -263,6 +266,100 @@ impl FaultKind {
     }
 }
 
+/// Swarm mode (DESIGN §4): each seed draws its own mix of faults with random times, so faults
+/// do not mask each other the way one fixed timeline would.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Swarm {
+    /// The kinds to draw from: `partition`, `partition_oneway`, `hold`, `crash`, `latency`.
+    pub faults: Vec<String>,
+    /// How many faults per seed, `[min, max]`.
+    pub count: [u64; 2],
+    /// When they start, `[min, max]` ms.
+    pub start_ms: [u64; 2],
+    /// How long each lasts before its healing counterpart, `[min, max]` ms.
+    pub duration_ms: [u64; 2],
+}
+
+impl Scenario {
+    /// The timeline for `seed`: the fixed one plus, in swarm mode, the seed's own faults and
+    /// their heals, in time order.
+    pub fn timeline_for(&self, seed: u64) -> Vec<Fault> {
+        let mut t = self.timeline.clone();
+        if let Some(sw) = &self.swarm {
+            use rand_chacha::rand_core::{RngCore, SeedableRng};
+            let mut rng = rand_chacha::ChaCha20Rng::from_seed(crate::crypto::derive(seed, "swarm"));
+            let mut pick = |r: [u64; 2]| r[0] + rng.next_u64() % (r[1] - r[0] + 1);
+            let server = self.server().to_string();
+            let clients: Vec<String> = self.clients().map(|c| c.name.clone()).collect();
+            let n = pick(sw.count);
+            for _ in 0..n {
+                let kind = &sw.faults[pick([0, sw.faults.len() as u64 - 1]) as usize];
+                let client = clients[pick([0, clients.len() as u64 - 1]) as usize].clone();
+                let start = pick(sw.start_ms);
+                let end = start + pick(sw.duration_ms);
+                let (a, b) = (client.clone(), server.clone());
+                let (fault, heal) = match kind.as_str() {
+                    "partition" => (
+                        FaultKind::Partition {
+                            a: a.clone(),
+                            b: b.clone(),
+                        },
+                        FaultKind::Repair { a, b },
+                    ),
+                    "partition_oneway" => {
+                        let (from, to) = if pick([0, 1]) == 0 { (a, b) } else { (b, a) };
+                        (
+                            FaultKind::PartitionOneway {
+                                from: from.clone(),
+                                to: to.clone(),
+                            },
+                            FaultKind::RepairOneway { from, to },
+                        )
+                    }
+                    "hold" => (
+                        FaultKind::Hold {
+                            a: a.clone(),
+                            b: b.clone(),
+                        },
+                        FaultKind::Release { a, b },
+                    ),
+                    "crash" => (
+                        FaultKind::Crash {
+                            host: server.clone(),
+                        },
+                        FaultKind::Bounce {
+                            host: server.clone(),
+                        },
+                    ),
+                    _ => (
+                        FaultKind::Latency {
+                            a: a.clone(),
+                            b: b.clone(),
+                            ms: pick([200, 1500]),
+                        },
+                        FaultKind::Latency {
+                            a,
+                            b,
+                            ms: self.link.latency_ms[1],
+                        },
+                    ),
+                };
+                t.push(Fault {
+                    at_ms: start,
+                    kind: fault,
+                });
+                t.push(Fault {
+                    at_ms: end,
+                    kind: heal,
+                });
+            }
+        }
+        t.sort_by_key(|f| f.at_ms);
+        t
+    }
+}
+
 /// What each client sends.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -404,6 +501,19 @@ impl Scenario {
             }
             if f.at_ms >= self.duration_s * 1000 {
                 return Err(format!("fault at {} ms is after the end", f.at_ms));
+            }
+        }
+        if let Some(sw) = &self.swarm {
+            let known = ["partition", "partition_oneway", "hold", "crash", "latency"];
+            if sw.faults.is_empty() || sw.faults.iter().any(|f| !known.contains(&f.as_str())) {
+                return Err(format!("swarm faults must be among {known:?}"));
+            }
+            let ranges = [sw.count, sw.start_ms, sw.duration_ms];
+            if ranges.iter().any(|r| r[0] > r[1]) {
+                return Err("swarm ranges must be [min, max]".into());
+            }
+            if (sw.start_ms[1] + sw.duration_ms[1]) >= self.duration_s * 1000 {
+                return Err("swarm faults must heal before the end".into());
             }
         }
         let w = &self.workload;
