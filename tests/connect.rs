@@ -173,3 +173,60 @@ async fn a_new_connection_from_the_same_peer_replaces_the_old_one() {
         Message::text("new")
     );
 }
+
+/// Both peers dial each other at the same moment: one connection survives on both sides (the
+/// one dialled by the peer with the smaller key), the other closes with reason 13.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_collapse_to_one_connection() {
+    use clipsync::secure::Authenticator;
+    for round in 0..5 {
+        let (ka, kb) = (key(1), key(2));
+        let (auth_a, auth_b) = (auth(&ka, &[&kb]), auth(&kb, &[&ka]));
+        let (ta, tb) = (transport(cfg()), transport(cfg()));
+        let mut la = ta.listen(&loopback(), auth_a.clone()).await.unwrap();
+        let mut lb = tb.listen(&loopback(), auth_b.clone()).await.unwrap();
+        let to_b = PeerInfo::new("b", vec![lb.local_addr().clone()]);
+        let to_a = PeerInfo::new("a", vec![la.local_addr().clone()]);
+        let a_smaller = auth_a.public_key() < auth_b.public_key();
+        let (ca, cb) = tokio::join!(
+            ta.connect(&to_b, auth_a.clone()),
+            tb.connect(&to_a, auth_b.clone())
+        );
+        // The winner is the connection dialled by the smaller key: its dialer's connect is Ok
+        // and stays up, and the other side's listener hands it out.
+        let (winner_dial, winner_listener, loser_dial) = if a_smaller {
+            (ca, &mut lb, cb)
+        } else {
+            (cb, &mut la, ca)
+        };
+        let winner_dial = winner_dial.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let mut winner_accepted = winner_listener.accept().await.unwrap();
+        winner_dial.send(Message::text("hello")).await.unwrap();
+        assert_eq!(
+            winner_accepted
+                .receive()
+                .await
+                .unwrap()
+                .into_message()
+                .unwrap(),
+            Message::text("hello")
+        );
+        // The loser is refused outright, or closed with reason 13 right after it opened.
+        match loser_dial {
+            Err(e) => assert_eq!(e.reason(), Some(ReasonCode::DuplicateConnection), "{e}"),
+            Ok(mut c) => {
+                let closed = c.receive().await.unwrap_err();
+                assert_eq!(
+                    closed.0.reason(),
+                    Some(ReasonCode::DuplicateConnection),
+                    "{}",
+                    closed.0
+                );
+            }
+        }
+        assert_eq!(
+            *winner_accepted.state().borrow(),
+            ConnectionState::Connected
+        );
+    }
+}

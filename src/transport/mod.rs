@@ -138,6 +138,7 @@ impl TransportBuilder {
                 network: self.network,
                 tls,
                 rng: Mutex::new(rng),
+                links: Mutex::default(),
             }),
         })
     }
@@ -156,6 +157,15 @@ struct Inner {
     network: Arc<dyn Network>,
     tls: TlsSetup,
     rng: Mutex<ChaCha20Rng>,
+    /// Live connections by peer key, both directions, for the simultaneous-dial tie-break.
+    links: Mutex<BTreeMap<Bytes, Vec<Link>>>,
+}
+
+/// A live connection as the tie-break sees it.
+struct Link {
+    /// This side dialled it.
+    dialed: bool,
+    commands: mpsc::Sender<Command>,
 }
 
 impl fmt::Debug for Inner {
@@ -228,13 +238,25 @@ impl Transport {
                 match secure::dial(self.inner.network.as_ref(), addr, params).await {
                     Ok(channel) => {
                         let reconnect = self.redialer(peer, &auth, expected_key.clone());
-                        return Ok(Connection::start(
+                        let conn = Connection::start(
                             channel,
                             &self.inner.cfg,
                             tracing::Span::current(),
                             None,
                             reconnect,
-                        ));
+                        );
+                        if !self.tie_break(&conn, &auth.public_key(), true) {
+                            let detail =
+                                "the peer dialled us too and its connection wins the tie-break";
+                            conn.close_with(ReasonCode::DuplicateConnection, detail.into())
+                                .await;
+                            return Err(ConnectError::Refused {
+                                reason: ReasonCode::DuplicateConnection,
+                                by_peer: false,
+                                detail: detail.into(),
+                            });
+                        }
+                        return Ok(conn);
                     }
                     Err(e) => {
                         tracing::warn!(%addr, error = %e, "connect failed");
@@ -250,6 +272,33 @@ impl Transport {
         }
         .instrument(span)
         .await
+    }
+
+    /// Registers a new connection with `peer_key` and settles simultaneous dials: when the
+    /// two peers have dialled each other, the connection dialled by the peer with the smaller
+    /// key (wire encoding) survives, on both sides alike (PROTOCOL.md §7, reason 13). Returns
+    /// whether `conn` survives; a losing older connection is closed here.
+    fn tie_break(&self, conn: &Connection, own_key: &Bytes, dialed: bool) -> bool {
+        let mut links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
+        let list = links.entry(conn.peer_key.clone()).or_default();
+        list.retain(|l| !l.commands.is_closed());
+        let keep_dialed = own_key.as_ref() < conn.peer_key.as_ref();
+        if let Some(i) = list.iter().position(|l| l.dialed != dialed) {
+            if dialed != keep_dialed {
+                return false;
+            }
+            let old = list.remove(i);
+            tracing::info!("simultaneous dial: closing the duplicate connection");
+            let _ = old.commands.try_send(Command::Close {
+                reason: ReasonCode::DuplicateConnection,
+                detail: "both peers dialled; the other connection wins the tie-break".into(),
+            });
+        }
+        list.push(Link {
+            dialed,
+            commands: conn.handles.commands.clone(),
+        });
+        true
     }
 
     /// How a dialled connection reconnects: all of `peer`'s addresses, with the per-peer
@@ -462,6 +511,15 @@ impl Transport {
                                 Some(permit),
                                 reconnect,
                             );
+                            if !this.tie_break(&conn, &auth.public_key(), false) {
+                                tracing::info!("simultaneous dial: this incoming connection loses the tie-break");
+                                conn.close_with(
+                                    ReasonCode::DuplicateConnection,
+                                    "both peers dialled; our own connection wins the tie-break".into(),
+                                )
+                                .await;
+                                return;
+                            }
                             let old = {
                                 let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
                                 live.retain(|_, c| !c.is_closed());
