@@ -18,9 +18,9 @@
 //! - `state()` and `health()` watch the connection (connected, degraded, reconnecting,
 //!   offline, closed with its cause; round-trip time);
 //! - when the network breaks a connection, the dialer redials with backoff and both sides
-//!   resume the session: messages are neither lost nor repeated. If the peer lost the
-//!   session (it restarted), the sends it had not acknowledged fail as "delivery unknown".
-//!   Streams open at that moment fail (resumable streams are not implemented yet).
+//!   resume the session: messages are neither lost nor repeated, and open streams continue
+//!   from the receiver's offset, not from zero. If the peer lost the session (it restarted),
+//!   the sends it had not acknowledged fail as "delivery unknown".
 //!
 //! Every send settles: delivered, refused with a reason, or — if the connection ends first —
 //! "delivery unknown". Bad input from the peer gets a typed error and a close with a numbered

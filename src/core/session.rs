@@ -405,11 +405,16 @@ impl Session {
                     );
                 }
             }
-            Frame::Credit(c) => match self.streams.credit(c) {
-                Ok(Some((id, acked))) => self.events.push_back(Event::StreamAcked { id, acked }),
-                Ok(None) => {}
-                Err(e) => self.close(ReasonCode::ProtocolError, e),
-            },
+            Frame::Credit(c) => {
+                match self.streams.credit(c) {
+                    Ok(Some((id, acked))) => {
+                        self.events.push_back(Event::StreamAcked { id, acked });
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.close(ReasonCode::ProtocolError, e),
+                }
+                self.pump_resends();
+            }
             Frame::Ack(a) => self.apply_ack(a.last_seq),
             Frame::Ping(p) => self.outbox.push_back(Frame::Pong(Pong {
                 timestamp_us: p.timestamp_us,
@@ -459,8 +464,8 @@ impl Session {
         if !self.streams.can_open() {
             return Err(SendRefusal::Blocked);
         }
-        let id = self.streams.open(total_len, hash);
         let seq = self.next_seq();
+        let id = self.streams.open(total_len, hash, seq);
         self.sequenced(
             0,
             Frame::StreamOpen(StreamOpen {
@@ -611,8 +616,9 @@ impl Session {
     /// what was queued for the wire is dropped (the replay buffer keeps every unacknowledged
     /// sequenced frame), timers stop, sends keep queueing into the replay buffer.
     ///
-    /// Returns false, and keeps nothing, if the session cannot be resumed: streams were open
-    /// (stream resumption is not implemented yet) — treat it as lost.
+    /// Returns false, and keeps nothing, if the session cannot be resumed (it was closed on
+    /// purpose) — treat it as ended. Open streams are kept and continue from where the
+    /// receiver is after [`Session::resume`].
     ///
     /// A session whose connection was lost (end of stream, reset, idle timeout on either side)
     /// may be suspended even though [`Session::is_closed`] said so; one closed on purpose may
@@ -623,7 +629,7 @@ impl Session {
             None | Some(CloseCause::Lost(_)) => true,
             Some(CloseCause::Local(r, _) | CloseCause::Peer(r, _)) => *r == ReasonCode::IdleTimeout,
         };
-        if !by_network || !self.streams.out.is_empty() || !self.streams.incoming.is_empty() {
+        if !by_network {
             return false;
         }
         self.closed = false;
@@ -644,7 +650,12 @@ impl Session {
     ///
     /// Fails, changing nothing, when `peer_received` cannot be right: beyond what was sent, or
     /// below what the peer had already acknowledged (it lost state) — the session is lost.
-    pub fn resume(&mut self, peer_received: u64, now: Duration) -> Result<(), String> {
+    pub fn resume(
+        &mut self,
+        peer_received: u64,
+        peer_limits: PeerLimits,
+        now: Duration,
+    ) -> Result<(), String> {
         if !self.suspended {
             return Err("the session is not suspended".into());
         }
@@ -661,12 +672,25 @@ impl Session {
             ));
         }
         self.suspended = false;
+        self.p.peer_limits = peer_limits;
         self.apply_ack(peer_received);
         self.outbox.clear();
         self.outbox
             .extend(self.unacked.iter().map(|(_, _, f)| f.clone()));
+        let credits = self
+            .streams
+            .resume(peer_received, u64::from(peer_limits.connection_window));
+        self.outbox.extend(credits.into_iter().map(Frame::Credit));
+        self.pump_resends();
         self.restart_timers(now);
         Ok(())
+    }
+
+    /// Queues retransmissions of stream data after a resume, as far as credit allows.
+    fn pump_resends(&mut self) {
+        while let Some(f) = self.streams.poll_resend() {
+            self.outbox.push_back(f);
+        }
     }
 
     /// The peer does not have the session any more (`SESSION_LOST`, or a resume that failed):
@@ -887,6 +911,7 @@ fn micros(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::StreamChunk;
     use crate::wire::examples::example_limits;
 
     const MS: Duration = Duration::from_millis(1);
@@ -1246,9 +1271,9 @@ mod tests {
             "nothing leaves while suspended"
         );
         // RESUME / RESUMED exchange the counters.
-        a.resume(b.received(), 10 * MS)
+        a.resume(b.received(), example_limits(), 10 * MS)
             .unwrap_or_else(|e| panic!("{e}"));
-        b.resume(a.received(), 10 * MS)
+        b.resume(a.received(), example_limits(), 10 * MS)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(events(&mut a).contains(&Event::Acked { up_to: 3 }));
         let replayed = drain(&mut a, 10 * MS);
@@ -1278,8 +1303,14 @@ mod tests {
         }
         a.handle_frame(Frame::Ack(Ack { last_seq: 2 }), MS);
         assert!(a.suspend());
-        assert!(a.resume(4, 2 * MS).is_err(), "more than was sent");
-        assert!(a.resume(1, 2 * MS).is_err(), "less than it acknowledged");
+        assert!(
+            a.resume(4, example_limits(), 2 * MS).is_err(),
+            "more than was sent"
+        );
+        assert!(
+            a.resume(1, example_limits(), 2 * MS).is_err(),
+            "less than it acknowledged"
+        );
         assert!(a.is_suspended(), "a refused resume changes nothing");
         // The peer lost the session: message 3 is of unknown fate; numbering restarts.
         assert_eq!(a.session_lost(3 * MS), vec![3]);
@@ -1290,10 +1321,112 @@ mod tests {
         assert_eq!(seq, 1);
     }
 
+    /// A stream cut in the middle continues after the resume from the receiver's offset, not
+    /// from zero, and still verifies.
     #[test]
-    fn a_session_with_open_streams_is_not_resumable_yet() {
+    fn a_stream_resumes_from_the_receivers_offset() {
+        let mut p = params_big_replay();
+        p.chunk_size = 1000;
+        let mut a = Session::new(p.clone(), Duration::ZERO);
+        let mut b = Session::new(p, Duration::ZERO);
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let id = a
+            .open_stream("a/b".into(), Some(payload.len() as u64), None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let mut off = 0;
+        while off < 6000 {
+            let n = a.stream_capacity(id) as usize;
+            a.stream_write(id, Bytes::copy_from_slice(&payload[off..off + n]))
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            off += n;
+        }
+        // The open and the first 3500 bytes arrive; the rest dies with the connection.
+        let mut got = Vec::new();
+        for f in drain(&mut a, MS) {
+            if let Frame::StreamChunk(c) = &f {
+                if c.offset >= 3000 && c.offset < 3500 {
+                    let cut = c.data.slice(..500);
+                    b.handle_frame(
+                        Frame::StreamChunk(StreamChunk {
+                            stream_id: c.stream_id,
+                            offset: c.offset,
+                            data: cut,
+                        }),
+                        MS,
+                    );
+                    break;
+                }
+            }
+            b.handle_frame(f, MS);
+        }
+        let take = |b: &mut Session, got: &mut Vec<u8>| {
+            for e in events(b) {
+                if let Event::StreamData { data, .. } = e {
+                    got.extend_from_slice(&data);
+                }
+            }
+        };
+        take(&mut b, &mut got);
+        assert_eq!(got.len(), 3500);
+        let _ = drain(&mut b, MS);
+        assert!(a.suspend() && b.suspend());
+        a.resume(b.received(), example_limits(), 2 * MS)
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.resume(a.received(), example_limits(), 2 * MS)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // B tells A where it is; A sends from 3500, not from 0.
+        for f in drain(&mut b, 3 * MS) {
+            a.handle_frame(f, 3 * MS);
+        }
+        let resent = drain(&mut a, 3 * MS);
+        let first = resent.iter().find_map(|f| match f {
+            Frame::StreamChunk(c) => Some(c.offset),
+            _ => None,
+        });
+        assert_eq!(first, Some(3500), "resumed from the receiver's offset");
+        for f in resent {
+            b.handle_frame(f, 4 * MS);
+        }
+        // The rest of the payload, then the end.
+        let mut off = 6000;
+        while off < payload.len() {
+            for f in drain(&mut b, 5 * MS) {
+                a.handle_frame(f, 5 * MS);
+            }
+            let n = (a.stream_capacity(id) as usize).min(payload.len() - off);
+            assert!(n > 0, "the window (2 MiB) is larger than the payload");
+            a.stream_write(id, Bytes::copy_from_slice(&payload[off..off + n]))
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            off += n;
+            for f in drain(&mut a, 5 * MS) {
+                b.handle_frame(f, 5 * MS);
+            }
+        }
+        a.stream_finish(id).unwrap_or_else(|e| panic!("{e:?}"));
+        for f in drain(&mut a, 6 * MS) {
+            b.handle_frame(f, 6 * MS);
+        }
+        let evs = events(&mut b);
+        for e in &evs {
+            if let Event::StreamData { data, .. } = e {
+                got.extend_from_slice(data);
+            }
+        }
+        assert!(
+            evs.iter()
+                .any(|e| matches!(e, Event::StreamEnded { result: Ok(()), .. })),
+            "{:?}",
+            evs.iter()
+                .filter(|e| !matches!(e, Event::StreamData { .. }))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(got, payload);
+    }
+
+    #[test]
+    fn a_session_closed_on_purpose_is_not_resumable() {
         let mut a = Session::new(params_big_replay(), Duration::ZERO);
-        let _ = a.open_stream("a/b".into(), None, None);
+        a.close(ReasonCode::Normal, String::new());
         assert!(!a.suspend());
         assert!(!a.is_suspended());
     }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::wire::{Credit, ReasonCode, StreamAbort, StreamChunk, StreamEnd};
+use crate::wire::{Credit, Frame, ReasonCode, StreamAbort, StreamChunk, StreamEnd};
 
 /// One outgoing stream.
 #[derive(Debug)]
@@ -30,6 +30,16 @@ pub(crate) struct OutStream {
     pub(crate) retained: VecDeque<(u64, Bytes)>,
     /// `STREAM_END` or `STREAM_ABORT` queued.
     pub(crate) ended: bool,
+    /// Sequence number of its `STREAM_OPEN`.
+    open_seq: u64,
+    /// After a resume: waiting for the receiver's `CREDIT` to learn where to continue.
+    awaiting_rewind: bool,
+    /// After a resume: chunks to send again, in order, before any new data.
+    resend: VecDeque<(u64, Bytes)>,
+    /// The `STREAM_END` or `STREAM_ABORT` sent, to send again after a resume.
+    tail: Option<Frame>,
+    /// The tail must be sent again once `resend` is empty.
+    resend_tail: bool,
 }
 
 /// One incoming stream.
@@ -143,7 +153,7 @@ impl Streams {
     }
 
     /// Registers a new outgoing stream; returns its id.
-    pub(crate) fn open(&mut self, total_len: Option<u64>, hash: Option<[u8; 32]>) -> u64 {
+    pub(crate) fn open(&mut self, total_len: Option<u64>, hash: Option<[u8; 32]>, seq: u64) -> u64 {
         let id = self.next_out_id;
         self.next_out_id += 1;
         self.out.insert(
@@ -157,6 +167,11 @@ impl Streams {
                 hasher: blake3::Hasher::new(),
                 retained: VecDeque::new(),
                 ended: false,
+                open_seq: seq,
+                awaiting_rewind: false,
+                resend: VecDeque::new(),
+                tail: None,
+                resend_tail: false,
             },
         );
         id
@@ -167,7 +182,7 @@ impl Streams {
         let Some(s) = self.out.get(&id) else {
             return 0;
         };
-        if s.ended {
+        if s.ended || s.awaiting_rewind || !s.resend.is_empty() {
             return 0;
         }
         let stream = s.limit.saturating_sub(s.sent);
@@ -225,7 +240,7 @@ impl Streams {
         } else {
             None
         };
-        Ok(match problem {
+        let result = match problem {
             None => Ok(StreamEnd {
                 stream_id: id,
                 total_len: s.sent,
@@ -236,7 +251,12 @@ impl Streams {
                 reason: ReasonCode::StreamIntegrity,
                 text,
             }),
-        })
+        };
+        s.tail = Some(match &result {
+            Ok(end) => Frame::StreamEnd(*end),
+            Err(abort) => Frame::StreamAbort(abort.clone()),
+        });
+        Ok(result)
     }
 
     /// Gives up on stream `id`.
@@ -251,11 +271,13 @@ impl Streams {
             return Err(StreamRefusal::Unknown);
         }
         s.ended = true;
-        Ok(StreamAbort {
+        let abort = StreamAbort {
             stream_id: id,
             reason,
             text,
-        })
+        };
+        s.tail = Some(Frame::StreamAbort(abort.clone()));
+        Ok(abort)
     }
 
     /// The receiver's `STREAM_RESULT` settled stream `id`; forget it. Returns whether it was
@@ -288,7 +310,8 @@ impl Streams {
             ));
         }
         s.limit = s.limit.max(c.limit);
-        if c.acked > s.acked {
+        let moved = c.acked > s.acked;
+        if moved {
             s.acked = c.acked;
             while s
                 .retained
@@ -297,9 +320,99 @@ impl Streams {
             {
                 s.retained.pop_front();
             }
-            return Ok(Some((c.stream_id, c.acked)));
         }
-        Ok(None)
+        if s.awaiting_rewind {
+            Self::rewind(s, c.acked);
+        }
+        Ok(moved.then_some((c.stream_id, c.acked)))
+    }
+
+    /// A new connection carries the session on, the peer having received our sequenced frames
+    /// up to `peer_received` and granting `peer_connection_window`. Connection windows start
+    /// afresh. Returns the `CREDIT`s to send: one per open incoming stream, telling its sender
+    /// exactly where to continue (PROTOCOL.md §4). Outgoing streams whose `STREAM_OPEN` the
+    /// peer has wait for its `CREDIT`; the others start again from offset 0 (their
+    /// `STREAM_OPEN` is replayed).
+    pub(crate) fn resume(
+        &mut self,
+        peer_received: u64,
+        peer_connection_window: u64,
+    ) -> Vec<Credit> {
+        self.conn_sent = 0;
+        self.conn_limit = peer_connection_window;
+        self.conn_received = 0;
+        self.conn_consumed = 0;
+        self.conn_granted = self.connection_window;
+        for s in self.out.values_mut() {
+            if s.open_seq <= peer_received {
+                s.awaiting_rewind = true;
+                s.resend.clear();
+            } else {
+                Self::rewind(s, 0);
+            }
+        }
+        self.incoming
+            .iter()
+            .filter(|(_, s)| !s.ended)
+            .map(|(id, s)| Credit {
+                stream_id: *id,
+                acked: s.received,
+                limit: s.granted,
+            })
+            .collect()
+    }
+
+    /// Continue stream `s` from offset `to`: what it had sent beyond is sent again (from the
+    /// retained chunks, not hashed twice), then its tail, if it had one.
+    fn rewind(s: &mut OutStream, to: u64) {
+        s.awaiting_rewind = false;
+        s.resend = s
+            .retained
+            .iter()
+            .filter(|(off, d)| off + d.len() as u64 > to)
+            .map(|(off, d)| {
+                let skip = to.saturating_sub(*off) as usize;
+                (off + skip as u64, d.slice(skip..))
+            })
+            .collect();
+        // Everything from `to` on is in `resend` (the retained chunks cover what was not
+        // acknowledged), and goes out again before any new data.
+        s.sent = to;
+        s.resend_tail = s.tail.is_some();
+    }
+
+    /// The next retransmission after a resume, within the connection's credit.
+    pub(crate) fn poll_resend(&mut self) -> Option<Frame> {
+        let conn_room = self.conn_limit.saturating_sub(self.conn_sent);
+        for (id, s) in self.out.iter_mut() {
+            if s.awaiting_rewind {
+                continue;
+            }
+            if let Some((off, data)) = s.resend.front_mut() {
+                let n = (data.len() as u64).min(conn_room).min(self.max_chunk) as usize;
+                if n == 0 {
+                    return None;
+                }
+                let chunk = data.split_to(n);
+                let offset = *off;
+                *off += n as u64;
+                if data.is_empty() {
+                    s.resend.pop_front();
+                }
+                s.sent = s.sent.max(offset + n as u64);
+                self.conn_sent += n as u64;
+                return Some(Frame::StreamChunk(StreamChunk {
+                    stream_id: *id,
+                    offset,
+                    data: chunk,
+                }));
+            }
+            if s.resend_tail {
+                s.resend_tail = false;
+                return s.tail.clone();
+            }
+        }
+        None
     }
 
     /// Bytes kept for retransmission over all outgoing streams.
@@ -539,7 +652,7 @@ mod tests {
     #[test]
     fn the_sender_never_exceeds_the_stream_window() {
         let mut s = Streams::new(params());
-        let id = s.open(None, None);
+        let id = s.open(None, None, 1);
         let mut sent = 0;
         while s.capacity(id) > 0 {
             let n = s.capacity(id) as usize;
@@ -570,8 +683,8 @@ mod tests {
     #[test]
     fn the_connection_window_caps_all_streams_together() {
         let mut s = Streams::new(params());
-        let a = s.open(None, None);
-        let b = s.open(None, None);
+        let a = s.open(None, None, 1);
+        let b = s.open(None, None, 1);
         for _ in 0..3 {
             let n = s.capacity(a) as usize;
             s.write(a, data(n)).unwrap_or_else(|e| panic!("{e:?}"));
@@ -693,7 +806,7 @@ mod tests {
     #[test]
     fn resume_offsets_are_tracked_exactly() {
         let mut s = Streams::new(params());
-        let id = s.open(None, None);
+        let id = s.open(None, None, 1);
         for _ in 0..2 {
             let n = s.capacity(id) as usize;
             s.write(id, data(n)).unwrap_or_else(|e| panic!("{e:?}"));
@@ -723,7 +836,7 @@ mod tests {
     #[test]
     fn the_sender_refuses_to_overrun_or_misstate_its_length() {
         let mut s = Streams::new(params());
-        let id = s.open(Some(5), None);
+        let id = s.open(Some(5), None, 1);
         assert_eq!(s.write(id, data(6)), Err(StreamRefusal::Overrun));
         s.write(id, data(3)).unwrap_or_else(|e| panic!("{e:?}"));
         let ended = s.finish(id).unwrap_or_else(|e| panic!("{e:?}"));
@@ -777,7 +890,7 @@ mod props {
                 peer_max_streams: 4,
             };
             let (mut tx, mut rx) = (Streams::new(p), Streams::new(p));
-            let id = tx.open(Some(payload.len() as u64), None);
+            let id = tx.open(Some(payload.len() as u64), None, 1);
             rx.on_open(id, Some(payload.len() as u64), None).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
             let mut pending: VecDeque<Bytes> = VecDeque::new();
             let mut at = 0;

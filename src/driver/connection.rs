@@ -608,7 +608,8 @@ impl Driver {
                 Some(r.last_received)
             }
         };
-        match peer_received.map(|p| self.session.resume(p, now)) {
+        let limits = channel.handshake.peer_limits;
+        match peer_received.map(|p| self.session.resume(p, limits, now)) {
             Some(Ok(())) => {
                 tracing::info!(
                     session = %hex(&self.session_id.0),
