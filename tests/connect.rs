@@ -230,3 +230,42 @@ async fn simultaneous_dials_collapse_to_one_connection() {
         );
     }
 }
+
+/// Dropping a `Connection` closes it, on either side: the transport's own bookkeeping (the
+/// tie-break and replacement registries) must not keep it alive (it did, briefly).
+#[tokio::test]
+async fn dropping_a_connection_closes_it_on_both_sides() {
+    let (ka, kb) = (key(1), key(2));
+    let server = transport(cfg());
+    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
+    let peer = PeerInfo::new("server", vec![listener.local_addr().clone()]);
+    let client = transport(cfg());
+    for drop_client in [true, false] {
+        let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        // Bounded, so a connection kept alive fails the test instead of hanging it.
+        let bound = std::time::Duration::from_secs(5);
+        let closed = if drop_client {
+            drop(c);
+            tokio::time::timeout(bound, s.receive())
+                .await
+                .expect("still open")
+                .unwrap_err()
+        } else {
+            drop(s);
+            tokio::time::timeout(bound, c.receive())
+                .await
+                .expect("still open")
+                .unwrap_err()
+        };
+        assert_eq!(
+            closed.0,
+            CloseCause::Peer(
+                ReasonCode::Normal,
+                "connection dropped by the application".into()
+            ),
+            "{}",
+            closed.0
+        );
+    }
+}

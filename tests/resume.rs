@@ -244,3 +244,66 @@ async fn a_restarted_server_loses_the_session_and_every_send_settles() {
         "unknown-fate sends are not resent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_in_the_middle_resumes_and_verifies() {
+    const LEN: usize = 48 << 20;
+    let (ka, kb) = (key(1), key(2));
+    let server = transport(fast());
+    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
+    let proxy = Proxy::start(tcp_addr(listener.local_addr())).await;
+    let peer = PeerInfo::new("server", vec![proxy.addr.to_string().parse().unwrap()]);
+    let client = transport(fast());
+    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    let (c, mut s) = (c.unwrap(), s.unwrap());
+    let payload = bytes::Bytes::from((0..LEN).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let expected = blake3::hash(&payload);
+    let mut sender = c
+        .open_stream("application/octet-stream", Some(LEN as u64))
+        .await
+        .unwrap();
+    let progress = sender.progress();
+    // Count the times the client's connection was lost and resumed.
+    let mut states = c.state();
+    let reconnects = tokio::spawn(async move {
+        let mut n = 0;
+        while states.changed().await.is_ok() {
+            if *states.borrow_and_update() == ConnectionState::Reconnecting {
+                n += 1;
+            }
+        }
+        n
+    });
+    let writer = tokio::spawn(async move {
+        sender.write(payload).await.unwrap();
+        sender.finish().await
+    });
+    let Incoming::Stream(mut stream) = s.receive().await.unwrap() else {
+        panic!("expected a stream")
+    };
+    let reader = tokio::spawn(async move {
+        let mut hasher = blake3::Hasher::new();
+        let mut n = 0usize;
+        while let Some(b) = stream.chunk().await.unwrap() {
+            hasher.update(&b);
+            n += b.len();
+        }
+        (n, hasher.finalize())
+    });
+    // Cut once a third is across, and again at two thirds.
+    for frac in [3u64, 2] {
+        let mut p = progress.clone();
+        p.wait_for(|p| p.acked >= LEN as u64 / frac).await.unwrap();
+        proxy.cut();
+    }
+    writer.await.unwrap().unwrap();
+    let (n, hash) = reader.await.unwrap();
+    assert_eq!(n, LEN);
+    assert_eq!(hash, expected);
+    // The stream really crossed two broken connections, on the same stream and session.
+    drop(c);
+    assert!(
+        reconnects.await.unwrap() >= 2,
+        "the connection was never cut"
+    );
+}

@@ -165,7 +165,8 @@ struct Inner {
 struct Link {
     /// This side dialled it.
     dialed: bool,
-    commands: mpsc::Sender<Command>,
+    /// Weak, so the registry never keeps a dropped connection alive.
+    commands: mpsc::WeakSender<Command>,
 }
 
 impl fmt::Debug for Inner {
@@ -281,7 +282,7 @@ impl Transport {
     fn tie_break(&self, conn: &Connection, own_key: &Bytes, dialed: bool) -> bool {
         let mut links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
         let list = links.entry(conn.peer_key.clone()).or_default();
-        list.retain(|l| !l.commands.is_closed());
+        list.retain(|l| l.commands.strong_count() > 0);
         let keep_dialed = own_key.as_ref() < conn.peer_key.as_ref();
         if let Some(i) = list.iter().position(|l| l.dialed != dialed) {
             if dialed != keep_dialed {
@@ -289,14 +290,16 @@ impl Transport {
             }
             let old = list.remove(i);
             tracing::info!("simultaneous dial: closing the duplicate connection");
-            let _ = old.commands.try_send(Command::Close {
-                reason: ReasonCode::DuplicateConnection,
-                detail: "both peers dialled; the other connection wins the tie-break".into(),
+            let _ = old.commands.upgrade().map(|c| {
+                c.try_send(Command::Close {
+                    reason: ReasonCode::DuplicateConnection,
+                    detail: "both peers dialled; the other connection wins the tie-break".into(),
+                })
             });
         }
         list.push(Link {
             dialed,
-            commands: conn.handles.commands.clone(),
+            commands: conn.handles.commands.downgrade(),
         });
         true
     }
@@ -409,7 +412,9 @@ impl Transport {
         // key replaces the old one, which is most likely half-dead (a laptop that slept and
         // came back on another network; Syncthing #9337 kept such "already connected"
         // sessions and refused the live one).
-        let live: Arc<std::sync::Mutex<BTreeMap<Bytes, mpsc::Sender<Command>>>> = Arc::default();
+        // Weak senders: the map must not keep a dropped connection alive.
+        let live: Arc<std::sync::Mutex<BTreeMap<Bytes, mpsc::WeakSender<Command>>>> =
+            Arc::default();
         // Sessions that may be resumed: id → (peer key, where to hand a new connection).
         let sessions: Arc<SessionRegistry> = Arc::default();
         loop {
@@ -522,10 +527,10 @@ impl Transport {
                             }
                             let old = {
                                 let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
-                                live.retain(|_, c| !c.is_closed());
-                                live.insert(conn.peer_key.clone(), conn.handles.commands.clone())
+                                live.retain(|_, c| c.strong_count() > 0);
+                                live.insert(conn.peer_key.clone(), conn.handles.commands.downgrade())
                             };
-                            if let Some(old) = old {
+                            if let Some(old) = old.and_then(|w| w.upgrade()) {
                                 tracing::info!("replacing the previous connection of this peer");
                                 let _ = old
                                     .send(Command::Close {
