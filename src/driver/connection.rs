@@ -615,6 +615,7 @@ impl Driver {
                     session = %hex(&self.session_id.0),
                     replayed_frames = self.session.unacked_frames(),
                     replayed_bytes = self.session.unacked_bytes(),
+                    stream_bytes_retained = self.session.stream_retained_bytes(),
                     "session resumed"
                 );
             }
