@@ -6,14 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clipsync::config::TransportConfig;
 use clipsync::secure::SshAuthenticator;
 use clipsync::transport::{PeerInfo, Transport};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use common::tls_pair;
+use rustls::pki_types::ServerName;
 
 fn stats(name: &str, mut v: Vec<Duration>) {
     v.sort();
@@ -56,25 +58,7 @@ async fn clipsync_setup(n: usize) -> Vec<Duration> {
 }
 
 async fn bare_wss_setup(n: usize) -> Vec<Duration> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert = CertificateDer::from(ck.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let acceptor = TlsAcceptor::from(Arc::new(server_cfg));
-    let connector = TlsConnector::from(Arc::new(client_cfg));
+    let (acceptor, connector) = tls_pair();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
