@@ -41,33 +41,13 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (c, s)
 }
 
-/// Raw TCP: write in 64 KiB pieces, the other side reads until it has everything.
-async fn raw_tcp(payload: &Bytes) -> Duration {
-    let (mut c, mut s) = tcp_pair().await;
-    let len = payload.len();
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut got = 0;
-        while got < len {
-            got += s.read(&mut buf).await.unwrap();
-        }
-    });
-    let t = Instant::now();
-    for p in payload.chunks(PIECE) {
-        c.write_all(p).await.unwrap();
-    }
-    reader.await.unwrap();
-    t.elapsed()
-}
-
-async fn raw_tls(payload: &Bytes) -> Duration {
-    let (acceptor, connector) = tls_pair();
-    let (c, s) = tcp_pair().await;
-    let (c, s) = tokio::join!(
-        connector.connect(ServerName::try_from("localhost").unwrap(), c),
-        acceptor.accept(s)
-    );
-    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+/// Writes `payload` into `c` in 64 KiB pieces while a task reads `s` until it has it all;
+/// returns the time until the last byte was read.
+async fn timed_copy<W, R>(mut c: W, mut s: R, payload: &Bytes) -> Duration
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
     let len = payload.len();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 256 * 1024];
@@ -85,20 +65,41 @@ async fn raw_tls(payload: &Bytes) -> Duration {
     t.elapsed()
 }
 
-/// tokio-tungstenite over rustls: the payload as one message, or in `piece`-byte messages.
-async fn wss(payload: &Bytes, piece: Option<usize>) -> Duration {
+/// A TLS 1.3 pair over loopback TCP: (client, server).
+async fn tls_streams() -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    tokio_rustls::server::TlsStream<TcpStream>,
+) {
     let (acceptor, connector) = tls_pair();
     let (c, s) = tcp_pair().await;
     let (c, s) = tokio::join!(
         connector.connect(ServerName::try_from("localhost").unwrap(), c),
         acceptor.accept(s)
     );
+    (c.unwrap(), s.unwrap())
+}
+
+/// Raw TCP: write in 64 KiB pieces, the other side reads until it has everything.
+async fn raw_tcp(payload: &Bytes) -> Duration {
+    let (c, s) = tcp_pair().await;
+    timed_copy(c, s, payload).await
+}
+
+/// Raw rustls TLS 1.3, the same way.
+async fn raw_tls(payload: &Bytes) -> Duration {
+    let (c, s) = tls_streams().await;
+    timed_copy(c, s, payload).await
+}
+
+/// tokio-tungstenite over rustls: the payload as one message, or in `piece`-byte messages.
+async fn wss(payload: &Bytes, piece: Option<usize>) -> Duration {
+    let (c, s) = tls_streams().await;
     let cfg = WebSocketConfig::default()
         .max_message_size(None)
         .max_frame_size(None);
     let (c, s) = tokio::join!(
-        tokio_tungstenite::client_async_with_config("wss://localhost/", c.unwrap(), Some(cfg)),
-        tokio_tungstenite::accept_async_with_config(s.unwrap(), Some(cfg))
+        tokio_tungstenite::client_async_with_config("wss://localhost/", c, Some(cfg)),
+        tokio_tungstenite::accept_async_with_config(s, Some(cfg))
     );
     let (mut c, mut s) = (c.unwrap().0, s.unwrap());
     let len = payload.len();
