@@ -96,8 +96,9 @@ fn collect(mut conn: Connection, got: Arc<Mutex<Vec<u32>>>) -> JoinHandle<()> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_connection_resumes_without_loss_or_duplicates() {
+/// A client connected to a server through a cuttable proxy: (client, server side, proxy,
+/// listener). The listener must live on: it holds the sessions waiting to resume.
+async fn through_proxy() -> (Connection, Connection, Proxy, clipsync::transport::Listener) {
     let (ka, kb) = (key(1), key(2));
     let server = transport(fast());
     let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
@@ -105,9 +106,15 @@ async fn a_cut_connection_resumes_without_loss_or_duplicates() {
     let peer = PeerInfo::new("server", vec![proxy.addr.to_string().parse().unwrap()]);
     let client = transport(fast());
     let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
-    let c = Arc::new(c.unwrap());
+    (c.unwrap(), s.unwrap(), proxy, listener)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resumes_without_loss_or_duplicates() {
+    let (c, s, proxy, mut listener) = through_proxy().await;
+    let c = Arc::new(c);
     let got: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let receiver = collect(s.unwrap(), got.clone());
+    let receiver = collect(s, got.clone());
     let mut states = c.state();
     let reconnecting = tokio::spawn(async move {
         states
@@ -248,14 +255,8 @@ async fn a_restarted_server_loses_the_session_and_every_send_settles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_in_the_middle_resumes_and_verifies() {
     const LEN: usize = 48 << 20;
-    let (ka, kb) = (key(1), key(2));
-    let server = transport(fast());
-    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
-    let proxy = Proxy::start(tcp_addr(listener.local_addr())).await;
-    let peer = PeerInfo::new("server", vec![proxy.addr.to_string().parse().unwrap()]);
-    let client = transport(fast());
-    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
-    let (c, mut s) = (c.unwrap(), s.unwrap());
+    let (c, s, proxy, _listener) = through_proxy().await;
+    let mut s = s;
     let payload = bytes::Bytes::from((0..LEN).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let expected = blake3::hash(&payload);
     let mut sender = c
