@@ -38,6 +38,24 @@ fn piece(tag: u8, offset: u64, len: usize) -> Bytes {
     )
 }
 
+/// Writes `len` pattern bytes of stream `tag` in 1 MiB pieces, then finishes.
+fn write_pattern(
+    mut s: clipsync::transport::StreamSender,
+    tag: u8,
+    len: u64,
+) -> tokio::task::JoinHandle<Result<(), SendError>> {
+    tokio::spawn(async move {
+        let mut off = 0;
+        while off < len {
+            s.write(piece(tag, off, (1 << 20).min(len - off) as usize))
+                .await
+                .unwrap();
+            off += 1 << 20;
+        }
+        s.finish().await
+    })
+}
+
 async fn expect_stream(conn: &mut Connection) -> IncomingStream {
     match conn.receive().await.unwrap() {
         Incoming::Stream(s) => s,
@@ -97,19 +115,12 @@ async fn a_slow_reader_keeps_the_sender_within_the_window() {
     let window = u64::from(cfg.stream_window);
     let chunk = u64::from(cfg.chunk_size);
     let (client, mut server) = pair(cfg).await;
-    let mut s = client
+    let s = client
         .open_stream("application/octet-stream", Some(LEN))
         .await
         .unwrap();
     let progress = s.progress();
-    let writer = tokio::spawn(async move {
-        let mut off = 0;
-        while off < LEN {
-            s.write(piece(3, off, 1 << 20)).await.unwrap();
-            off += 1 << 20;
-        }
-        s.finish().await
-    });
+    let writer = write_pattern(s, 3, LEN);
     let mut stream = expect_stream(&mut server).await;
     let mut read = 0u64;
     let mut worst = 0u64;
@@ -225,19 +236,12 @@ async fn a_small_message_overtakes_a_large_stream() {
     const LEN: u64 = 64 << 20;
     let (client, mut server) = pair(cfg()).await;
     let client = std::sync::Arc::new(client);
-    let mut s = client
+    let s = client
         .open_stream("application/octet-stream", Some(LEN))
         .await
         .unwrap();
     let progress = s.progress();
-    let writer = tokio::spawn(async move {
-        let mut off = 0;
-        while off < LEN {
-            s.write(piece(1, off, 1 << 20)).await.unwrap();
-            off += 1 << 20;
-        }
-        s.finish().await
-    });
+    let writer = write_pattern(s, 1, LEN);
     let mut stream = expect_stream(&mut server).await;
     // The reader takes its time (2 ms per MiB, so the stream lasts well over 100 ms) and
     // counts what it has read.
