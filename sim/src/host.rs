@@ -11,10 +11,13 @@ use bytes::Bytes;
 use clipsync::config::TransportConfig;
 use clipsync::error::SendError;
 use clipsync::secure::SshAuthenticator;
-use clipsync::transport::{AcceptError, Incoming, Message, PeerInfo, Transport};
+use clipsync::transport::{
+    AcceptError, Connection, ConnectionState, Incoming, Message, PeerInfo, Transport,
+};
 use clipsync::wire::ReasonCode;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
+use tokio::sync::watch;
 
 use crate::TurmoilNet;
 use crate::crypto::{SimTime, derive, derive_u64, seeded_provider};
@@ -63,6 +66,19 @@ pub struct Log {
     pub delivered: Vec<(String, u64, Duration)>,
     /// Connection attempts by client, in order.
     pub connects: BTreeMap<String, Vec<ConnectRecord>>,
+    /// Mutual workloads: each host's connections to the other at the end of the run.
+    pub links: BTreeMap<String, Vec<LinkRecord>>,
+}
+
+/// One connection between the two hosts of a mutual workload, as it stood at the end.
+#[derive(Clone, Debug)]
+pub struct LinkRecord {
+    /// This host dialled it.
+    pub dialed: bool,
+    /// The tie-break keeps it.
+    pub preferred: bool,
+    /// Not closed.
+    pub live: bool,
 }
 
 /// The shared [`Log`].
@@ -124,6 +140,10 @@ pub fn register(
     log: &SharedLog,
     sabotage: Sabotage,
 ) {
+    if s.workload.mutual {
+        register_mutual(sim, s, seed, log, sabotage);
+        return;
+    }
     let server = s.server().to_string();
     let server_key = host_key(seed, &server);
     let clients: Vec<(usize, String, bool)> = s
@@ -161,37 +181,8 @@ pub fn register(
             let mut listener = transport.listen(&addr, auth).await?;
             loop {
                 match listener.accept().await {
-                    Ok(mut conn) => {
-                        let log = log.clone();
-                        let names = names.clone();
-                        tokio::spawn(async move {
-                            while let Ok(incoming) = conn.receive().await {
-                                let payload = match incoming {
-                                    Incoming::Message(m) => m.payload,
-                                    Incoming::Stream(s) => match s.read_to_end(MAX_STREAM).await {
-                                        Ok(p) => p,
-                                        Err(e) => {
-                                            tracing::debug!(target: "clipsync_sim", error = %e, "stream failed");
-                                            continue;
-                                        }
-                                    },
-                                    _ => continue,
-                                };
-                                let Some((client, id)) = parse_payload(&payload, &names) else {
-                                    tracing::error!(target: "clipsync_sim", "malformed workload message");
-                                    continue;
-                                };
-                                if payload[10..].iter().any(|&b| b != filler(id)) {
-                                    tracing::error!(target: "clipsync_sim", %client, id, "payload corrupted");
-                                    continue;
-                                }
-                                tracing::debug!(target: "clipsync_sim", %client, id, "delivered");
-                                if sabotage.drop_one_delivery && id == 3 && client == names[0] {
-                                    continue;
-                                }
-                                with_log(&log, |l| l.delivered.push((client, id, now())));
-                            }
-                        });
+                    Ok(conn) => {
+                        tokio::spawn(serve_connection(conn, log.clone(), names.clone(), sabotage));
                     }
                     Err(AcceptError::Closed) => return Ok(()),
                     Err(_) => {} // logged by the transport
@@ -290,6 +281,256 @@ pub fn register(
             Ok(())
         });
     }
+}
+
+/// Receives on `conn` until it ends, checking every payload and logging its delivery.
+async fn serve_connection(
+    mut conn: Connection,
+    log: SharedLog,
+    names: Vec<String>,
+    sabotage: Sabotage,
+) {
+    while let Ok(incoming) = conn.receive().await {
+        let payload = match incoming {
+            Incoming::Message(m) => m.payload,
+            Incoming::Stream(s) => match s.read_to_end(MAX_STREAM).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(target: "clipsync_sim", error = %e, "stream failed");
+                    continue;
+                }
+            },
+            _ => continue,
+        };
+        let Some((client, id)) = parse_payload(&payload, &names) else {
+            tracing::error!(target: "clipsync_sim", "malformed workload message");
+            continue;
+        };
+        if payload[10..].iter().any(|&b| b != filler(id)) {
+            tracing::error!(target: "clipsync_sim", %client, id, "payload corrupted");
+            continue;
+        }
+        tracing::debug!(target: "clipsync_sim", %client, id, "delivered");
+        if sabotage.drop_one_delivery && id == 3 && client == names[0] {
+            continue;
+        }
+        with_log(&log, |l| l.delivered.push((client, id, now())));
+    }
+}
+
+/// The connections of a mutual workload, both hosts': (host, dialled, preferred, state).
+type Links = Arc<Mutex<Vec<(String, bool, bool, watch::Receiver<ConnectionState>)>>>;
+
+fn add_link(links: &Links, host: &str, dialed: bool, conn: &Connection) {
+    tracing::info!(target: "clipsync_sim", host, dialed, preferred = conn.wins_tie_break(), "link");
+    links.lock().unwrap_or_else(|p| p.into_inner()).push((
+        host.to_string(),
+        dialed,
+        conn.wins_tie_break(),
+        conn.state(),
+    ));
+}
+
+/// Keeps a connection the tie-break does not keep until the transport closes it (if it
+/// never does, it stays live and `single-link` fails).
+async fn hold_until_closed(conn: Connection) {
+    let mut state = conn.state();
+    while !matches!(*state.borrow_and_update(), ConnectionState::Closed(_)) {
+        if state.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Dials `peer` until a connection stands or the tie-break says the peer's dial wins.
+/// Returns the connection, if this side's dial produced one.
+async fn dial_mutual(
+    transport: &Transport,
+    peer: &PeerInfo,
+    auth: Arc<SshAuthenticator>,
+    retry: Duration,
+) -> Option<Connection> {
+    loop {
+        match transport.connect(peer, auth.clone()).await {
+            Ok(c) => return Some(c),
+            Err(e) if e.reason() == Some(ReasonCode::DuplicateConnection) => return None,
+            Err(e) => {
+                tracing::debug!(target: "clipsync_sim", error = %e, "mutual dial failed");
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
+
+/// Simultaneous dial: both hosts listen and dial each other at nearly the same moment (a
+/// jitter drawn from the seed); the client sends its workload on the connection the
+/// tie-break keeps, the server receives on all of its connections.
+fn register_mutual(
+    sim: &mut turmoil::Sim<'_>,
+    s: &Scenario,
+    seed: u64,
+    log: &SharedLog,
+    sabotage: Sabotage,
+) {
+    let server = s.server().to_string();
+    let Some(client) = s.clients().next().map(|c| c.name.clone()) else {
+        return;
+    };
+    let links: Links = Arc::default();
+    let names = vec![client.clone()];
+    let retry = Duration::from_millis(s.workload.retry_ms);
+    let jitter = |host: &str| Duration::from_millis(derive_u64(seed, &format!("dial/{host}")) % 40);
+
+    let (scenario, slog, slinks) = (s.clone(), log.clone(), links.clone());
+    let (sname, cname) = (server.clone(), client.clone());
+    let server_delay = jitter(&server);
+    sim.host(server.as_str(), move || {
+        let (scenario, log, links, names) = (
+            scenario.clone(),
+            slog.clone(),
+            slinks.clone(),
+            names.clone(),
+        );
+        let (name, peer_name) = (sname.clone(), cname.clone());
+        async move {
+            let transport = build_transport(&scenario, seed, &name, 0)?;
+            let peer_key = host_key(seed, &peer_name).public_key().clone();
+            let auth = Arc::new(SshAuthenticator::new(
+                host_key(seed, &name),
+                vec![peer_key.clone()],
+            )?);
+            let mut listener = transport
+                .listen(&format!("0.0.0.0:{PORT}").parse()?, auth.clone())
+                .await?;
+            let peer = PeerInfo::new(
+                peer_name.clone(),
+                vec![format!("{peer_name}:{PORT}").parse()?],
+            )
+            .with_key(peer_key);
+            let (dlog, dlinks, dnames, dname) =
+                (log.clone(), links.clone(), names.clone(), name.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(server_delay).await;
+                if let Some(c) = dial_mutual(&transport, &peer, auth, retry).await {
+                    add_link(&dlinks, &dname, true, &c);
+                    serve_connection(c, dlog, dnames, sabotage).await;
+                }
+            });
+            loop {
+                match listener.accept().await {
+                    Ok(conn) => {
+                        add_link(&links, &name, false, &conn);
+                        tokio::spawn(serve_connection(conn, log.clone(), names.clone(), sabotage));
+                    }
+                    Err(AcceptError::Closed) => return Ok(()),
+                    Err(_) => {}
+                }
+            }
+        }
+    });
+
+    let (scenario, log, server_name) = (s.clone(), log.clone(), server.clone());
+    let client_delay = jitter(&client);
+    sim.client(client.clone().as_str(), async move {
+        let name = client;
+        let transport = build_transport(&scenario, seed, &name, 0)?;
+        let server_public = host_key(seed, &server_name).public_key().clone();
+        let auth = Arc::new(SshAuthenticator::new(
+            host_key(seed, &name),
+            vec![server_public.clone()],
+        )?);
+        let mut listener = transport
+            .listen(&format!("0.0.0.0:{PORT}").parse()?, auth.clone())
+            .await?;
+        let peer = PeerInfo::new(
+            server_name.clone(),
+            vec![format!("{server_name}:{PORT}").parse()?],
+        )
+        .with_key(server_public);
+        // The connection the tie-break keeps, whichever side dialled it.
+        let (keep_tx, mut keep_rx) = tokio::sync::mpsc::channel::<Connection>(4);
+        let (alinks, aname, atx) = (links.clone(), name.clone(), keep_tx.clone());
+        tokio::spawn(async move {
+            while let Ok(conn) = listener.accept().await {
+                add_link(&alinks, &aname, false, &conn);
+                if conn.wins_tie_break() {
+                    let _ = atx.send(conn).await;
+                } else {
+                    tokio::spawn(hold_until_closed(conn));
+                }
+            }
+        });
+        let (dlinks, dname) = (links.clone(), name.clone());
+        let dialer = transport.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(client_delay).await;
+            if let Some(c) = dial_mutual(&dialer, &peer, auth, retry).await {
+                add_link(&dlinks, &dname, true, &c);
+                if c.wins_tie_break() {
+                    let _ = keep_tx.send(c).await;
+                } else {
+                    hold_until_closed(c).await;
+                }
+            }
+        });
+        let conn = keep_rx
+            .recv()
+            .await
+            .ok_or("no connection survived the tie-break")?;
+        let w = &scenario.workload;
+        let mut rng = ChaCha20Rng::from_seed(derive(seed, &format!("workload/{name}")));
+        for id in 1..=w.messages {
+            let pause =
+                w.interval_ms[0] + rng.next_u64() % (w.interval_ms[1] - w.interval_ms[0] + 1);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let size = w.size[0] + (rng.next_u64() % (w.size[1] - w.size[0] + 1) as u64) as usize;
+            with_log(&log, |l| {
+                l.sent.insert(
+                    (name.clone(), id),
+                    SendRecord {
+                        issued: now(),
+                        settled: None,
+                    },
+                )
+            });
+            let result = conn
+                .send_message(Message::new(CONTENT_TYPE, make_payload(0, id, size)))
+                .await;
+            let settled = match &result {
+                Ok(()) => Settled::Delivered,
+                Err(e) => Settled::Failed(describe(e)),
+            };
+            with_log(&log, |l| {
+                if let Some(r) = l.sent.get_mut(&(name.clone(), id)) {
+                    r.settled = Some((now(), settled));
+                }
+            });
+        }
+        // What each side holds now, before this side closes anything.
+        let snapshot: Vec<_> = links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(host, dialed, preferred, state)| {
+                let live = !matches!(*state.borrow(), ConnectionState::Closed(_));
+                (
+                    host.clone(),
+                    LinkRecord {
+                        dialed: *dialed,
+                        preferred: *preferred,
+                        live,
+                    },
+                )
+            })
+            .collect();
+        with_log(&log, |l| {
+            for (host, rec) in snapshot {
+                l.links.entry(host).or_default().push(rec);
+            }
+        });
+        conn.close().await;
+        Ok(())
+    });
 }
 
 fn describe(e: &SendError) -> String {

@@ -59,7 +59,32 @@ pub fn check(s: &Scenario, log: &Log, end: &Ending) -> Vec<Violation> {
     if s.invariants.single_connection {
         single_connection(s, log, &mut v);
     }
+    if s.workload.mutual {
+        single_link(s, log, &mut v);
+    }
     v
+}
+
+/// Simultaneous dial: at the end each side holds exactly one live connection to the other,
+/// the one the tie-break keeps.
+fn single_link(s: &Scenario, log: &Log, v: &mut Vec<Violation>) {
+    let hosts = std::iter::once(s.server()).chain(s.clients().map(|c| c.name.as_str()));
+    for host in hosts {
+        let Some(links) = log.links.get(host) else {
+            violation(v, "single-link", format!("{host} reported no connections"));
+            continue;
+        };
+        let live: Vec<_> = links.iter().filter(|l| l.live).collect();
+        if live.len() != 1 || !live[0].preferred {
+            violation(
+                v,
+                "single-link",
+                format!(
+                    "{host} ends with these connections: {links:?}; expected one live, preferred"
+                ),
+            );
+        }
+    }
 }
 
 fn single_connection(s: &Scenario, log: &Log, v: &mut Vec<Violation>) {

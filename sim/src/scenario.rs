@@ -378,6 +378,12 @@ pub struct Workload {
     /// Stream size range `[min, max]` in bytes.
     #[serde(default = "default_stream_size")]
     pub stream_size: [usize; 2],
+    /// Simultaneous dial: the server dials the client too, at the same moment as the client
+    /// dials it (both listen). The client sends its workload on the connection the tie-break
+    /// keeps ([`clipsync::transport::Connection::wins_tie_break`]); the `single-link`
+    /// invariant checks each side ends with exactly that one connection. One client only.
+    #[serde(default)]
+    pub mutual: bool,
 }
 
 fn default_stream_size() -> [usize; 2] {
@@ -522,6 +528,9 @@ impl Scenario {
         }
         if w.stream_size[0] > w.stream_size[1] || w.stream_size[0] < 10 {
             return Err("workload stream_size must be [min, max], at least 10".into());
+        }
+        if w.mutual && (self.clients().count() != 1 || self.clients().any(|c| !c.trusted)) {
+            return Err("a mutual workload needs exactly one client, trusted".into());
         }
         if w.size[0] < 10 {
             return Err("workload sizes start at 10 bytes (message id and client index)".into());

@@ -239,14 +239,14 @@ impl Transport {
                 match secure::dial(self.inner.network.as_ref(), addr, params).await {
                     Ok(channel) => {
                         let reconnect = self.redialer(peer, &auth, expected_key.clone());
-                        let conn = Connection::start(
+                        let mut conn = Connection::start(
                             channel,
                             &self.inner.cfg,
                             tracing::Span::current(),
                             None,
                             reconnect,
                         );
-                        if !self.tie_break(&conn, &auth.public_key(), true) {
+                        if !self.tie_break(&mut conn, &auth.public_key(), true) {
                             let detail =
                                 "the peer dialled us too and its connection wins the tie-break";
                             conn.close_with(ReasonCode::DuplicateConnection, detail.into())
@@ -279,11 +279,12 @@ impl Transport {
     /// two peers have dialled each other, the connection dialled by the peer with the smaller
     /// key (wire encoding) survives, on both sides alike (PROTOCOL.md §7, reason 13). Returns
     /// whether `conn` survives; a losing older connection is closed here.
-    fn tie_break(&self, conn: &Connection, own_key: &Bytes, dialed: bool) -> bool {
+    fn tie_break(&self, conn: &mut Connection, own_key: &Bytes, dialed: bool) -> bool {
         let mut links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
         let list = links.entry(conn.peer_key.clone()).or_default();
         list.retain(|l| l.commands.strong_count() > 0);
         let keep_dialed = own_key.as_ref() < conn.peer_key.as_ref();
+        conn.preferred = dialed == keep_dialed;
         if let Some(i) = list.iter().position(|l| l.dialed != dialed) {
             if dialed != keep_dialed {
                 return false;
@@ -509,14 +510,14 @@ impl Transport {
                             } else {
                                 Reconnect::Never
                             };
-                            let conn = Connection::start(
+                            let mut conn = Connection::start(
                                 channel,
                                 &this.inner.cfg,
                                 tracing::Span::current(),
                                 Some(permit),
                                 reconnect,
                             );
-                            if !this.tie_break(&conn, &auth.public_key(), false) {
+                            if !this.tie_break(&mut conn, &auth.public_key(), false) {
                                 tracing::info!("simultaneous dial: this incoming connection loses the tie-break");
                                 conn.close_with(
                                     ReasonCode::DuplicateConnection,
@@ -613,6 +614,8 @@ pub struct Connection {
     peer_key: Bytes,
     peer_fingerprint: String,
     stream_threshold: usize,
+    /// Set by the tie-break: whether this is the connection it keeps.
+    preferred: bool,
 }
 
 impl Connection {
@@ -631,6 +634,7 @@ impl Connection {
             peer_key,
             peer_fingerprint,
             stream_threshold: cfg.stream_threshold as usize,
+            preferred: true,
         }
     }
 
@@ -764,6 +768,17 @@ impl Connection {
     /// The peer key's `SHA256:…` fingerprint.
     pub fn peer_fingerprint(&self) -> &str {
         &self.peer_fingerprint
+    }
+
+    /// Whether this connection is the one the simultaneous-dial tie-break keeps: the one
+    /// dialled by the peer whose key (wire encoding) is smaller (PROTOCOL.md §7, reason 13).
+    ///
+    /// Two peers that dial each other at the same time each hold two connections for a moment;
+    /// the transport closes the other one with reason 13 as soon as it sees both. An
+    /// application that dials a peer which also dials it should send on the preferred one: a
+    /// send on the other may end as of unknown fate when that connection is closed.
+    pub fn wins_tie_break(&self) -> bool {
+        self.preferred
     }
 
     /// Closes gracefully with reason `normal`: says `GOAWAY` to the peer, closes the
