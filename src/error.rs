@@ -46,6 +46,10 @@ pub enum ConnectError {
     /// The peer has no address to dial.
     #[error("no address to dial")]
     NoAddress,
+    /// `Transport::open` needs the peer's key ([`crate::transport::PeerInfo::with_key`]):
+    /// the connection stands for that peer before any handshake tells who answers.
+    #[error("the peer's key is not known; open needs PeerInfo::with_key")]
+    KeyRequired,
     /// The socket could not be connected (refused, unreachable, no such path).
     #[error("cannot reach {addr}: {source}")]
     Dial {

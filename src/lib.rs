@@ -5,8 +5,10 @@
 //! SSH keys, over WebSocket on TLS, and is built so that a seeded simulator can run the very
 //! same code over a simulated network.
 //!
-//! Start at [`transport::Transport`]: `connect` a [`transport::PeerInfo`] or `listen` on an
-//! [`transport::Address`], then `send` and `receive` on the [`transport::Connection`]:
+//! Start at [`transport::Transport`]: `connect` a [`transport::PeerInfo`] (one attempt, returns
+//! once authenticated), `open` one (returns at once in state `Connecting` and dials with backoff
+//! until the peer answers, sends queued meanwhile) or `listen` on an [`transport::Address`],
+//! then `send` and `receive` on the [`transport::Connection`]:
 //!
 //! - `send(Message)` resolves when the peer acknowledged the message; a payload above
 //!   `stream_threshold` goes as a stream automatically;
@@ -15,8 +17,9 @@
 //!   and a BLAKE3 check of the whole payload at the receiver;
 //! - `receive()` yields [`transport::Incoming::Message`] and [`transport::Incoming::Stream`]
 //!   in the order the peer sent them; a small message is never stuck behind a large stream;
-//! - `state()` and `health()` watch the connection (connected, degraded, reconnecting,
-//!   offline, closed with its cause; round-trip time);
+//! - `state()` and `health()` watch the connection (connecting, connected, degraded,
+//!   reconnecting, offline, closed with its cause; round-trip time); every transition is
+//!   logged with its reason;
 //! - when the network breaks a connection, the dialer redials with backoff and both sides
 //!   resume the session: messages are neither lost nor repeated, and open streams continue
 //!   from the receiver's offset, not from zero. If the peer lost the session (it restarted),

@@ -363,7 +363,8 @@ async fn dial_mutual(
 }
 
 /// Simultaneous dial: both hosts listen and dial each other at nearly the same moment (a
-/// jitter drawn from the seed); the client sends its workload on the connection the
+/// jitter drawn from the seed), the server with `Transport::open`, the client with
+/// `Transport::connect`; the client sends its workload on the connection the
 /// tie-break keeps, the server receives on all of its connections.
 fn register_mutual(
     sim: &mut turmoil::Sim<'_>,
@@ -407,15 +408,17 @@ fn register_mutual(
                 vec![format!("{peer_name}:{PORT}").parse()?],
             )
             .with_key(peer_key);
-            let (dlog, dlinks, dnames, dname) =
-                (log.clone(), links.clone(), names.clone(), name.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(server_delay).await;
-                if let Some(c) = dial_mutual(&transport, &peer, auth, retry).await {
-                    add_link(&dlinks, &dname, true, &c);
-                    serve_connection(c, dlog, dnames, sabotage).await;
-                }
-            });
+            // The server opens its connection (state `Connecting`, dialling with backoff in
+            // the background); the client uses `connect`: both APIs meet in the tie-break.
+            tokio::time::sleep(server_delay).await;
+            let opened = transport.open(&peer, auth)?;
+            add_link(&links, &name, true, &opened);
+            tokio::spawn(serve_connection(
+                opened,
+                log.clone(),
+                names.clone(),
+                sabotage,
+            ));
             loop {
                 match listener.accept().await {
                     Ok(conn) => {

@@ -207,6 +207,8 @@ pub struct Session {
     /// Why the last connection ended (decides whether the session may be resumed).
     last_cause: Option<CloseCause>,
     degraded: bool,
+    /// Payload bytes queued again by resumes: replayed sequenced frames and stream data.
+    retransmitted: u64,
 }
 
 impl Session {
@@ -238,6 +240,7 @@ impl Session {
             last_recv: now,
             last_send: now,
             outbox: VecDeque::new(),
+            retransmitted: 0,
             events: VecDeque::new(),
             closed: false,
             ping_sent_at: None,
@@ -677,6 +680,7 @@ impl Session {
         self.outbox.clear();
         self.outbox
             .extend(self.unacked.iter().map(|(_, _, f)| f.clone()));
+        self.retransmitted += self.unacked_bytes;
         let credits = self
             .streams
             .resume(peer_received, u64::from(peer_limits.connection_window));
@@ -689,8 +693,17 @@ impl Session {
     /// Queues retransmissions of stream data after a resume, as far as credit allows.
     fn pump_resends(&mut self) {
         while let Some(f) = self.streams.poll_resend() {
+            if let Frame::StreamChunk(c) = &f {
+                self.retransmitted += c.data.len() as u64;
+            }
             self.outbox.push_back(f);
         }
+    }
+
+    /// Payload bytes sent again because of resumes so far: the replayed messages (and other
+    /// sequenced frames) and the stream data beyond the receiver's offset.
+    pub fn retransmitted_bytes(&self) -> u64 {
+        self.retransmitted
     }
 
     /// The peer does not have the session any more (`SESSION_LOST`, or a resume that failed):

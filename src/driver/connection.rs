@@ -57,6 +57,9 @@ impl Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionState {
+    /// Not connected yet (a connection from `Transport::open`): dialling the peer, with
+    /// backoff between attempts. Sends queue meanwhile.
+    Connecting,
     /// Authenticated; messages flow.
     Connected,
     /// Still up, but a heartbeat went unanswered for an interval or the round-trip time is
@@ -65,7 +68,8 @@ pub enum ConnectionState {
     /// The connection broke; the session waits for a new one (the dialer redials with
     /// backoff, the listener waits for it). Sends queue meanwhile.
     Reconnecting,
-    /// The dialer gave up after `max_reconnect_attempts`; the session ends.
+    /// The dialer gave up after `max_reconnect_attempts` (for a connection from
+    /// `Transport::open`, also before the first connection); the session ends.
     Offline,
     /// Ended, for this cause. Final.
     Closed(CloseCause),
@@ -89,6 +93,12 @@ pub struct Health {
     pub rtt: Option<Duration>,
     /// Whether the connection is degraded (see [`ConnectionState::Degraded`]).
     pub degraded: bool,
+    /// New connections the session has taken after its first one (resumed or not).
+    pub reconnects: u32,
+    /// Payload bytes sent again because of resumes: replayed messages and stream data beyond
+    /// the receiver's offset. Compare with the windows: a resume retransmits at most what was
+    /// in flight.
+    pub retransmitted_bytes: u64,
 }
 
 /// What the application's handle sends to the driver.
@@ -116,7 +126,10 @@ pub(crate) struct Handles {
     pub(crate) incoming: mpsc::Receiver<Incoming>,
     pub(crate) state: watch::Receiver<ConnectionState>,
     pub(crate) health: watch::Receiver<Health>,
-    pub(crate) task: JoinHandle<()>,
+    pub(crate) task: Option<JoinHandle<()>>,
+    /// While connecting: ends the attempts at once (a `Close` command could wait behind a
+    /// full queue). Dropped with the handles, which ends them too.
+    pub(crate) closer: Option<oneshot::Sender<(ReasonCode, String)>>,
 }
 
 /// Messages and streams delivered but not yet taken by the application.
@@ -135,6 +148,38 @@ const CHUNK_SLOTS: usize = 4;
 /// Data items a [`StreamSender`] may queue ahead of the driver (each at most one chunk).
 const STREAM_QUEUE: usize = 2;
 
+/// The driver's ends of the channels to the application.
+struct Ends {
+    commands: mpsc::Receiver<Command>,
+    incoming: mpsc::Sender<Incoming>,
+    state: watch::Sender<ConnectionState>,
+    health: watch::Sender<Health>,
+}
+
+/// The channels between the application's handle and the driver, the state starting at
+/// `initial`.
+fn channels(cfg: &TransportConfig, initial: ConnectionState) -> (Ends, Handles) {
+    let (commands, command_rx) = mpsc::channel(cfg.send_queue as usize);
+    let (incoming_tx, incoming) = mpsc::channel(INCOMING);
+    let (state_tx, state) = watch::channel(initial);
+    let (health_tx, health) = watch::channel(Health::default());
+    let ends = Ends {
+        commands: command_rx,
+        incoming: incoming_tx,
+        state: state_tx,
+        health: health_tx,
+    };
+    let handles = Handles {
+        commands,
+        incoming,
+        state,
+        health,
+        task: None,
+        closer: None,
+    };
+    (ends, handles)
+}
+
 /// Starts the driver and writer tasks of an authenticated channel.
 pub(crate) fn spawn(
     channel: Channel,
@@ -143,74 +188,188 @@ pub(crate) fn spawn(
     permit: Option<OwnedSemaphorePermit>,
     reconnect: Reconnect,
 ) -> Handles {
-    let params = SessionParams {
-        ack_every: cfg.ack_every,
-        ack_delay: cfg.ack_delay,
-        heartbeat_interval: cfg.heartbeat_interval,
-        idle_timeout: cfg.heartbeat_timeout,
-        degraded_rtt: cfg.degraded_rtt,
-        replay_buffer_bytes: cfg.replay_buffer_bytes,
-        peer_limits: channel.handshake.peer_limits,
-        streams: channel.handshake.peer_capabilities & crate::wire::CAP_STREAMS != 0,
-        chunk_size: cfg.chunk_size,
-        stream_window: cfg.stream_window,
-        connection_window: cfg.connection_window,
-        max_streams: cfg.max_streams,
-    };
-    let (commands, command_rx) = mpsc::channel(cfg.send_queue as usize);
-    let (incoming_tx, incoming) = mpsc::channel(INCOMING);
-    let (state_tx, state) = watch::channel(ConnectionState::Connected);
-    let (health_tx, health) = watch::channel(Health::default());
-    let (signals_tx, signals) = mpsc::unbounded_channel();
-    let chunk = cfg
-        .chunk_size
-        .min(
-            channel
-                .handshake
-                .peer_limits
-                .max_frame_size
-                .saturating_sub(crate::config::CHUNK_OVERHEAD),
-        )
-        .max(1) as usize;
-    let driver = Driver {
-        session: Session::new(params, Duration::ZERO),
-        start: Instant::now(),
-        decode_limits: cfg.decode_limits(),
-        write_timeout: cfg.write_timeout,
-        send_queue: cfg.send_queue as usize,
-        commands: command_rx,
-        incoming: incoming_tx,
-        state: state_tx,
-        health: health_tx,
-        waiting_ack: BTreeMap::new(),
-        blocked: VecDeque::new(),
-        deliveries: VecDeque::new(),
-        signals,
-        signals_tx,
-        out: BTreeMap::new(),
-        pending_opens: VecDeque::new(),
-        last_served: 0,
-        chunk_slots: Arc::new(Semaphore::new(CHUNK_SLOTS)),
-        chunk_permit: None,
-        incoming_streams: BTreeMap::new(),
-        chunk,
-        encode_buf: bytes::BytesMut::new(),
-        session_id: channel.handshake.session,
-        reconnect,
-    };
-    let task = tokio::spawn(
+    let (ends, mut handles) = channels(cfg, ConnectionState::Connected);
+    let driver = Driver::new(&channel, cfg, ends, reconnect);
+    handles.task = Some(tokio::spawn(
         async move {
             driver.run(channel.ws).await;
             drop(permit);
         }
         .instrument(span),
-    );
-    Handles {
-        commands,
-        incoming,
-        state,
-        health,
-        task,
+    ));
+    handles
+}
+
+/// How a connection made by `Transport::open` gets going.
+pub(crate) struct Pending {
+    /// Dials the peer (a [`Reconnect::Dial`]); used for the first connection whatever the
+    /// configuration says of reconnecting.
+    pub(crate) dial: Reconnect,
+    /// Whether the session reconnects after its first connection (`reconnect` in the
+    /// configuration).
+    pub(crate) reconnect: bool,
+    /// Registers the first connection for the simultaneous-dial tie-break; false when the
+    /// peer's own connection wins it.
+    pub(crate) register: Box<dyn FnOnce(mpsc::WeakSender<Command>) -> bool + Send>,
+}
+
+/// Starts a connection that is not connected yet: its state is
+/// [`ConnectionState::Connecting`] while the driver dials the peer with backoff; commands
+/// queue meanwhile (up to `send_queue` taken by the driver, as many again in the channel).
+pub(crate) fn spawn_pending(
+    cfg: &TransportConfig,
+    span: tracing::Span,
+    pending: Pending,
+) -> Handles {
+    let (mut ends, mut handles) = channels(cfg, ConnectionState::Connecting);
+    let (closer, closer_rx) = oneshot::channel();
+    handles.closer = Some(closer);
+    let weak = handles.commands.downgrade();
+    let cfg = cfg.clone();
+    handles.task = Some(tokio::spawn(
+        async move {
+            let mut early = VecDeque::new();
+            let mut dial = pending.dial;
+            let first = first_connection(
+                &mut ends,
+                &mut early,
+                closer_rx,
+                &mut dial,
+                cfg.send_queue as usize,
+            )
+            .await;
+            match first {
+                Ok(channel) => {
+                    let reconnect = if pending.reconnect {
+                        dial
+                    } else {
+                        Reconnect::Never
+                    };
+                    let mut driver = Driver::new(&channel, &cfg, ends, reconnect);
+                    if !(pending.register)(weak) {
+                        tracing::info!(
+                            "simultaneous dial: the peer's connection wins the tie-break"
+                        );
+                        driver.command(Some(Command::Close {
+                            reason: ReasonCode::DuplicateConnection,
+                            detail: "the peer dialled us too and its connection wins the tie-break"
+                                .into(),
+                        }));
+                    }
+                    for cmd in early {
+                        driver.command(Some(cmd));
+                    }
+                    driver.run(channel.ws).await;
+                }
+                Err(cause) => {
+                    tracing::warn!(cause = %cause, "connection ended before it was made");
+                    for cmd in early {
+                        settle_unsent(cmd, &cause);
+                    }
+                    ends.commands.close();
+                    while let Ok(cmd) = ends.commands.try_recv() {
+                        settle_unsent(cmd, &cause);
+                    }
+                    let _ = ends.state.send(ConnectionState::Closed(cause));
+                }
+            }
+        }
+        .instrument(span),
+    ));
+    handles
+}
+
+/// Fails a command that never reached a session: nothing of it was sent.
+fn settle_unsent(cmd: Command, cause: &CloseCause) {
+    match cmd {
+        Command::Send { done, .. } => {
+            let _ = done.send(Err(SendError::Closed(cause.clone())));
+        }
+        Command::OpenStream { reply, .. } => {
+            let _ = reply.send(Err(SendError::Closed(cause.clone())));
+        }
+        Command::Close { .. } => {}
+    }
+}
+
+/// Dials until a first connection stands, with backoff between attempts (the first one at
+/// once), taking the application's commands into `early` meanwhile. Ends early when the
+/// application closes or drops the connection, the peer refuses our key, or
+/// `max_reconnect_attempts` attempts failed (state [`ConnectionState::Offline`]).
+async fn first_connection(
+    ends: &mut Ends,
+    early: &mut VecDeque<Command>,
+    mut closer: oneshot::Receiver<(ReasonCode, String)>,
+    dial: &mut Reconnect,
+    cap: usize,
+) -> Result<Channel, CloseCause> {
+    let Reconnect::Dial {
+        redial,
+        backoff,
+        draw,
+        max_attempts,
+    } = dial
+    else {
+        return Err(CloseCause::Lost("nothing to dial".into()));
+    };
+    let start = Instant::now();
+    let dropped = || {
+        CloseCause::Local(
+            ReasonCode::Normal,
+            "connection dropped by the application".into(),
+        )
+    };
+    let mut delay = Duration::ZERO;
+    let mut failures = 0u32;
+    loop {
+        let attempt = redial(SessionId::NONE, 0);
+        let attempt = async move {
+            sleep(delay).await;
+            attempt.await
+        };
+        tokio::pin!(attempt);
+        let result = loop {
+            tokio::select! {
+                biased;
+                c = &mut closer => return Err(match c {
+                    Ok((reason, detail)) => CloseCause::Local(reason, detail),
+                    Err(_) => dropped(),
+                }),
+                cmd = ends.commands.recv(), if early.len() < cap => match cmd {
+                    None => return Err(dropped()),
+                    Some(Command::Close { reason, detail }) => return Err(CloseCause::Local(reason, detail)),
+                    Some(cmd) => early.push_back(cmd),
+                },
+                r = &mut attempt => break r,
+            }
+        };
+        match result {
+            Ok(channel) => {
+                backoff.connected(Instant::now().saturating_duration_since(start));
+                return Ok(channel);
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, attempt = failures, "connect failed");
+                if let crate::error::ConnectError::Refused { reason, detail, .. } = e {
+                    if matches!(
+                        reason,
+                        ReasonCode::AuthFailed | ReasonCode::KeyNotAuthorized
+                    ) {
+                        return Err(CloseCause::Peer(reason, detail));
+                    }
+                }
+                if *max_attempts > 0 && failures >= *max_attempts {
+                    tracing::warn!(attempts = failures, "offline: giving up");
+                    let _ = ends.state.send(ConnectionState::Offline);
+                    return Err(CloseCause::Lost(format!(
+                        "gave up after {failures} connection attempts"
+                    )));
+                }
+                delay = backoff.next_delay(draw());
+                tracing::info!(delay_ms = delay.as_millis() as u64, "connecting again");
+            }
+        }
     }
 }
 
@@ -425,6 +584,60 @@ enum WriterCmd {
 }
 
 impl Driver {
+    fn new(channel: &Channel, cfg: &TransportConfig, ends: Ends, reconnect: Reconnect) -> Self {
+        let params = SessionParams {
+            ack_every: cfg.ack_every,
+            ack_delay: cfg.ack_delay,
+            heartbeat_interval: cfg.heartbeat_interval,
+            idle_timeout: cfg.heartbeat_timeout,
+            degraded_rtt: cfg.degraded_rtt,
+            replay_buffer_bytes: cfg.replay_buffer_bytes,
+            peer_limits: channel.handshake.peer_limits,
+            streams: channel.handshake.peer_capabilities & crate::wire::CAP_STREAMS != 0,
+            chunk_size: cfg.chunk_size,
+            stream_window: cfg.stream_window,
+            connection_window: cfg.connection_window,
+            max_streams: cfg.max_streams,
+        };
+        let (signals_tx, signals) = mpsc::unbounded_channel();
+        let chunk = cfg
+            .chunk_size
+            .min(
+                channel
+                    .handshake
+                    .peer_limits
+                    .max_frame_size
+                    .saturating_sub(crate::config::CHUNK_OVERHEAD),
+            )
+            .max(1) as usize;
+        Driver {
+            session: Session::new(params, Duration::ZERO),
+            start: Instant::now(),
+            decode_limits: cfg.decode_limits(),
+            write_timeout: cfg.write_timeout,
+            send_queue: cfg.send_queue as usize,
+            commands: ends.commands,
+            incoming: ends.incoming,
+            state: ends.state,
+            health: ends.health,
+            waiting_ack: BTreeMap::new(),
+            blocked: VecDeque::new(),
+            deliveries: VecDeque::new(),
+            signals,
+            signals_tx,
+            out: BTreeMap::new(),
+            pending_opens: VecDeque::new(),
+            last_served: 0,
+            chunk_slots: Arc::new(Semaphore::new(CHUNK_SLOTS)),
+            chunk_permit: None,
+            incoming_streams: BTreeMap::new(),
+            chunk,
+            encode_buf: bytes::BytesMut::new(),
+            session_id: channel.handshake.session,
+            reconnect,
+        }
+    }
+
     fn now(&self) -> Duration {
         Instant::now().saturating_duration_since(self.start)
     }
@@ -517,6 +730,7 @@ impl Driver {
                             }
                         }
                         if *max_attempts > 0 && backoff.attempts() >= *max_attempts {
+                            tracing::warn!(attempts = backoff.attempts(), "offline: giving up");
                             let _ = self.state.send(ConnectionState::Offline);
                             break Err(CloseCause::Lost(format!(
                                 "gave up after {} reconnection attempts",
@@ -593,6 +807,7 @@ impl Driver {
     /// unknown fate).
     async fn adopt(&mut self, mut channel: Channel) -> Result<Ws, CloseCause> {
         let now = self.now();
+        self.health.send_modify(|h| h.reconnects += 1);
         let peer_received = match channel.handshake.resume {
             ResumeAnswer::Resumed { peer_received } => Some(peer_received),
             ResumeAnswer::Lost => None,
@@ -654,6 +869,12 @@ impl Driver {
         let cause = loop {
             // 1. Drain the session's outputs.
             let now = self.now();
+            let retransmitted = self.session.retransmitted_bytes();
+            self.health.send_if_modified(|h| {
+                let changed = h.retransmitted_bytes != retransmitted;
+                h.retransmitted_bytes = retransmitted;
+                changed
+            });
             while let Some(frame) = self.session.poll_transmit(now) {
                 let permit = if matches!(frame, Frame::StreamChunk(_)) {
                     self.chunk_permit.take()
@@ -702,7 +923,10 @@ impl Driver {
                         } else {
                             tracing::info!(%why, "connection healthy again");
                         }
-                        self.health.send_replace(Health { rtt, degraded });
+                        self.health.send_modify(|h| {
+                            h.rtt = rtt;
+                            h.degraded = degraded;
+                        });
                         let _ = self.state.send(if degraded {
                             ConnectionState::Degraded
                         } else {
@@ -1170,7 +1394,8 @@ async fn write_loop(
 pub(crate) fn cause_of(state: &watch::Receiver<ConnectionState>) -> CloseCause {
     match &*state.borrow() {
         ConnectionState::Closed(c) => c.clone(),
-        ConnectionState::Connected
+        ConnectionState::Connecting
+        | ConnectionState::Connected
         | ConnectionState::Degraded
         | ConnectionState::Reconnecting
         | ConnectionState::Offline => CloseCause::Lost("connection task ended".into()),

@@ -11,6 +11,8 @@
 mod connection;
 mod stream;
 
-pub(crate) use connection::{Command, Handles, Reconnect, Redial, cause_of, spawn};
+pub(crate) use connection::{
+    Command, Handles, Pending, Reconnect, Redial, cause_of, spawn, spawn_pending,
+};
 pub use connection::{ConnectionState, Health, Incoming, Message};
 pub use stream::{Full, IncomingStream, Progress, StreamError, StreamSender};

@@ -280,11 +280,24 @@ impl Transport {
     /// key (wire encoding) survives, on both sides alike (PROTOCOL.md §7, reason 13). Returns
     /// whether `conn` survives; a losing older connection is closed here.
     fn tie_break(&self, conn: &mut Connection, own_key: &Bytes, dialed: bool) -> bool {
+        conn.preferred = dialed == (own_key.as_ref() < conn.peer_key.as_ref());
+        let weak = conn.handles.commands.downgrade();
+        self.register_link(&conn.peer_key, own_key, dialed, weak)
+    }
+
+    /// The tie-break's registry: records the connection (by its command channel) and closes
+    /// the other one of a simultaneous dial if this one wins; false if this one loses.
+    fn register_link(
+        &self,
+        peer_key: &Bytes,
+        own_key: &Bytes,
+        dialed: bool,
+        commands: mpsc::WeakSender<Command>,
+    ) -> bool {
         let mut links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
-        let list = links.entry(conn.peer_key.clone()).or_default();
+        let list = links.entry(peer_key.clone()).or_default();
         list.retain(|l| l.commands.strong_count() > 0);
-        let keep_dialed = own_key.as_ref() < conn.peer_key.as_ref();
-        conn.preferred = dialed == keep_dialed;
+        let keep_dialed = own_key.as_ref() < peer_key.as_ref();
         if let Some(i) = list.iter().position(|l| l.dialed != dialed) {
             if dialed != keep_dialed {
                 return false;
@@ -298,10 +311,7 @@ impl Transport {
                 })
             });
         }
-        list.push(Link {
-            dialed,
-            commands: conn.handles.commands.downgrade(),
-        });
+        list.push(Link { dialed, commands });
         true
     }
 
@@ -313,10 +323,21 @@ impl Transport {
         auth: &Arc<dyn Authenticator>,
         expected_key: Option<Bytes>,
     ) -> Reconnect {
-        let cfg = &self.inner.cfg;
-        if !cfg.reconnect {
+        if !self.inner.cfg.reconnect {
             return Reconnect::Never;
         }
+        self.dialer(peer, auth, expected_key)
+    }
+
+    /// Dials `peer` (all its addresses) with the per-peer backoff, asking to resume the
+    /// session it is given.
+    fn dialer(
+        &self,
+        peer: &PeerInfo,
+        auth: &Arc<dyn Authenticator>,
+        expected_key: Option<Bytes>,
+    ) -> Reconnect {
+        let cfg = &self.inner.cfg;
         let (this, peer, auth) = (self.clone(), peer.clone(), auth.clone());
         let redial: Redial = Box::new(move |session, received| {
             let (this, peer, auth, expected_key) = (
@@ -360,6 +381,54 @@ impl Transport {
             draw: Box::new(move || unit_draw(u64::from_be_bytes(rng.random()))),
             max_attempts: cfg.max_reconnect_attempts,
         }
+    }
+
+    /// Opens a connection to `peer` without waiting for it, for an application that wants a
+    /// standing link to a peer rather than one connection attempt: the connection starts in
+    /// [`ConnectionState::Connecting`] and dials in the background, the first attempt at once
+    /// and the next ones with the configured backoff (across all of `peer`'s addresses), until
+    /// one authenticates; then it behaves like one from [`Transport::connect`], reconnecting
+    /// and resuming as configured.
+    ///
+    /// Sends and stream opens queue while it connects (`send_queue` of them, then `send`
+    /// waits and `try_send` says [`SendError::Full`]) and go out, in order, once connected.
+    /// It ends as [`ConnectionState::Closed`] if the peer refuses our key, and as
+    /// [`ConnectionState::Offline`] then closed after `max_reconnect_attempts` failed attempts
+    /// (0: it never gives up); queued sends then fail with [`SendError::Closed`] — nothing of
+    /// them was sent. Closing or dropping it stops the attempts at once.
+    ///
+    /// `peer` must carry its key ([`PeerInfo::with_key`]): the connection stands for that
+    /// peer before any handshake says who answers. Fails only without key or address.
+    pub fn open(
+        &self,
+        peer: &PeerInfo,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Connection, ConnectError> {
+        let key = peer.key.as_ref().ok_or(ConnectError::KeyRequired)?;
+        if peer.addresses.is_empty() {
+            return Err(ConnectError::NoAddress);
+        }
+        let peer_key = Bytes::from(
+            key.to_bytes()
+                .map_err(|e| ConnectError::Internal(e.to_string()))?,
+        );
+        let own_key = auth.public_key();
+        let peer_fingerprint = fingerprint_of_blob(&peer_key);
+        let span = tracing::info_span!("connection", peer = %peer.id, role = "dialer");
+        let this = self.clone();
+        let (pk, ok) = (peer_key.clone(), own_key.clone());
+        let pending = driver::Pending {
+            dial: self.dialer(peer, &auth, Some(peer_key.clone())),
+            reconnect: self.inner.cfg.reconnect,
+            register: Box::new(move |commands| this.register_link(&pk, &ok, true, commands)),
+        };
+        Ok(Connection {
+            handles: driver::spawn_pending(&self.inner.cfg, span, pending),
+            preferred: own_key.as_ref() < peer_key.as_ref(),
+            peer_key,
+            peer_fingerprint,
+            stream_threshold: self.inner.cfg.stream_threshold as usize,
+        })
     }
 
     /// Listens on `addr`; incoming connections authenticate with `auth` and come out of
@@ -604,7 +673,8 @@ impl Drop for Listener {
     }
 }
 
-/// An authenticated connection to one peer.
+/// A connection to one peer: authenticated (from [`Transport::connect`] or
+/// [`Listener::accept`]), or on its way to be (from [`Transport::open`]).
 ///
 /// Dropping it closes the connection (reason `normal`); messages not yet acknowledged are
 /// reported as of unknown fate to their senders.
@@ -750,7 +820,8 @@ impl Connection {
         }
     }
 
-    /// The connection's state, to watch: connected, degraded, closed (with its cause).
+    /// The connection's state, to watch: connecting (from [`Transport::open`]), connected,
+    /// degraded, reconnecting, offline, closed (with its cause).
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.handles.state.clone()
     }
@@ -788,7 +859,11 @@ impl Connection {
     }
 
     /// Closes with a given reason and detail.
-    pub async fn close_with(self, reason: ReasonCode, detail: String) {
+    pub async fn close_with(mut self, reason: ReasonCode, detail: String) {
+        if let Some(closer) = self.handles.closer.take() {
+            // Still connecting: stop at once, whatever is queued.
+            let _ = closer.send((reason, detail.clone()));
+        }
         let _ = self
             .handles
             .commands
@@ -803,7 +878,9 @@ impl Connection {
         // Let the task deliver its last messages to nobody and end.
         drop(incoming);
         drop(commands);
-        let _ = task.await;
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     fn cause(&self) -> CloseCause {
