@@ -1,5 +1,8 @@
 //! The `clipsync` command-line tool.
 //!
+//! - `clipsync demo [--size 256MiB]`: the main job, with nothing to set up: two peers in one
+//!   process stream a payload over loopback TCP, the link is cut midway, the transport
+//!   reconnects and resumes; prints a report (see `demo.rs`).
 //! - `clipsync serve --listen ADDR --identity KEY --authorized-keys FILE`: accepts
 //!   authenticated connections and prints one line per received message.
 //! - `clipsync send --connect ADDR --identity KEY --authorized-keys FILE [FILE|-]`: sends one
@@ -9,6 +12,8 @@
 //!
 //! `ADDR` is `HOST:PORT` or `unix:PATH`. Errors are one line on stderr with a non-zero exit
 //! status: 1 for a failed connection or send, 2 for bad usage, keys or configuration.
+
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +55,10 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The transport's promises in one process: two peers, a large stream with a progress
+    /// bar, the TCP link cut midway, reconnection, resume, messages sent during the outage;
+    /// ends with a report (exit 1 if a promise failed).
+    Demo(demo::DemoArgs),
     /// Accept connections and print each received message or stream, one line each.
     Serve {
         /// Where to listen: HOST:PORT or unix:PATH.
@@ -99,6 +108,7 @@ fn main() -> ExitCode {
             .init();
     }
     match cli.command {
+        Command::Demo(args) => run(demo::demo(args)),
         Command::Frames => frames(),
         Command::Config { file } => match load_config(file.as_ref()) {
             Ok(cfg) => {

@@ -19,6 +19,56 @@ fn frames_round_trips_every_example() {
     );
 }
 
+/// The main job, small: the link is cut under the transport, it reconnects and resumes, and
+/// the report says every promise held.
+#[test]
+fn demo_cuts_the_link_resumes_and_reports() {
+    let out = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+        .args([
+            "demo",
+            "--size",
+            "8MiB",
+            "--outage-ms",
+            "200",
+            "--messages",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: std::collections::BTreeMap<&str, &str> =
+        stdout.lines().filter_map(|l| l.split_once(": ")).collect();
+    assert_eq!(report.get("bytes"), Some(&"8388608"), "{stdout}");
+    assert_eq!(report.get("hash"), Some(&"verified"), "{stdout}");
+    assert_eq!(
+        report.get("messages_delivered"),
+        Some(&"10 of 10"),
+        "{stdout}"
+    );
+    let reconnects: u32 = report["reconnects"].parse().unwrap();
+    assert!(reconnects >= 1, "{stdout}");
+    // A resume sends again at most what was in flight: the stream window (2 MiB) plus the
+    // messages, never the whole payload.
+    let retransmitted: u64 = report["retransmitted_bytes"].parse().unwrap();
+    assert!(retransmitted <= 2 * 1024 * 1024 + 4096, "{stdout}");
+    for key in ["seconds", "throughput_mb_s"] {
+        let v: f64 = report[key].parse().unwrap();
+        assert!(v > 0.0, "{key}: {stdout}");
+    }
+}
+
+#[test]
+fn demo_refuses_a_bad_size() {
+    let out = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+        .args(["demo", "--size", "12 parsecs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("parsecs"));
+}
+
 #[test]
 fn config_refuses_a_bad_file_naming_the_key() {
     let path = std::env::temp_dir().join(format!("clipsync-cli-{}.toml", std::process::id()));
