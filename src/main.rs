@@ -53,6 +53,19 @@ struct Common {
     plaintext: bool,
 }
 
+/// Numbered messages beside the payload, to check delivery over a bad network.
+#[derive(clap::Args, Clone, Copy)]
+struct Probes {
+    /// Also send N small text messages `probe 1` … `probe N`, one every `--interval-ms`,
+    /// printing one line per settled send (`t=MS delivered probe I in MS ms` or `t=MS failed
+    /// probe I in MS ms: REASON`); exit 1 if any failed.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    messages: u32,
+    /// Pause between two probe messages, in milliseconds.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    interval_ms: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// The transport's promises in one process: two peers, a large stream with a progress
@@ -82,8 +95,11 @@ enum Command {
         /// Content type (default: text/plain for standard input, octet-stream for files).
         #[arg(long)]
         content_type: Option<String>,
-        /// The file to send; `-` or nothing for standard input.
+        /// The file to send; `-` or nothing for standard input (with `--messages` and no
+        /// file: nothing but the messages).
         file: Option<PathBuf>,
+        #[command(flatten)]
+        probes: Probes,
     },
     /// Encode, print and decode one example of every wire frame (the codec round trip).
     Frames,
@@ -127,7 +143,8 @@ fn main() -> ExitCode {
             common,
             content_type,
             file,
-        } => run(send(connect, common, content_type, file)),
+            probes,
+        } => run(send(connect, common, content_type, file, probes)),
     }
 }
 
@@ -284,6 +301,7 @@ async fn send(
     common: Common,
     content_type: Option<String>,
     file: Option<PathBuf>,
+    probes: Probes,
 ) -> ExitCode {
     let (transport, auth) = match setup(&common) {
         Ok(x) => x,
@@ -300,6 +318,7 @@ async fn send(
             }
             Err(e) => return fail(2, &format!("cannot read {}: {e}", path.display())),
         },
+        None if probes.messages > 0 => Source::Nothing,
         None => Source::Stdin,
     };
     let threshold = transport.config().stream_threshold as u64;
@@ -307,50 +326,94 @@ async fn send(
         Ok(c) => c,
         Err(e) => return fail(1, &e),
     };
-    let result = match source {
-        Source::File(mut f, Some(len)) if len > threshold => {
-            let ct = content_type
-                .as_deref()
-                .unwrap_or("application/octet-stream");
-            stream_with_progress(&conn, ct, Some(len), &mut f).await
-        }
-        Source::File(mut f, _) => {
-            let mut b = Vec::new();
-            match tokio::io::AsyncReadExt::read_to_end(&mut f, &mut b).await {
-                Ok(_) => {
-                    let ct = content_type
-                        .as_deref()
-                        .unwrap_or("application/octet-stream");
-                    conn.send(Message::new(ct, b)).await
-                }
-                Err(e) => Err(clipsync::error::SendError::Source(e.to_string())),
+    let started = tokio::time::Instant::now();
+    let has_file = file.is_some();
+    let payload = async {
+        let result = match source {
+            Source::Nothing => Ok(()),
+            Source::File(mut f, Some(len)) if len > threshold => {
+                let ct = content_type
+                    .as_deref()
+                    .unwrap_or("application/octet-stream");
+                stream_with_progress(&conn, ct, Some(len), &mut f).await
             }
-        }
-        Source::Stdin => {
-            let ct = content_type
-                .as_deref()
-                .unwrap_or("text/plain; charset=utf-8");
-            let mut stdin = tokio::io::stdin();
-            let mut head = Vec::new();
-            let n = tokio::io::AsyncReadExt::read_to_end(
-                &mut tokio::io::AsyncReadExt::take(&mut stdin, threshold + 1),
-                &mut head,
-            )
-            .await;
-            match n {
-                Err(e) => Err(clipsync::error::SendError::Source(e.to_string())),
-                Ok(n) if (n as u64) <= threshold => conn.send(Message::new(ct, head)).await,
-                Ok(_) => {
-                    // Longer than a message: stream it, length unknown.
-                    let mut chained = tokio::io::AsyncReadExt::chain(&head[..], stdin);
-                    stream_with_progress(&conn, ct, None, &mut chained).await
+            Source::File(mut f, _) => {
+                let mut b = Vec::new();
+                match tokio::io::AsyncReadExt::read_to_end(&mut f, &mut b).await {
+                    Ok(_) => {
+                        let ct = content_type
+                            .as_deref()
+                            .unwrap_or("application/octet-stream");
+                        conn.send(Message::new(ct, b)).await
+                    }
+                    Err(e) => Err(clipsync::error::SendError::Source(e.to_string())),
                 }
             }
+            Source::Stdin => {
+                let ct = content_type
+                    .as_deref()
+                    .unwrap_or("text/plain; charset=utf-8");
+                let mut stdin = tokio::io::stdin();
+                let mut head = Vec::new();
+                let n = tokio::io::AsyncReadExt::read_to_end(
+                    &mut tokio::io::AsyncReadExt::take(&mut stdin, threshold + 1),
+                    &mut head,
+                )
+                .await;
+                match n {
+                    Err(e) => Err(clipsync::error::SendError::Source(e.to_string())),
+                    Ok(n) if (n as u64) <= threshold => conn.send(Message::new(ct, head)).await,
+                    Ok(_) => {
+                        // Longer than a message: stream it, length unknown.
+                        let mut chained = tokio::io::AsyncReadExt::chain(&head[..], stdin);
+                        stream_with_progress(&conn, ct, None, &mut chained).await
+                    }
+                }
+            }
+        };
+        if result.is_ok() && has_file {
+            println!("t={} delivered file", started.elapsed().as_millis());
         }
+        result
     };
+    let probing = async {
+        let mut failed = 0u32;
+        for i in 1..=probes.messages {
+            if i > 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(probes.interval_ms)).await;
+            }
+            let issued = started.elapsed();
+            let r = conn.send(Message::text(format!("probe {i}"))).await;
+            let t = started.elapsed();
+            let took = (t - issued).as_millis();
+            let t = t.as_millis();
+            match r {
+                Ok(()) => println!("t={t} delivered probe {i} in {took} ms"),
+                Err(e) => {
+                    failed += 1;
+                    println!("t={t} failed probe {i} in {took} ms: {e}");
+                }
+            }
+        }
+        failed
+    };
+    let (result, failed) = tokio::join!(payload, probing);
+    if probes.messages > 0 {
+        let h = *conn.health().borrow();
+        println!(
+            "t={} reconnects={} retransmitted_bytes={}",
+            started.elapsed().as_millis(),
+            h.reconnects,
+            h.retransmitted_bytes
+        );
+    }
     conn.close().await;
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) if failed == 0 => ExitCode::SUCCESS,
+        Ok(()) => fail(
+            1,
+            &format!("{failed} of {} messages failed", probes.messages),
+        ),
         Err(e) => fail(1, &e),
     }
 }
@@ -358,6 +421,8 @@ async fn send(
 enum Source {
     File(tokio::fs::File, Option<u64>),
     Stdin,
+    /// Only probe messages.
+    Nothing,
 }
 
 /// Streams `reader`, with a progress bar on stderr when it is a terminal.
