@@ -39,13 +39,16 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Common {
-    /// OpenSSH private key file (ed25519, ecdsa or rsa; no passphrase).
+    /// OpenSSH private key file (ed25519, ecdsa or rsa; no passphrase). Overrides
+    /// `identity` in the configuration file.
     #[arg(long)]
-    identity: PathBuf,
-    /// Trusted peer keys, `authorized_keys` format (ClipSync's own file).
+    identity: Option<PathBuf>,
+    /// Trusted peer keys, `authorized_keys` format (ClipSync's own file). Overrides
+    /// `authorized_keys` in the configuration file.
     #[arg(long)]
-    authorized_keys: PathBuf,
-    /// TOML configuration file (see `clipsync config`).
+    authorized_keys: Option<PathBuf>,
+    /// TOML configuration file: the tool's keys (`identity`, `authorized_keys`, `listen`,
+    /// `connect`, `out`) and the transport's (see `clipsync config`). Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Run WebSocket without TLS (both ends must say so; for Unix sockets and tests).
@@ -74,9 +77,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Accept connections and print each received message or stream, one line each.
     Serve {
-        /// Where to listen: HOST:PORT or unix:PATH.
+        /// Where to listen: HOST:PORT or unix:PATH (or `listen` in the configuration file).
         #[arg(long)]
-        listen: Address,
+        listen: Option<Address>,
         /// Write each received stream to a file in DIR named by its BLAKE3 hash (never a name
         /// the peer chose); without it streams are verified and discarded.
         #[arg(long, value_name = "DIR")]
@@ -87,9 +90,10 @@ enum Command {
     /// Send a file (streamed, any size, with a progress bar on a terminal) or standard input,
     /// and wait until the peer has it.
     Send {
-        /// Where the peer listens: HOST:PORT or unix:PATH.
+        /// Where the peer listens: HOST:PORT or unix:PATH (or `connect` in the configuration
+        /// file).
         #[arg(long)]
-        connect: Address,
+        connect: Option<Address>,
         #[command(flatten)]
         common: Common,
         /// Content type (default: text/plain for standard input, octet-stream for files).
@@ -127,8 +131,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => run(demo::demo(args)),
         Command::Frames => frames(),
         Command::Config { file } => match load_config(file.as_ref()) {
-            Ok(cfg) => {
-                print!("{}", cfg.to_toml());
+            Ok((tool, cfg)) => {
+                print!("{}{}", tool.to_toml(), cfg.to_toml());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(2, &e),
@@ -137,14 +141,23 @@ fn main() -> ExitCode {
             listen,
             out,
             common,
-        } => run(serve(listen, out, common)),
+        } => match Resolved::new(&common, listen, "listen") {
+            Ok(r) => {
+                let out = out.or(r.tool.out.clone());
+                run(serve(r, out))
+            }
+            Err(e) => fail(2, &e),
+        },
         Command::Send {
             connect,
             common,
             content_type,
             file,
             probes,
-        } => run(send(connect, common, content_type, file, probes)),
+        } => match Resolved::new(&common, connect, "connect") {
+            Ok(r) => run(send(r, content_type, file, probes)),
+            Err(e) => fail(2, &e),
+        },
     }
 }
 
@@ -163,31 +176,125 @@ fn fail(code: u8, msg: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn load_config(file: Option<&PathBuf>) -> Result<TransportConfig, String> {
-    match file {
-        Some(path) => TransportConfig::from_file(path).map_err(|e| e.to_string()),
-        None => Ok(TransportConfig::default()),
+/// The tool's own keys in a configuration file, beside the transport's.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct ToolConfig {
+    /// OpenSSH private key file.
+    identity: Option<PathBuf>,
+    /// Trusted peer keys, `authorized_keys` format.
+    authorized_keys: Option<PathBuf>,
+    /// `serve`: where to listen.
+    listen: Option<String>,
+    /// `send`: where the peer listens.
+    connect: Option<String>,
+    /// `serve`: where to write received streams.
+    out: Option<PathBuf>,
+}
+
+impl ToolConfig {
+    const KEYS: [&str; 5] = ["identity", "authorized_keys", "listen", "connect", "out"];
+
+    fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
     }
 }
 
-fn setup(common: &Common) -> Result<(Transport, Arc<SshAuthenticator>), String> {
-    let mut cfg = load_config(common.config.as_ref())?;
-    if common.plaintext {
-        cfg.allow_plaintext = true;
+/// Reads a configuration file: the tool's keys, then the transport's (unknown keys refused,
+/// errors naming the key).
+fn load_config(file: Option<&PathBuf>) -> Result<(ToolConfig, TransportConfig), String> {
+    let Some(path) = file else {
+        return Ok((ToolConfig::default(), TransportConfig::default()));
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut tool = toml::Table::new();
+    for key in ToolConfig::KEYS {
+        if let Some(v) = table.remove(key) {
+            tool.insert(key.to_string(), v);
+        }
     }
-    let auth = SshAuthenticator::from_files(&common.identity, &common.authorized_keys)
-        .map_err(|e| e.to_string())?;
-    let transport = Transport::new(cfg).map_err(|e| e.to_string())?;
-    Ok((transport, Arc::new(auth)))
+    let tool: ToolConfig = toml::Value::Table(tool)
+        .try_into()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let rest = toml::to_string(&table).map_err(|e| e.to_string())?;
+    let cfg =
+        TransportConfig::from_toml_str(&rest).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((tool, cfg))
 }
 
-async fn serve(listen: Address, out: Option<PathBuf>, common: Common) -> ExitCode {
+/// Flags and configuration file merged: flags win.
+struct Resolved {
+    tool: ToolConfig,
+    cfg: TransportConfig,
+    identity: PathBuf,
+    authorized_keys: PathBuf,
+    address: Address,
+}
+
+impl Resolved {
+    /// `address` is the `--listen`/`--connect` flag, `key` the file's key for it.
+    fn new(common: &Common, address: Option<Address>, key: &str) -> Result<Self, String> {
+        let (tool, mut cfg) = load_config(common.config.as_ref())?;
+        if common.plaintext {
+            cfg.allow_plaintext = true;
+        }
+        let missing = |k: &str| {
+            format!(
+                "missing --{} (or `{k}` in the configuration file)",
+                k.replace('_', "-")
+            )
+        };
+        let identity = common
+            .identity
+            .clone()
+            .or(tool.identity.clone())
+            .ok_or_else(|| missing("identity"))?;
+        let authorized_keys = common
+            .authorized_keys
+            .clone()
+            .or(tool.authorized_keys.clone())
+            .ok_or_else(|| missing("authorized_keys"))?;
+        let from_file = if key == "listen" {
+            tool.listen.clone()
+        } else {
+            tool.connect.clone()
+        };
+        let address = match (address, from_file) {
+            (Some(a), _) => a,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|e| format!("`{key}` in the configuration file: {e}"))?,
+            (None, None) => return Err(missing(key)),
+        };
+        Ok(Self {
+            tool,
+            cfg,
+            identity,
+            authorized_keys,
+            address,
+        })
+    }
+
+    fn setup(&self) -> Result<(Transport, Arc<SshAuthenticator>), String> {
+        let auth = SshAuthenticator::from_files(&self.identity, &self.authorized_keys)
+            .map_err(|e| e.to_string())?;
+        let transport = Transport::new(self.cfg.clone()).map_err(|e| e.to_string())?;
+        Ok((transport, Arc::new(auth)))
+    }
+}
+
+async fn serve(r: Resolved, out: Option<PathBuf>) -> ExitCode {
+    let listen = r.address.clone();
     if let Some(dir) = &out {
         if let Err(e) = std::fs::create_dir_all(dir) {
             return fail(2, &format!("cannot create {}: {e}", dir.display()));
         }
     }
-    let (transport, auth) = match setup(&common) {
+    let (transport, auth) = match r.setup() {
         Ok(x) => x,
         Err(e) => return fail(2, &e),
     };
@@ -297,16 +404,16 @@ fn describe(peer: &str, m: &Message) -> String {
 }
 
 async fn send(
-    connect: Address,
-    common: Common,
+    r: Resolved,
     content_type: Option<String>,
     file: Option<PathBuf>,
     probes: Probes,
 ) -> ExitCode {
-    let (transport, auth) = match setup(&common) {
+    let (transport, auth) = match r.setup() {
         Ok(x) => x,
         Err(e) => return fail(2, &e),
     };
+    let connect = r.address.clone();
     let peer = PeerInfo::new(connect.to_string(), vec![connect]);
     let file = file.filter(|f| f.as_os_str() != "-");
     // Open the source before connecting, so a missing file fails fast.

@@ -195,6 +195,65 @@ mod serve_send {
         assert!(err.contains("key not authorized"), "{err}");
     }
 
+    /// `send` takes its keys, its peer's address and transport settings from `--config`;
+    /// a flag given beside it wins over the file.
+    #[test]
+    fn send_reads_a_config_file_and_flags_override_it() {
+        let server = Server::start("127.0.0.1:0");
+        let dir = std::env::temp_dir().join(format!("clipsync-cli-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("send.toml");
+        let toml = format!(
+            "identity = {:?}\nauthorized_keys = {:?}\nconnect = {:?}\nack_delay_ms = 1\n",
+            fixture("ecdsa_test_key"),
+            fixture("ed25519_test_key.pub"),
+            server.addr,
+        );
+        std::fs::write(&cfg, toml).unwrap();
+        let run = |extra: &[&str]| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+                .arg("send")
+                .arg("--config")
+                .arg(&cfg)
+                .args(extra)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"from the file")
+                .unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let out = run(&[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(server.line_with("message from").contains("from the file"));
+        // The flag's identity (not trusted by the server) overrides the file's.
+        let id = fixture("ed25519_test_key");
+        let out = run(&["--identity", id.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("key not authorized"));
+        // An unknown key in the file is refused by name.
+        std::fs::write(&cfg, "identiy = \"x\"\n").unwrap();
+        let out = run(&[]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("identiy"));
+        // Without keys anywhere: a clear usage error.
+        std::fs::write(&cfg, "").unwrap();
+        let out = run(&["--connect", &server.addr]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("missing --identity"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[cfg(unix)]
     #[test]
     fn send_over_a_unix_socket() {
