@@ -74,7 +74,22 @@ def preflight():
     r = sh("ip", "netns", "add", probe, check=False)
     if r.returncode != 0:
         skip(f"cannot create a network namespace: {r.stderr.strip()}")
-    sh("ip", "netns", "del", probe, check=False)
+    try:
+        # Everything a case needs, tried once: a veth pair, an nftables table, a tbf qdisc.
+        steps = [
+            ("ip", "link", "add", f"pa{SUFFIX}"[:15], "type", "veth", "peer", "name", f"pb{SUFFIX}"[:15]),
+            ("ip", "link", "set", f"pa{SUFFIX}"[:15], "netns", probe),
+            ("ip", "netns", "exec", probe, "nft", "add", "table", "inet", "probe"),
+            ("tc", "-n", probe, "qdisc", "add", "dev", f"pa{SUFFIX}"[:15], "root", "tbf",
+             "rate", "10mbit", "burst", "32kbit", "latency", "400ms"),
+        ]
+        for step in steps:
+            r = sh(*step, check=False)
+            if r.returncode != 0:
+                skip(f"`{' '.join(step)}` failed: {r.stderr.strip()}")
+    finally:
+        sh("ip", "netns", "del", probe, check=False)
+        sh("ip", "link", "del", f"pb{SUFFIX}"[:15], check=False)
 
 
 def setup():
@@ -357,9 +372,9 @@ def main():
     try:
         for name in cases:
             teardown()
-            setup()
             t0 = time.monotonic()
             try:
+                setup()
                 problems, metrics, c = run_case(binary, work, name)
             except Exception as e:  # a hung tool or a missing line is a failure of the case
                 problems, metrics, c = [str(e)], {}, None
