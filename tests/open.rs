@@ -30,6 +30,14 @@ fn fast_backoff() -> clipsync::config::TransportConfig {
     }
 }
 
+/// A connection opened, with `cfg`, to a socket nobody listens on.
+fn open_to_nobody(name: &str, cfg: clipsync::config::TransportConfig) -> Connection {
+    let (ka, kb) = (key(1), key(2));
+    let peer = PeerInfo::new("nobody", vec![Address::Unix(socket(name))])
+        .with_key(ka.public_key().clone());
+    transport(cfg).open(&peer, auth(&kb, &[&ka])).unwrap()
+}
+
 /// Waits until the state satisfies `f`; returns it.
 async fn state_until(conn: &Connection, f: impl Fn(&ConnectionState) -> bool) -> ConnectionState {
     let mut rx = conn.state();
@@ -83,14 +91,13 @@ async fn sends_queue_while_connecting_and_go_out_in_order_once_connected() {
 
 #[tokio::test]
 async fn gives_up_after_max_attempts_and_fails_the_queued_sends_as_not_sent() {
-    let (ka, kb) = (key(1), key(2));
-    let peer = PeerInfo::new("nobody", vec![Address::Unix(socket("never.sock"))])
-        .with_key(ka.public_key().clone());
-    let client = transport(clipsync::config::TransportConfig {
-        max_reconnect_attempts: 3,
-        ..fast_backoff()
-    });
-    let conn = client.open(&peer, auth(&kb, &[&ka])).unwrap();
+    let conn = open_to_nobody(
+        "never.sock",
+        clipsync::config::TransportConfig {
+            max_reconnect_attempts: 3,
+            ..fast_backoff()
+        },
+    );
     let queued = conn.try_send(Message::text("never sent")).unwrap();
     let end = state_until(&conn, |s| matches!(s, ConnectionState::Closed(_))).await;
     let ConnectionState::Closed(CloseCause::Lost(detail)) = end else {
@@ -102,14 +109,13 @@ async fn gives_up_after_max_attempts_and_fails_the_queued_sends_as_not_sent() {
 
 #[tokio::test]
 async fn closing_while_connecting_stops_at_once_even_with_a_full_queue() {
-    let (ka, kb) = (key(1), key(2));
-    let peer = PeerInfo::new("nobody", vec![Address::Unix(socket("closed.sock"))])
-        .with_key(ka.public_key().clone());
-    let client = transport(clipsync::config::TransportConfig {
-        send_queue: 2,
-        ..fast_backoff()
-    });
-    let conn = client.open(&peer, auth(&kb, &[&ka])).unwrap();
+    let conn = open_to_nobody(
+        "closed.sock",
+        clipsync::config::TransportConfig {
+            send_queue: 2,
+            ..fast_backoff()
+        },
+    );
     // Fill the queue until the transport says so (it takes `send_queue` for itself and the
     // channel holds as many again).
     let mut queued = Vec::new();

@@ -362,6 +362,36 @@ async fn dial_mutual(
     }
 }
 
+/// One side of a mutual workload: its transport and authenticator (trusting the peer), a
+/// listener on [`PORT`], and the peer to dial.
+async fn mutual_endpoint(
+    scenario: &Scenario,
+    seed: u64,
+    name: &str,
+    peer_name: &str,
+) -> Result<
+    (
+        Transport,
+        Arc<SshAuthenticator>,
+        clipsync::transport::Listener,
+        PeerInfo,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    let transport = build_transport(scenario, seed, name, 0)?;
+    let peer_key = host_key(seed, peer_name).public_key().clone();
+    let auth = Arc::new(SshAuthenticator::new(
+        host_key(seed, name),
+        vec![peer_key.clone()],
+    )?);
+    let listener = transport
+        .listen(&format!("0.0.0.0:{PORT}").parse()?, auth.clone())
+        .await?;
+    let peer =
+        PeerInfo::new(peer_name, vec![format!("{peer_name}:{PORT}").parse()?]).with_key(peer_key);
+    Ok((transport, auth, listener, peer))
+}
+
 /// Simultaneous dial: both hosts listen and dial each other at nearly the same moment (a
 /// jitter drawn from the seed), the server with `Transport::open`, the client with
 /// `Transport::connect`; the client sends its workload on the connection the
@@ -394,20 +424,8 @@ fn register_mutual(
         );
         let (name, peer_name) = (sname.clone(), cname.clone());
         async move {
-            let transport = build_transport(&scenario, seed, &name, 0)?;
-            let peer_key = host_key(seed, &peer_name).public_key().clone();
-            let auth = Arc::new(SshAuthenticator::new(
-                host_key(seed, &name),
-                vec![peer_key.clone()],
-            )?);
-            let mut listener = transport
-                .listen(&format!("0.0.0.0:{PORT}").parse()?, auth.clone())
-                .await?;
-            let peer = PeerInfo::new(
-                peer_name.clone(),
-                vec![format!("{peer_name}:{PORT}").parse()?],
-            )
-            .with_key(peer_key);
+            let (transport, auth, mut listener, peer) =
+                mutual_endpoint(&scenario, seed, &name, &peer_name).await?;
             // The server opens its connection (state `Connecting`, dialling with backoff in
             // the background); the client uses `connect`: both APIs meet in the tie-break.
             tokio::time::sleep(server_delay).await;
@@ -436,20 +454,8 @@ fn register_mutual(
     let client_delay = jitter(&client);
     sim.client(client.clone().as_str(), async move {
         let name = client;
-        let transport = build_transport(&scenario, seed, &name, 0)?;
-        let server_public = host_key(seed, &server_name).public_key().clone();
-        let auth = Arc::new(SshAuthenticator::new(
-            host_key(seed, &name),
-            vec![server_public.clone()],
-        )?);
-        let mut listener = transport
-            .listen(&format!("0.0.0.0:{PORT}").parse()?, auth.clone())
-            .await?;
-        let peer = PeerInfo::new(
-            server_name.clone(),
-            vec![format!("{server_name}:{PORT}").parse()?],
-        )
-        .with_key(server_public);
+        let (transport, auth, mut listener, peer) =
+            mutual_endpoint(&scenario, seed, &name, &server_name).await?;
         // The connection the tie-break keeps, whichever side dialled it.
         let (keep_tx, mut keep_rx) = tokio::sync::mpsc::channel::<Connection>(4);
         let (alinks, aname, atx) = (links.clone(), name.clone(), keep_tx.clone());

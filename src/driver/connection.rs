@@ -1335,15 +1335,7 @@ impl Driver {
         }
         self.commands.close();
         while let Ok(cmd) = self.commands.try_recv() {
-            match cmd {
-                Command::Send { done, .. } => {
-                    let _ = done.send(Err(SendError::Closed(cause.clone())));
-                }
-                Command::OpenStream { reply, .. } => {
-                    let _ = reply.send(Err(SendError::Closed(cause.clone())));
-                }
-                Command::Close { .. } => {}
-            }
+            settle_unsent(cmd, cause);
         }
         let _ = self.state.send(ConnectionState::Closed(cause.clone()));
     }
