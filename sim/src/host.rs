@@ -243,31 +243,13 @@ pub fn register(
                 let size = pick([range[0] as u64, range[1] as u64]) as usize;
                 let payload = make_payload(index, id, size);
                 let Some(c) = conn.as_ref() else { continue };
-                with_log(&log, |l| {
-                    l.sent.insert(
-                        (name.clone(), id),
-                        SendRecord {
-                            issued: now(),
-                            settled: None,
-                        },
-                    )
-                });
                 tracing::debug!(target: "clipsync_sim", id, size, as_stream, "send");
                 let result = if as_stream {
-                    send_stream(c, payload).await
+                    logged_send(&log, &name, id, send_stream(c, payload)).await
                 } else {
-                    c.send_message(Message::new(CONTENT_TYPE, payload)).await
+                    let send = c.send_message(Message::new(CONTENT_TYPE, payload));
+                    logged_send(&log, &name, id, send).await
                 };
-                let settled = match &result {
-                    Ok(()) => Settled::Delivered,
-                    Err(e) => Settled::Failed(describe(e)),
-                };
-                tracing::debug!(target: "clipsync_sim", id, ?settled, "settled");
-                with_log(&log, |l| {
-                    if let Some(r) = l.sent.get_mut(&(name.clone(), id)) {
-                        r.settled = Some((now(), settled));
-                    }
-                });
                 id += 1;
                 if result.is_err() {
                     conn = None;
@@ -493,27 +475,8 @@ fn register_mutual(
                 w.interval_ms[0] + rng.next_u64() % (w.interval_ms[1] - w.interval_ms[0] + 1);
             tokio::time::sleep(Duration::from_millis(pause)).await;
             let size = w.size[0] + (rng.next_u64() % (w.size[1] - w.size[0] + 1) as u64) as usize;
-            with_log(&log, |l| {
-                l.sent.insert(
-                    (name.clone(), id),
-                    SendRecord {
-                        issued: now(),
-                        settled: None,
-                    },
-                )
-            });
-            let result = conn
-                .send_message(Message::new(CONTENT_TYPE, make_payload(0, id, size)))
-                .await;
-            let settled = match &result {
-                Ok(()) => Settled::Delivered,
-                Err(e) => Settled::Failed(describe(e)),
-            };
-            with_log(&log, |l| {
-                if let Some(r) = l.sent.get_mut(&(name.clone(), id)) {
-                    r.settled = Some((now(), settled));
-                }
-            });
+            let send = conn.send_message(Message::new(CONTENT_TYPE, make_payload(0, id, size)));
+            let _ = logged_send(&log, &name, id, send).await;
         }
         // What each side holds now, before this side closes anything.
         let snapshot: Vec<_> = links
@@ -540,6 +503,32 @@ fn register_mutual(
         conn.close().await;
         Ok(())
     });
+}
+
+/// Runs one workload send, logging when it was issued and how it settled.
+async fn logged_send(
+    log: &SharedLog,
+    name: &str,
+    id: u64,
+    send: impl Future<Output = Result<(), SendError>>,
+) -> Result<(), SendError> {
+    let record = SendRecord {
+        issued: now(),
+        settled: None,
+    };
+    with_log(log, |l| l.sent.insert((name.to_string(), id), record));
+    let result = send.await;
+    let settled = match &result {
+        Ok(()) => Settled::Delivered,
+        Err(e) => Settled::Failed(describe(e)),
+    };
+    tracing::debug!(target: "clipsync_sim", id, ?settled, "settled");
+    with_log(log, |l| {
+        if let Some(r) = l.sent.get_mut(&(name.to_string(), id)) {
+            r.settled = Some((now(), settled));
+        }
+    });
+    result
 }
 
 fn describe(e: &SendError) -> String {

@@ -225,54 +225,73 @@ impl Transport {
                 )),
                 None => None,
             };
-            let mut last = ConnectError::NoAddress;
-            for addr in &peer.addresses {
-                let params = ChannelParams {
-                    cfg: &self.inner.cfg,
-                    tls: &self.inner.tls,
-                    auth: auth.as_ref(),
-                    nonce: self.random(),
-                    new_session: SessionId::NONE,
-                    expected_key: expected_key.clone(),
-                    resume: (SessionId::NONE, 0),
-                };
-                match secure::dial(self.inner.network.as_ref(), addr, params).await {
-                    Ok(channel) => {
-                        let reconnect = self.redialer(peer, &auth, expected_key.clone());
-                        let mut conn = Connection::start(
-                            channel,
-                            &self.inner.cfg,
-                            tracing::Span::current(),
-                            None,
-                            reconnect,
-                        );
-                        if !self.tie_break(&mut conn, &auth.public_key(), true) {
-                            let detail =
-                                "the peer dialled us too and its connection wins the tie-break";
-                            conn.close_with(ReasonCode::DuplicateConnection, detail.into())
-                                .await;
-                            return Err(ConnectError::Refused {
-                                reason: ReasonCode::DuplicateConnection,
-                                by_peer: false,
-                                detail: detail.into(),
-                            });
-                        }
-                        return Ok(conn);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%addr, error = %e, "connect failed");
-                        let refused = matches!(e, ConnectError::Refused { .. });
-                        last = e;
-                        if refused {
-                            break;
-                        }
-                    }
-                }
+            let channel = self
+                .dial_any(
+                    peer,
+                    auth.as_ref(),
+                    expected_key.clone(),
+                    (SessionId::NONE, 0),
+                )
+                .await?;
+            let reconnect = self.redialer(peer, &auth, expected_key);
+            let mut conn = Connection::start(
+                channel,
+                &self.inner.cfg,
+                tracing::Span::current(),
+                None,
+                reconnect,
+            );
+            if !self.tie_break(&mut conn, &auth.public_key(), true) {
+                let detail = "the peer dialled us too and its connection wins the tie-break";
+                conn.close_with(ReasonCode::DuplicateConnection, detail.into())
+                    .await;
+                return Err(ConnectError::Refused {
+                    reason: ReasonCode::DuplicateConnection,
+                    by_peer: false,
+                    detail: detail.into(),
+                });
             }
-            Err(last)
+            Ok(conn)
         }
         .instrument(span)
         .await
+    }
+
+    /// Dials `peer`'s addresses in order until one gives an authenticated channel, asking to
+    /// resume `resume` (`SessionId::NONE` for a new session). A refusal (untrusted key, bad
+    /// signature) ends the attempt at once: another address of the same peer would give the
+    /// same answer.
+    async fn dial_any(
+        &self,
+        peer: &PeerInfo,
+        auth: &dyn Authenticator,
+        expected_key: Option<Bytes>,
+        resume: (SessionId, u64),
+    ) -> Result<secure::Channel, ConnectError> {
+        let mut last = ConnectError::NoAddress;
+        for addr in &peer.addresses {
+            let params = ChannelParams {
+                cfg: &self.inner.cfg,
+                tls: &self.inner.tls,
+                auth,
+                nonce: self.random(),
+                new_session: SessionId::NONE,
+                expected_key: expected_key.clone(),
+                resume,
+            };
+            match secure::dial(self.inner.network.as_ref(), addr, params).await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "address failed");
+                    let refused = matches!(e, ConnectError::Refused { .. });
+                    last = e;
+                    if refused {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Registers a new connection with `peer_key` and settles simultaneous dials: when the
@@ -347,29 +366,8 @@ impl Transport {
                 expected_key.clone(),
             );
             Box::pin(async move {
-                let mut last = ConnectError::NoAddress;
-                for addr in &peer.addresses {
-                    let params = ChannelParams {
-                        cfg: &this.inner.cfg,
-                        tls: &this.inner.tls,
-                        auth: auth.as_ref(),
-                        nonce: this.random(),
-                        new_session: SessionId::NONE,
-                        expected_key: expected_key.clone(),
-                        resume: (session, received),
-                    };
-                    match secure::dial(this.inner.network.as_ref(), addr, params).await {
-                        Ok(channel) => return Ok(channel),
-                        Err(e) => {
-                            let refused = matches!(e, ConnectError::Refused { .. });
-                            last = e;
-                            if refused {
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(last)
+                this.dial_any(&peer, auth.as_ref(), expected_key, (session, received))
+                    .await
             })
         });
         let rng = self.clone();
