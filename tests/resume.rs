@@ -301,6 +301,16 @@ async fn a_stream_cut_in_the_middle_resumes_and_verifies() {
     let (n, hash) = reader.await.unwrap();
     assert_eq!(n, LEN);
     assert_eq!(hash, expected);
+    // Health counts both resumes, and what they sent again is bounded by the stream window
+    // each time, not by the payload: the stream continued from the
+    // receiver's offset.
+    let health = *c.health().borrow();
+    assert_eq!(health.reconnects, 2, "{health:?}");
+    assert!(health.retransmitted_bytes > 0, "{health:?}");
+    assert!(
+        health.retransmitted_bytes <= 2 * u64::from(fast().stream_window),
+        "{health:?}"
+    );
     // The stream really crossed two broken connections, on the same stream and session.
     drop(c);
     assert!(
