@@ -860,9 +860,10 @@ impl Driver {
     async fn run_connection(&mut self, ws: Ws) -> CloseCause {
         let (sink, mut stream) = ws.split();
         let (writer_tx, writer_rx) = mpsc::channel::<WriterCmd>(OUTGOING);
+        let (urgent_tx, urgent_rx) = mpsc::channel::<WriterCmd>(OUTGOING);
         let (failed_tx, mut failed_rx) = oneshot::channel::<String>();
         let writer = tokio::spawn(
-            write_loop(sink, writer_rx, self.write_timeout, failed_tx).in_current_span(),
+            write_loop(sink, urgent_rx, writer_rx, self.write_timeout, failed_tx).in_current_span(),
         );
         tracing::info!(session = %hex(&self.session_id.0), "connected");
         let _ = self.state.send(ConnectionState::Connected);
@@ -881,13 +882,22 @@ impl Driver {
                 } else {
                     None
                 };
+                // Stream data and what must follow it (END, ABORT, GOAWAY) take the bulk lane;
+                // messages and control frames the urgent one, which the writer drains first.
+                let lane = if matches!(
+                    frame,
+                    Frame::StreamChunk(_)
+                        | Frame::StreamEnd(_)
+                        | Frame::StreamAbort(_)
+                        | Frame::GoAway(_)
+                ) {
+                    &writer_tx
+                } else {
+                    &urgent_tx
+                };
                 match frame.encode_into(&mut self.encode_buf) {
                     Ok(bytes) => {
-                        if writer_tx
-                            .send(WriterCmd::Frame(bytes, permit))
-                            .await
-                            .is_err()
-                        {
+                        if lane.send(WriterCmd::Frame(bytes, permit)).await.is_err() {
                             self.session.connection_lost("writer stopped".into());
                         }
                     }
@@ -995,6 +1005,7 @@ impl Driver {
             CloseCause::Lost(_) => {}
         }
         drop(writer_tx);
+        drop(urgent_tx);
         // Every send settles now, before any lingering below, unless the session goes on.
         if !self.may_resume(&cause) {
             self.settle_sends(&cause);
@@ -1341,16 +1352,28 @@ impl Driver {
     }
 }
 
-/// Writes queued frames, flushing when the queue runs dry; each write is bounded by
+/// Writes queued frames, flushing when both queues run dry; each write is bounded by
 /// `write_timeout`, and a failure is reported once through `failed`.
+///
+/// Frames in `urgent` (messages, acks, credit, pings, stream opens and results) go out before
+/// anything waiting in `bulk` (stream data, `STREAM_END`, `STREAM_ABORT`, `GOAWAY`, the close),
+/// so a message waits behind at most the chunk being written and what the socket holds, not
+/// behind the chunks queued for the writer (PROTOCOL.md §5.3). Each lane keeps its order.
 async fn write_loop(
     mut sink: SplitSink<Ws, WsMessage>,
-    mut rx: mpsc::Receiver<WriterCmd>,
+    mut urgent: mpsc::Receiver<WriterCmd>,
+    mut bulk: mpsc::Receiver<WriterCmd>,
     write_timeout: Duration,
     failed: oneshot::Sender<String>,
 ) {
     let result: Result<(), String> = async {
-        while let Some(cmd) = rx.recv().await {
+        loop {
+            let cmd = tokio::select! {
+                biased;
+                Some(cmd) = urgent.recv() => cmd,
+                Some(cmd) = bulk.recv() => cmd,
+                else => break,
+            };
             let mut next = Some(cmd);
             while let Some(cmd) = next.take() {
                 let (msg, slot) = match cmd {
@@ -1367,7 +1390,7 @@ async fn write_loop(
                 if closing {
                     break;
                 }
-                next = rx.try_recv().ok();
+                next = urgent.try_recv().or_else(|_| bulk.try_recv()).ok();
             }
             timeout(write_timeout, sink.flush())
                 .await
@@ -1391,5 +1414,46 @@ pub(crate) fn cause_of(state: &watch::Receiver<ConnectionState>) -> CloseCause {
         | ConnectionState::Degraded
         | ConnectionState::Reconnecting
         | ConnectionState::Offline => CloseCause::Lost("connection task ended".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::net::BoxStream;
+    use crate::secure::budget::Budgeted;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// The writer takes a message queued after stream chunks before those chunks, and keeps
+    /// each lane's order (so `STREAM_END` still follows its chunks).
+    #[tokio::test]
+    async fn the_writer_sends_urgent_frames_before_queued_bulk_frames() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (a, lifter) = Budgeted::new(Box::new(a) as BoxStream, 1 << 20);
+        lifter.lift();
+        let writer_ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let mut reader_ws = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let (sink, _) = writer_ws.split();
+        let (urgent_tx, urgent) = mpsc::channel(8);
+        let (bulk_tx, bulk) = mpsc::channel(8);
+        for name in ["chunk 1", "chunk 2", "end"] {
+            let f = WriterCmd::Frame(Bytes::from_static(name.as_bytes()), None);
+            bulk_tx.send(f).await.unwrap();
+        }
+        for name in ["message", "ack"] {
+            let f = WriterCmd::Frame(Bytes::from_static(name.as_bytes()), None);
+            urgent_tx.send(f).await.unwrap();
+        }
+        drop((urgent_tx, bulk_tx));
+        let (failed, _) = oneshot::channel();
+        write_loop(sink, urgent, bulk, Duration::from_secs(5), failed).await;
+        let mut order = Vec::new();
+        while let Some(Ok(WsMessage::Binary(b))) = reader_ws.next().await {
+            order.push(String::from_utf8(b.to_vec()).unwrap());
+        }
+        assert_eq!(order, ["message", "ack", "chunk 1", "chunk 2", "end"]);
     }
 }

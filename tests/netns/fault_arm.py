@@ -204,7 +204,8 @@ class Case:
         """The simulator's invariants, from the tools' output. Returns (ok, metrics)."""
         problems, metrics = [], {}
         settled = {}
-        latencies = []
+        latencies = []  # (issued at, ms since the sender started; took, ms)
+        file_done = None
         for t, line in self.sender.lines:
             m = re.match(r"t=(\d+) (delivered|failed) probe (\d+) in (\d+) ms(?:: (.*))?", line)
             if m:
@@ -213,7 +214,11 @@ class Case:
                     problems.append(f"probe {i} settled twice")
                 settled[i] = (t, m.group(2), m.group(5) or "")
                 if m.group(2) == "delivered":
-                    latencies.append(int(m.group(4)))
+                    took = int(m.group(4))
+                    latencies.append((int(m.group(1)) - took, took))
+            m = re.match(r"t=(\d+) delivered file", line)
+            if m:
+                file_done = int(m.group(1))
         for i in range(1, self.messages + 1):
             if i not in settled:
                 problems.append(f"probe {i} never settled (settled: every send)")
@@ -242,10 +247,20 @@ class Case:
         if failed:
             metrics["unknown_fate"] = len(failed)
             metrics["unknown_that_arrived"] = sum(1 for i in failed if i in received)
+        def pct(xs, q):
+            xs = sorted(xs)
+            return xs[min(len(xs) - 1, int(len(xs) * q))]
         if latencies:
-            latencies.sort()
-            metrics["probe_p50_ms"] = latencies[len(latencies) // 2]
-            metrics["probe_p99_ms"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+            took = [t for _, t in latencies]
+            metrics["probe_p50_ms"] = pct(took, 0.5)
+            metrics["probe_p99_ms"] = pct(took, 0.99)
+        # Probes sent while the stream was on the wire and no fault was active: how long a
+        # small message waits behind a stream on this link.
+        if file_done is not None and self.fault_at is None:
+            under = [t for issued, t in latencies if issued < file_done]
+            if under:
+                metrics["probe_under_stream_p50_ms"] = pct(under, 0.5)
+                metrics["probe_under_stream_max_ms"] = max(under)
         if self.file_size:
             saved = [re.search(r"size=(\d+) blake3=(\w+) saved=(\S+)", line) for s in self.servers
                      for _, line in s.lines]
