@@ -142,8 +142,9 @@ const INCOMING: usize = 16;
 const HELD: usize = 16;
 /// Encoded frames waiting for the writer.
 const OUTGOING: usize = 64;
-/// Stream chunks queued for the writer at once. A message waits behind at most this many
-/// chunks (plus what the socket holds), which bounds head-of-line blocking.
+/// Stream chunks queued for the writer at once (memory, and a steady supply for the socket).
+/// Messages do not wait behind them: they take the writer's urgent lane, so a message waits
+/// behind at most the chunk being written and what the socket holds (`TCP_NOTSENT_LOWAT`).
 const CHUNK_SLOTS: usize = 4;
 /// Data items a [`StreamSender`] may queue ahead of the driver (each at most one chunk).
 const STREAM_QUEUE: usize = 2;
