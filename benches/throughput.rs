@@ -91,8 +91,11 @@ async fn raw_tls(payload: &Bytes) -> Duration {
     timed_copy(c, s, payload).await
 }
 
-/// tokio-tungstenite over rustls: the payload as one message, or in `piece`-byte messages.
-async fn wss(payload: &Bytes, piece: Option<usize>) -> Duration {
+/// tokio-tungstenite over rustls: the payload as one message, or in `piece`-byte messages;
+/// with `hash`, both ends also compute the payload's BLAKE3 as they go (and compare) — the
+/// per-byte work ClipSync's protocol requires beyond TLS: WebSocket framing and masking, and
+/// the whole-payload hash at the sender and the receiver.
+async fn wss(payload: &Bytes, piece: Option<usize>, hash: bool) -> Duration {
     let (c, s) = tls_streams().await;
     let cfg = WebSocketConfig::default()
         .max_message_size(None)
@@ -105,28 +108,39 @@ async fn wss(payload: &Bytes, piece: Option<usize>) -> Duration {
     let len = payload.len();
     let reader = tokio::spawn(async move {
         let mut got = 0;
+        let mut hasher = blake3::Hasher::new();
         while got < len {
             if let WsMessage::Binary(b) = s.next().await.unwrap().unwrap() {
                 got += b.len();
+                if hash {
+                    hasher.update(&b);
+                }
             }
         }
+        hasher.finalize()
     });
     let t = Instant::now();
+    let mut hasher = blake3::Hasher::new();
     match piece {
         None => c.send(WsMessage::Binary(payload.clone())).await.unwrap(),
         Some(n) => {
             let mut off = 0;
             while off < len {
                 let end = (off + n).min(len);
-                c.feed(WsMessage::Binary(payload.slice(off..end)))
-                    .await
-                    .unwrap();
+                let piece = payload.slice(off..end);
+                if hash {
+                    hasher.update(&piece);
+                }
+                c.feed(WsMessage::Binary(piece)).await.unwrap();
                 off = end;
             }
             c.flush().await.unwrap();
         }
     }
-    reader.await.unwrap();
+    let received = reader.await.unwrap();
+    if hash {
+        assert_eq!(received, hasher.finalize());
+    }
     t.elapsed()
 }
 
@@ -139,6 +153,14 @@ fn bench_config() -> TransportConfig {
     {
         cfg.chunk_size = kib * 1024;
         cfg.max_frame_size = cfg.max_frame_size.max(cfg.chunk_size + 1024);
+    }
+    // THROUGHPUT_WINDOW_MIB=8: stream window (the connection window four times it).
+    if let Some(mib) = std::env::var("THROUGHPUT_WINDOW_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        cfg.stream_window = mib << 20;
+        cfg.connection_window = cfg.connection_window.max(4 * (mib << 20));
     }
     cfg
 }
@@ -272,10 +294,17 @@ fn main() {
             }
             let tcp = measure!("raw TCP", raw_tcp(&payload));
             let tls = measure!("raw rustls TLS 1.3", raw_tls(&payload));
-            let one = measure!("tokio-tungstenite wss, 1 message", wss(&payload, None));
+            let one = measure!(
+                "tokio-tungstenite wss, 1 message",
+                wss(&payload, None, false)
+            );
             let many = measure!(
                 "tokio-tungstenite wss, 64 KiB msgs",
-                wss(&payload, Some(PIECE))
+                wss(&payload, Some(PIECE), false)
+            );
+            let floor = measure!(
+                "wss 64 KiB msgs + BLAKE3 both ends",
+                wss(&payload, Some(PIECE), true)
             );
             let clip = measure!(
                 "clipsync stream (TLS+auth)",
@@ -291,6 +320,9 @@ fn main() {
                 format!("clipsync/tungstenite-64k-messages@{mib}MiB"),
                 clip / many,
             ));
+            // The ceiling the protocol's own per-byte work leaves, against raw TLS.
+            ratios.push((format!("wss-64k-blake3/rustls-tls@{mib}MiB"), floor / tls));
+            ratios.push((format!("clipsync/wss-64k-blake3@{mib}MiB"), clip / floor));
         }
         drop(conn);
 

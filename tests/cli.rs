@@ -27,7 +27,7 @@ fn demo_cuts_the_link_resumes_and_reports() {
         .args([
             "demo",
             "--size",
-            "8MiB",
+            "32MiB",
             "--outage-ms",
             "200",
             "--messages",
@@ -40,7 +40,7 @@ fn demo_cuts_the_link_resumes_and_reports() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let report: std::collections::BTreeMap<&str, &str> =
         stdout.lines().filter_map(|l| l.split_once(": ")).collect();
-    assert_eq!(report.get("bytes"), Some(&"8388608"), "{stdout}");
+    assert_eq!(report.get("bytes"), Some(&"33554432"), "{stdout}");
     assert_eq!(report.get("hash"), Some(&"verified"), "{stdout}");
     assert_eq!(
         report.get("messages_delivered"),
@@ -49,10 +49,11 @@ fn demo_cuts_the_link_resumes_and_reports() {
     );
     let reconnects: u32 = report["reconnects"].parse().unwrap();
     assert!(reconnects >= 1, "{stdout}");
-    // A resume sends again at most what was in flight: the stream window (2 MiB) plus the
+    // A resume sends again at most what was in flight: the stream window plus the
     // messages, never the whole payload.
     let retransmitted: u64 = report["retransmitted_bytes"].parse().unwrap();
-    assert!(retransmitted <= 2 * 1024 * 1024 + 4096, "{stdout}");
+    let window = u64::from(clipsync::config::TransportConfig::default().stream_window);
+    assert!(retransmitted <= window + 4096, "{stdout}");
     for key in ["seconds", "throughput_mb_s"] {
         let v: f64 = report[key].parse().unwrap();
         assert!(v > 0.0, "{key}: {stdout}");
