@@ -55,15 +55,17 @@ pub struct TransportConfig {
     /// interleaving quantum: a message waits behind at most one chunk per stream.
     /// 1 KiB to `max_frame_size - 24`.
     pub chunk_size: u32,
-    /// Credit granted to each incoming stream. Default 8 MiB: covers 100 Mbit/s × 100 ms
+    /// Credit granted to each incoming stream. Default 4 MiB: covers 100 Mbit/s × 100 ms
     /// (1.25 MB, quinn's choice) with room, and on fast links the credit loop's own latency
-    /// (the receiving application, the driver and the writer on both sides): on loopback one
-    /// stream ran at 1194–1259 MB/s with 2 MiB, 1433–1899 MB/s with 8 MiB (`THROUGHPUT_WINDOW_MIB`
-    /// in `cargo bench --bench throughput`). `chunk_size` to 1 GiB.
+    /// (the receiving application, the driver and the writer on both sides). It is also what a
+    /// message can find ahead of it in TCP, so it trades throughput for latency: on loopback
+    /// (`THROUGHPUT_WINDOW_MIB=N cargo bench --bench throughput`) 2 MiB gave 1313–1322 MB/s and
+    /// a 2.0 ms round-trip p99 under a stream, 4 MiB 1411–1681 MB/s and 3.8 ms, 8 MiB
+    /// 1395–1628 MB/s and 6.3 ms. `chunk_size` to 1 GiB.
     pub stream_window: u32,
     /// Credit granted to all incoming streams together: the receive-side memory bound.
-    /// Default 16 MiB (two streams at full window; `clipsync serve` receiving 1 GiB stays under
-    /// 32 MiB resident). `stream_window` to 4 GiB − 1.
+    /// Default 8 MiB (two streams at full window), which also bounds the stream data a message
+    /// can find ahead of it when several streams run. `stream_window` to 4 GiB − 1.
     pub connection_window: u32,
     /// Most incoming streams open at once. Default 16. 1 to 1024.
     pub max_streams: u16,
@@ -160,8 +162,8 @@ impl Default for TransportConfig {
             max_message_size: MIB,
             stream_threshold: 256 * KIB,
             chunk_size: 64 * KIB,
-            stream_window: 8 * MIB,
-            connection_window: 16 * MIB,
+            stream_window: 4 * MIB,
+            connection_window: 8 * MIB,
             max_streams: 16,
             replay_buffer_bytes: 8 * u64::from(MIB),
             send_queue: 256,

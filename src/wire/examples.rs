@@ -22,8 +22,8 @@ pub fn example_limits() -> PeerLimits {
     PeerLimits {
         max_frame_size: 1_049_600,
         max_message_size: 1_048_576,
-        stream_window: 8_388_608,
-        connection_window: 16_777_216,
+        stream_window: 4_194_304,
+        connection_window: 8_388_608,
         max_streams: 16,
         heartbeat_interval_ms: 15_000,
         idle_timeout_ms: 30_000,
