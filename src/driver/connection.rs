@@ -1245,6 +1245,7 @@ impl Driver {
                     progress,
                     current: Bytes::new(),
                     ended: None,
+                    unreported: 0,
                 }));
             }
             Event::StreamData { id, data } => {

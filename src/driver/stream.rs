@@ -247,7 +247,15 @@ pub struct IncomingStream {
     pub(crate) progress: watch::Receiver<Progress>,
     pub(crate) current: Bytes,
     pub(crate) ended: Option<Result<(), StreamError>>,
+    /// Bytes taken but not yet reported to the driver as consumed.
+    pub(crate) unreported: u64,
 }
+
+/// Consumption is reported to the driver (which grants credit from it) in batches of this
+/// many bytes, or sooner when the reader has taken everything queued: one report per chunk
+/// cost a wake-up of the connection task per 64 KiB. Well under a quarter of the smallest
+/// window, so credit flows as before.
+const REPORT_EVERY: u64 = 256 * 1024;
 
 impl IncomingStream {
     /// The peer's id for this stream.
@@ -284,10 +292,14 @@ impl IncomingStream {
         }
         match ready!(self.rx.poll_recv(cx)) {
             Some(InItem::Data(b)) => {
-                let _ = self.signals.send(StreamSignal::Consumed {
-                    id: self.id,
-                    n: b.len() as u64,
-                });
+                self.unreported += b.len() as u64;
+                // Report before the reader can wait for more: the driver needs the credit.
+                if self.unreported >= REPORT_EVERY || self.rx.is_empty() {
+                    let _ = self.signals.send(StreamSignal::Consumed {
+                        id: self.id,
+                        n: std::mem::take(&mut self.unreported),
+                    });
+                }
                 Poll::Ready(Ok(Some(b)))
             }
             Some(InItem::End(result)) => {
