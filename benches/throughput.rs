@@ -1,11 +1,16 @@
 //! Throughput and latency on loopback, the competitors side by side in one process:
-//! raw TCP, raw rustls TLS 1.3, tokio-tungstenite wss (one message, and 64 KiB messages), and
-//! ClipSync streaming over TLS with SSH-key authentication. Then small-message round trips on
-//! a ClipSync connection, alone and while a large stream is in flight.
+//! raw TCP, raw rustls TLS 1.3, tokio-tungstenite wss (one message, and 64 KiB messages),
+//! wss in 64 KiB messages with BLAKE3 computed at both ends (the per-byte work ClipSync's
+//! protocol requires beyond TLS: its ceiling), and ClipSync streaming over TLS with SSH-key
+//! authentication. Then small-message round trips on a ClipSync connection, alone and while a
+//! large stream is in flight.
 //!
 //! `cargo bench --bench throughput` (payloads 64 MiB and 512 MiB; `THROUGHPUT_SIZES_MIB=64`
-//! to choose, `THROUGHPUT_RUNS=3` repetitions, median reported). The last lines are
-//! machine-readable: `ratio NAME VALUE` and `p99-under-load-ms VALUE`.
+//! to choose, `THROUGHPUT_RUNS=3` repetitions, median reported; `THROUGHPUT_ONLY=clipsync,TLS`
+//! runs only the paths whose names contain these words, `THROUGHPUT_SKIP_LATENCY=1` skips the
+//! round trips, `THROUGHPUT_CHUNK_KIB` and `THROUGHPUT_WINDOW_MIB` change ClipSync's chunk size
+//! and stream window). The last lines are machine-readable: `ratio NAME VALUE` and
+//! `p99-under-load-ms VALUE`.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures
 
