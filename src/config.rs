@@ -32,7 +32,7 @@ const MIB: u32 = 1024 * 1024;
 /// with its length byte (PROTOCOL.md §3.1).
 pub const MESSAGE_OVERHEAD: u32 = PeerLimits::MESSAGE_OVERHEAD;
 /// Bytes a `STREAM_CHUNK` frame needs besides its data: header 8, stream id 8, offset 8.
-pub const CHUNK_OVERHEAD: u32 = 24;
+pub const CHUNK_OVERHEAD: u32 = PeerLimits::CHUNK_OVERHEAD;
 
 /// Every setting of the transport. Build it with [`Default`] and struct update syntax, or load
 /// it from TOML. Memory per connection is bounded by `connection_window` (receive side) plus
@@ -198,6 +198,17 @@ const DAY: Duration = Duration::from_secs(86_400);
 const MS: Duration = Duration::from_millis(1);
 
 impl TransportConfig {
+    /// The reconnection backoff policy of these settings (`backoff_*`).
+    pub fn backoff_policy(&self) -> crate::core::BackoffPolicy {
+        crate::core::BackoffPolicy {
+            initial: self.backoff_initial,
+            multiplier: self.backoff_multiplier,
+            max: self.backoff_max,
+            jitter: self.backoff_jitter,
+            reset_after: self.backoff_reset_after,
+        }
+    }
+
     /// Parses TOML and validates it. Missing keys keep their defaults.
     pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(s).map_err(|e| ConfigError::Parse {

@@ -127,6 +127,10 @@ pub enum SendError {
         /// The peer's `max_message_size`.
         max: u32,
     },
+    /// The content type is not 1–255 printable ASCII bytes. Nothing was queued; the
+    /// connection is unaffected.
+    #[error("invalid content type: {0}")]
+    InvalidContentType(String),
     /// The send queue is full (only from `try_send`): retry later or use `send`, which waits.
     #[error("send queue full")]
     Full,

@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+use super::session::CloseCause;
+use crate::wire::ReasonCode;
+
 /// The policy's parameters (from `TransportConfig`'s `backoff_*` settings).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BackoffPolicy {
@@ -23,17 +26,6 @@ pub struct BackoffPolicy {
 }
 
 impl BackoffPolicy {
-    /// The policy of a configuration.
-    pub fn from_config(cfg: &crate::config::TransportConfig) -> Self {
-        Self {
-            initial: cfg.backoff_initial,
-            multiplier: cfg.backoff_multiplier,
-            max: cfg.backoff_max,
-            jitter: cfg.backoff_jitter,
-            reset_after: cfg.backoff_reset_after,
-        }
-    }
-
     /// The delay range `[low, high]` before attempt number `attempt` (0-based): `high` is
     /// `min(max, initial × multiplier^attempt)`, `low` is `high × (1 − jitter)`.
     pub fn range(&self, attempt: u32) -> (Duration, Duration) {
@@ -92,6 +84,121 @@ impl Backoff {
             }
         }
     }
+}
+
+/// Why a dial attempt failed, as far as the redial policy cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DialFailure {
+    /// The peer refused our key (`auth failed`, `key not authorized`): trying again will not
+    /// help.
+    Unauthorized(ReasonCode, String),
+    /// Anything else (unreachable, timeout, reset, refused for another reason): try again.
+    Other,
+}
+
+/// What the redial policy decides after a failure.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RedialStep {
+    /// Dial again after this delay.
+    After(Duration),
+    /// Stop: the session ends for this cause. `offline` says the attempts ran out (the state
+    /// the application sees is then `Offline`).
+    GiveUp {
+        /// Why.
+        cause: CloseCause,
+        /// The attempts ran out (rather than the peer refusing us).
+        offline: bool,
+    },
+}
+
+/// The redial policy of one peer, across all its addresses (Syncthing #4778): when to dial
+/// again, and when to give up. Used for a connection's first dial (`Transport::open`) and for
+/// every reconnection; pure (the time and the random draw come in as arguments).
+#[derive(Clone, Debug)]
+pub struct RedialPolicy {
+    backoff: Backoff,
+    /// Give up after this many failed attempts in a row; 0 never.
+    max_attempts: u32,
+    failures: u32,
+}
+
+impl RedialPolicy {
+    /// A policy with `backoff` and at most `max_attempts` failures in a row (0: no limit).
+    pub fn new(policy: BackoffPolicy, max_attempts: u32) -> Self {
+        Self {
+            backoff: Backoff::new(policy),
+            max_attempts,
+            failures: 0,
+        }
+    }
+
+    /// A connection stands, since `now`.
+    pub fn connected(&mut self, now: Duration) {
+        self.failures = 0;
+        self.backoff.connected(now);
+    }
+
+    /// The connection was lost at `now`: the delay before the first redial (the backoff grows
+    /// on from where it was, or starts over if the connection had been up for `reset_after`).
+    pub fn lost(&mut self, now: Duration, draw: f64) -> Duration {
+        self.backoff.disconnected(now);
+        self.backoff.next_delay(draw)
+    }
+
+    /// A dial attempt failed: dial again after a delay, or give up.
+    pub fn failed(&mut self, failure: &DialFailure, draw: f64) -> RedialStep {
+        self.failures = self.failures.saturating_add(1);
+        if let DialFailure::Unauthorized(reason, detail) = failure {
+            return RedialStep::GiveUp {
+                cause: CloseCause::Peer(*reason, detail.clone()),
+                offline: false,
+            };
+        }
+        if self.max_attempts > 0 && self.failures >= self.max_attempts {
+            return RedialStep::GiveUp {
+                cause: CloseCause::Lost(format!(
+                    "gave up after {} connection attempts",
+                    self.failures
+                )),
+                offline: true,
+            };
+        }
+        RedialStep::After(self.backoff.next_delay(draw))
+    }
+
+    /// Failed attempts in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// One side's view of a link to a peer, for the simultaneous-dial tie-break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkView {
+    /// This side dialled it.
+    pub dialed: bool,
+    /// It carries a session that is only waiting for a new connection (reconnecting): the
+    /// peer came back with a fresh session, so the peer cannot resume this one.
+    pub stale: bool,
+}
+
+/// Which of two links to the same peer survives (PROTOCOL.md §7, reason 13): `true` keeps the
+/// `new` one and closes `old`, `false` refuses `new`.
+///
+/// A fresh authenticated connection wins over a link that is only trying to reconnect (its
+/// peer restarted: the new connection carries a new session, the old one can never resume);
+/// otherwise the link dialled by the peer with the smaller key wire encoding survives, so both
+/// sides choose the same one. `own_key_smaller` is `own key < peer key` in that encoding.
+pub fn tie_break(own_key_smaller: bool, old: LinkView, new: LinkView) -> bool {
+    if old.stale && !new.stale {
+        return true;
+    }
+    if old.dialed == new.dialed {
+        // Not a simultaneous dial: the newer connection of the same direction replaces.
+        return true;
+    }
+    // The link dialled by the smaller key survives.
+    new.dialed == own_key_smaller
 }
 
 /// A uniform draw in `[0, 1)` from 64 random bits (53 bits of mantissa used).

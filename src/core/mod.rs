@@ -15,9 +15,16 @@
 //! [`Duration`]: std::time::Duration
 
 mod backoff;
+mod connection;
 mod session;
 mod streams;
 
-pub use backoff::{Backoff, BackoffPolicy, unit_draw};
-pub use session::{CloseCause, Event, SendRefusal, Session, SessionParams};
+pub use backoff::{
+    Backoff, BackoffPolicy, DialFailure, LinkView, RedialPolicy, RedialStep, tie_break, unit_draw,
+};
+pub use connection::{
+    Attach, Connection, ConnectionParams, Failure, InFailure, Lane, Output, Phase, Resume,
+    Resumption, SendId, StreamKey,
+};
+pub use session::{Abandoned, CloseCause, Event, SendRefusal, Session, SessionParams};
 pub use streams::StreamRefusal;

@@ -55,6 +55,17 @@ pub enum CloseCause {
 }
 
 impl CloseCause {
+    /// Whether the session may continue on a new connection after this cause: the network
+    /// broke the connection (end of stream, reset, write failure, or an idle timeout on either
+    /// side). A close either application asked for, or a protocol violation, ends the session.
+    /// This is the one place the rule lives (PROTOCOL.md §4).
+    pub fn resumable(&self) -> bool {
+        match self {
+            Self::Lost(_) => true,
+            Self::Local(r, _) | Self::Peer(r, _) => *r == ReasonCode::IdleTimeout,
+        }
+    }
+
     /// The reason code, when one was given.
     pub fn reason(&self) -> Option<ReasonCode> {
         match self {
@@ -209,6 +220,22 @@ pub struct Session {
     degraded: bool,
     /// Payload bytes queued again by resumes: replayed sequenced frames and stream data.
     retransmitted: u64,
+    /// Highest sequence number handed to the connection by [`Session::poll_transmit`]:
+    /// sequenced frames above it never left this side (their fate is known).
+    wire_seq: u64,
+}
+
+/// What a session that the peer lost leaves behind ([`Session::abandon`]).
+#[derive(Debug, Default)]
+pub struct Abandoned {
+    /// Sequence numbers that were on the wire and never acknowledged: fate unknown.
+    pub unknown: Vec<u64>,
+    /// `MESSAGE`s that never left this side, in order: they may go on a new session.
+    pub unsent: Vec<(u64, MessageFrame)>,
+    /// Outgoing streams still open: id, and whether their `STREAM_OPEN` was on the wire.
+    pub out_streams: Vec<(u64, bool)>,
+    /// Incoming streams the application still holds.
+    pub in_streams: Vec<u64>,
 }
 
 impl Session {
@@ -221,7 +248,7 @@ impl Session {
             max_chunk: u64::from(p.chunk_size).min(u64::from(
                 p.peer_limits
                     .max_frame_size
-                    .saturating_sub(crate::config::CHUNK_OVERHEAD),
+                    .saturating_sub(PeerLimits::CHUNK_OVERHEAD),
             )),
             peer_stream_window: u64::from(p.peer_limits.stream_window),
             peer_connection_window: u64::from(p.peer_limits.connection_window),
@@ -250,12 +277,74 @@ impl Session {
             suspended: false,
             last_cause: None,
             degraded: false,
+            wire_seq: 0,
         }
     }
 
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// The peer's announced limits.
+    pub fn peer_limits(&self) -> PeerLimits {
+        self.p.peer_limits
+    }
+
+    /// Whether both sides announced the STREAMS capability.
+    pub fn streams_enabled(&self) -> bool {
+        self.p.streams
+    }
+
+    /// Highest sequence number that went to the connection ([`Session::poll_transmit`]).
+    pub fn wire_seq(&self) -> u64 {
+        self.wire_seq
+    }
+
+    /// The sequence number of outgoing stream `id`'s `STREAM_OPEN`, while it is open.
+    pub fn out_open_seq(&self, id: u64) -> Option<u64> {
+        self.streams.out.get(&id).map(|s| s.open_seq)
+    }
+
+    /// Checks the receive side's promises: credit granted on this connection never exceeds
+    /// what was consumed plus the window, nothing consumed that was not received, and each
+    /// stream's grant stays within consumed plus its window.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let (received, consumed, granted, window) = self.streams.connection_accounting();
+        if consumed > received {
+            return Err(format!(
+                "connection: consumed {consumed} > received {received}"
+            ));
+        }
+        if received > granted {
+            return Err(format!(
+                "connection: received {received} > granted {granted}"
+            ));
+        }
+        if granted > consumed + window {
+            return Err(format!(
+                "connection: granted {granted} > consumed {consumed} + window {window}"
+            ));
+        }
+        let sw = self.streams.stream_window();
+        for (id, st) in &self.streams.incoming {
+            if st.consumed > st.received || st.received > st.granted {
+                return Err(format!(
+                    "stream {id}: consumed {} received {} granted {}",
+                    st.consumed, st.received, st.granted
+                ));
+            }
+            if st.granted > st.consumed + sw {
+                return Err(format!(
+                    "stream {id}: granted {} > consumed {} + window {sw}",
+                    st.granted, st.consumed
+                ));
+            }
+            if st.carried > st.received - st.consumed {
+                return Err(format!("stream {id}: carried {} > unread", st.carried));
+            }
+        }
+        Ok(())
     }
 
     /// Highest sequence number received in order.
@@ -334,13 +423,7 @@ impl Session {
             return;
         }
         // Sequenced frames: take the next, drop a retransmission, close on a gap.
-        let seq = match &frame {
-            Frame::Message(m) => Some(m.seq),
-            Frame::StreamOpen(o) => Some(o.seq),
-            Frame::StreamResult(r) => Some(r.seq),
-            _ => None,
-        };
-        if let Some(seq) = seq {
+        if let Some(seq) = frame.seq() {
             if seq <= self.received {
                 // A retransmission of something we have: drop it, but acknowledge again.
                 self.note_received(now);
@@ -539,18 +622,36 @@ impl Session {
         }
     }
 
-    /// The application let go of incoming stream `id`. If it had not ended, the peer is told
-    /// `cancelled`; either way its unread bytes return to the connection window.
-    pub fn stream_release(&mut self, id: u64) {
+    /// The application let go of incoming stream `id`, with its verdict: `None` if it kept a
+    /// verified stream, `Some((reason, text))` if it refused it. A stream that had not ended,
+    /// or whose bytes the application did not all take, is answered `cancelled` (or the
+    /// verdict's reason); a verified one read whole is answered now, `normal` or the verdict's
+    /// reason; a failed one was answered when it failed. Its unread bytes return to the connection window. Allowed while suspended (the
+    /// answer waits in the replay buffer).
+    pub fn stream_release(&mut self, id: u64, verdict: Option<(ReasonCode, String)>) {
         if self.closed {
             return;
         }
-        let open = self.streams.incoming.get(&id).is_some_and(|s| !s.ended);
-        if self.streams.close_incoming(id) && open {
-            self.settle_incoming(
-                id,
-                Err((ReasonCode::Cancelled, "the receiver let go".into())),
-            );
+        let Some((ended, answered, unread)) = self
+            .streams
+            .incoming
+            .get(&id)
+            .map(|s| (s.ended, s.answered, s.received - s.consumed))
+        else {
+            return;
+        };
+        self.streams.close_incoming(id);
+        if !answered {
+            let result = match verdict {
+                Some((r, t)) if r != ReasonCode::Normal => Err((r, t)),
+                _ if !ended => Err((ReasonCode::Cancelled, "the receiver let go".into())),
+                _ if unread > 0 => Err((
+                    ReasonCode::Cancelled,
+                    format!("the receiver let go with {unread} bytes unread"),
+                )),
+                _ => Ok(()),
+            };
+            self.settle_incoming(id, result);
         }
         if let Some(c) = self.streams.connection_credit(false) {
             self.outbox.push_back(Frame::Credit(c));
@@ -588,10 +689,22 @@ impl Session {
                     id,
                     result: result.clone(),
                 });
-                self.settle_incoming(id, result);
+                // A verified stream is answered when the application lets go of it (it decides
+                // whether it kept the payload); a failed one at once.
+                if result.is_err() {
+                    self.answer_incoming(id, result);
+                }
             }
             Inbound::Fatal(reason, detail) => self.close(reason, detail),
         }
+    }
+
+    /// Marks incoming stream `id` answered and sends its `STREAM_RESULT`.
+    fn answer_incoming(&mut self, id: u64, result: Result<(), (ReasonCode, String)>) {
+        if let Some(s) = self.streams.incoming.get_mut(&id) {
+            s.answered = true;
+        }
+        self.settle_incoming(id, result);
     }
 
     /// Answers an incoming stream's end with a sequenced `STREAM_RESULT`.
@@ -628,11 +741,7 @@ impl Session {
     /// not.
     pub fn suspend(&mut self) -> bool {
         self.outbox.clear();
-        let by_network = match &self.last_cause {
-            None | Some(CloseCause::Lost(_)) => true,
-            Some(CloseCause::Local(r, _) | CloseCause::Peer(r, _)) => *r == ReasonCode::IdleTimeout,
-        };
-        if !by_network {
+        if !self.last_cause.as_ref().is_none_or(CloseCause::resumable) {
             return false;
         }
         self.closed = false;
@@ -707,18 +816,32 @@ impl Session {
     }
 
     /// The peer does not have the session any more (`SESSION_LOST`, or a resume that failed):
-    /// a fresh session starts, numbered from 1. Returns the sequence numbers whose delivery is
-    /// unknown (sent, never acknowledged), for the application to be told.
-    pub fn session_lost(&mut self, now: Duration) -> Vec<u64> {
-        let unknown = self.unacked.drain(..).map(|(s, _, _)| s).collect();
+    /// this session is over. Says what became of everything in it, for the
+    /// [`super::Connection`] to settle and carry over to a fresh session: which sends were on
+    /// the wire unacknowledged (fate unknown), which messages never left (they may be sent on
+    /// the new session), and which streams were open in either direction. The session is
+    /// closed afterwards.
+    pub fn abandon(&mut self) -> Abandoned {
+        let mut out = Abandoned::default();
+        for (seq, _, frame) in self.unacked.drain(..) {
+            match frame {
+                Frame::Message(m) if seq > self.wire_seq => out.unsent.push((seq, m)),
+                _ if seq > self.wire_seq => {}
+                _ => out.unknown.push(seq),
+            }
+        }
+        out.out_streams = self
+            .streams
+            .out
+            .iter()
+            .map(|(id, s)| (*id, s.open_seq <= self.wire_seq))
+            .collect();
+        out.in_streams = self.streams.incoming.keys().copied().collect();
         self.unacked_bytes = 0;
-        self.sent_seq = 0;
-        self.peer_acked = 0;
-        self.received = 0;
-        self.suspended = false;
         self.outbox.clear();
-        self.restart_timers(now);
-        unknown
+        self.suspended = false;
+        self.closed = true;
+        out
     }
 
     fn restart_timers(&mut self, now: Duration) {
@@ -862,6 +985,9 @@ impl Session {
         }
         let f = self.outbox.pop_front()?;
         self.last_send = now;
+        if let Some(seq) = f.seq() {
+            self.wire_seq = self.wire_seq.max(seq);
+        }
         Some(f)
     }
 
@@ -1325,13 +1451,28 @@ mod tests {
             "less than it acknowledged"
         );
         assert!(a.is_suspended(), "a refused resume changes nothing");
-        // The peer lost the session: message 3 is of unknown fate; numbering restarts.
-        assert_eq!(a.session_lost(3 * MS), vec![3]);
+        // The peer lost the session. Messages 1-3 were never polled for the wire here, so
+        // they are "unsent" (known fate: they can go on a new session); after transmitting,
+        // the unacknowledged one is of unknown fate.
+        let left = a.abandon();
+        assert!(left.unknown.is_empty());
+        assert_eq!(
+            left.unsent.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![3]
+        );
         assert_eq!(a.unacked_bytes(), 0);
-        let seq = a
-            .send_message("t/x".into(), Bytes::from_static(b"n"), 4 * MS)
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(seq, 1);
+        assert!(a.is_closed());
+        let mut b = Session::new(params_big_replay(), Duration::ZERO);
+        for i in 1..=2u8 {
+            let _ = b.send_message("t/x".into(), Bytes::from(vec![i]), Duration::ZERO);
+        }
+        let _ = b.poll_transmit(MS);
+        let left = b.abandon();
+        assert_eq!(left.unknown, vec![1]);
+        assert_eq!(
+            left.unsent.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![2]
+        );
     }
 
     /// A stream cut in the middle continues after the resume from the receiver's offset, not

@@ -31,7 +31,7 @@ pub(crate) struct OutStream {
     /// `STREAM_END` or `STREAM_ABORT` queued.
     pub(crate) ended: bool,
     /// Sequence number of its `STREAM_OPEN`.
-    open_seq: u64,
+    pub(crate) open_seq: u64,
     /// After a resume: waiting for the receiver's `CREDIT` to learn where to continue.
     awaiting_rewind: bool,
     /// After a resume: chunks to send again, in order, before any new data.
@@ -57,6 +57,13 @@ pub(crate) struct InStream {
     /// Ended (verified, failed or aborted); kept until the application lets go, so its
     /// unread bytes still count against the connection window.
     pub(crate) ended: bool,
+    /// Its `STREAM_RESULT` has been sent (a failure at once; a verified stream when the
+    /// application lets go of it).
+    pub(crate) answered: bool,
+    /// Bytes received on earlier connections and not yet consumed: the application takes these
+    /// first, and they are not credited to the current connection's window (its accounting
+    /// started afresh at the resume).
+    pub(crate) carried: u64,
 }
 
 /// Why a stream operation was refused. Nothing changed.
@@ -343,6 +350,10 @@ impl Streams {
         self.conn_received = 0;
         self.conn_consumed = 0;
         self.conn_granted = self.connection_window;
+        // What the application has not taken yet arrived on an earlier connection.
+        for s in self.incoming.values_mut() {
+            s.carried = s.received - s.consumed;
+        }
         for s in self.out.values_mut() {
             if s.open_seq <= peer_received {
                 s.awaiting_rewind = true;
@@ -424,6 +435,22 @@ impl Streams {
             .sum()
     }
 
+    /// The receive side's accounting for the current connection, for invariant checks:
+    /// (bytes received, bytes consumed or discarded, limit granted, window).
+    pub(crate) fn connection_accounting(&self) -> (u64, u64, u64, u64) {
+        (
+            self.conn_received,
+            self.conn_consumed,
+            self.conn_granted,
+            self.connection_window,
+        )
+    }
+
+    /// Our per-stream receive window.
+    pub(crate) fn stream_window(&self) -> u64 {
+        self.stream_window
+    }
+
     // ----- receiving -----
 
     /// A `STREAM_OPEN` arrived. `Err` carries the reason to refuse it with (`STREAM_RESULT`)
@@ -457,6 +484,8 @@ impl Streams {
                 granted: self.stream_window,
                 hasher: blake3::Hasher::new(),
                 ended: false,
+                answered: false,
+                carried: 0,
             },
         );
         Ok(())
@@ -583,7 +612,8 @@ impl Streams {
     pub(crate) fn close_incoming(&mut self, id: u64) -> bool {
         match self.incoming.remove(&id) {
             Some(s) => {
-                self.conn_consumed += s.received - s.consumed;
+                // Only this connection's bytes return to this connection's window.
+                self.conn_consumed += s.received - s.consumed - s.carried;
                 true
             }
             None => false,
@@ -594,19 +624,24 @@ impl Streams {
     /// grant once a quarter of a window has been consumed since the last one.
     pub(crate) fn consumed(&mut self, id: u64, n: u64) -> Vec<Credit> {
         let mut out = Vec::new();
-        if let Some(s) = self.incoming.get_mut(&id) {
-            s.consumed = (s.consumed + n).min(s.received);
-            let limit = s.consumed + self.stream_window;
-            if limit - s.granted >= self.stream_window / 4 {
-                s.granted = limit;
-                out.push(Credit {
-                    stream_id: id,
-                    acked: s.received,
-                    limit,
-                });
-            }
+        // A report for a stream already let go of (or of an earlier session) changes nothing.
+        let Some(s) = self.incoming.get_mut(&id) else {
+            return out;
+        };
+        let n = n.min(s.received - s.consumed);
+        s.consumed += n;
+        let old = n.min(s.carried);
+        s.carried -= old;
+        let limit = s.consumed + self.stream_window;
+        if limit.saturating_sub(s.granted) >= self.stream_window / 4 {
+            s.granted = limit;
+            out.push(Credit {
+                stream_id: id,
+                acked: s.received,
+                limit,
+            });
         }
-        self.conn_consumed = (self.conn_consumed + n).min(self.conn_received);
+        self.conn_consumed += n - old;
         if let Some(c) = self.connection_credit(false) {
             out.push(c);
         }
@@ -616,7 +651,7 @@ impl Streams {
     /// The connection-wide `CREDIT`, when a quarter window is due (or always, if `force`).
     pub(crate) fn connection_credit(&mut self, force: bool) -> Option<Credit> {
         let limit = self.conn_consumed + self.connection_window;
-        if force || limit - self.conn_granted >= self.connection_window / 4 {
+        if force || limit.saturating_sub(self.conn_granted) >= self.connection_window / 4 {
             self.conn_granted = self.conn_granted.max(limit);
             Some(Credit {
                 stream_id: 0,

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::connection::ConnectionState;
+use super::types::ConnectionState;
+use crate::core::StreamKey;
 use crate::error::{CloseCause, SendError};
 use crate::wire::ReasonCode;
 
@@ -51,8 +52,15 @@ pub(crate) enum InItem {
 /// one chunk in flight, so the credit window already bounds how many can be queued.
 #[derive(Debug)]
 pub(crate) enum StreamSignal {
-    Consumed { id: u64, n: u64 },
-    Released { id: u64 },
+    Consumed {
+        key: StreamKey,
+        n: u64,
+    },
+    /// The application let go, with its verdict on a verified stream (`None`: kept).
+    Released {
+        key: StreamKey,
+        verdict: Option<(ReasonCode, String)>,
+    },
 }
 
 /// Why an incoming stream did not complete.
@@ -238,7 +246,7 @@ impl StreamSender {
 /// Dropping it before the end cancels the stream (the sender is told `cancelled`).
 #[derive(Debug)]
 pub struct IncomingStream {
-    pub(crate) id: u64,
+    pub(crate) key: StreamKey,
     pub(crate) content_type: String,
     pub(crate) total_len: Option<u64>,
     pub(crate) hash: Option<[u8; 32]>,
@@ -249,6 +257,10 @@ pub struct IncomingStream {
     pub(crate) ended: Option<Result<(), StreamError>>,
     /// Bytes taken but not yet reported to the driver as consumed.
     pub(crate) unreported: u64,
+    /// The release (with a verdict) was reported already.
+    pub(crate) released: bool,
+    /// The application decides the verdict itself ([`IncomingStream::hold_verdict`]).
+    pub(crate) hold: bool,
 }
 
 /// Consumption is reported to the driver (which grants credit from it) in batches of this
@@ -258,9 +270,82 @@ pub struct IncomingStream {
 const REPORT_EVERY: u64 = 256 * 1024;
 
 impl IncomingStream {
-    /// The peer's id for this stream.
+    pub(crate) fn new(
+        key: StreamKey,
+        content_type: String,
+        total_len: Option<u64>,
+        hash: Option<[u8; 32]>,
+        rx: mpsc::UnboundedReceiver<InItem>,
+        signals: mpsc::UnboundedSender<StreamSignal>,
+        progress: watch::Receiver<Progress>,
+    ) -> Self {
+        Self {
+            key,
+            content_type,
+            total_len,
+            hash,
+            rx,
+            signals,
+            progress,
+            current: Bytes::new(),
+            ended: None,
+            unreported: 0,
+            released: false,
+            hold: false,
+        }
+    }
+
+    /// Keeps the sender waiting after the verified end until this side decides: `accept` (or
+    /// dropping the stream) settles it as delivered, `reject` as failed with a reason. Without
+    /// it, the stream is settled as delivered the moment the application reads its verified end
+    /// (`chunk` returning `Ok(None)`). Use it when "delivered" must mean "kept", e.g. written to
+    /// disk and renamed into place.
+    pub fn hold_verdict(&mut self) {
+        self.hold = true;
+    }
+
+    /// Settles a stream held with [`IncomingStream::hold_verdict`] as delivered (the same as
+    /// dropping it after its verified end).
+    pub fn accept(self) {}
+
+    /// The peer's id for this stream (unique within the peer's session).
     pub fn id(&self) -> u64 {
-        self.id
+        self.key.id
+    }
+
+    /// Refuses the stream: the sender's `finish` fails with `reason` (e.g. `cancelled`, or
+    /// `internal error` when the payload could not be stored) instead of succeeding. After the
+    /// verified end this takes effect only with [`IncomingStream::hold_verdict`]; before the
+    /// end it cancels the stream. Dropping the stream instead means: kept if it was read to
+    /// its verified end, cancelled otherwise.
+    pub fn reject(mut self, reason: ReasonCode, detail: impl Into<String>) {
+        if self.released {
+            return;
+        }
+        let reason = if reason == ReasonCode::Normal {
+            ReasonCode::Cancelled
+        } else {
+            reason
+        };
+        self.release(Some((reason, detail.into())));
+    }
+
+    /// Reports what was taken and lets go, once.
+    fn release(&mut self, verdict: Option<(ReasonCode, String)>) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        if self.unreported > 0 {
+            let _ = self.signals.send(StreamSignal::Consumed {
+                key: self.key,
+                n: std::mem::take(&mut self.unreported),
+            });
+        }
+        let _ = self.signals.send(StreamSignal::Released {
+            key: self.key,
+            verdict,
+        });
     }
 
     /// Its content type.
@@ -296,7 +381,7 @@ impl IncomingStream {
                 // Report before the reader can wait for more: the driver needs the credit.
                 if self.unreported >= REPORT_EVERY || self.rx.is_empty() {
                     let _ = self.signals.send(StreamSignal::Consumed {
-                        id: self.id,
+                        key: self.key,
                         n: std::mem::take(&mut self.unreported),
                     });
                 }
@@ -304,6 +389,10 @@ impl IncomingStream {
             }
             Some(InItem::End(result)) => {
                 self.ended = Some(result.clone());
+                if result.is_ok() && !self.hold {
+                    // The application has the whole verified payload: the sender may settle.
+                    self.release(None);
+                }
                 Poll::Ready(result.map(|()| None))
             }
             None => {
@@ -355,6 +444,6 @@ impl AsyncRead for IncomingStream {
 
 impl Drop for IncomingStream {
     fn drop(&mut self) {
-        let _ = self.signals.send(StreamSignal::Released { id: self.id });
+        self.release(None);
     }
 }

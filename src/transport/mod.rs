@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::config::TransportConfig;
-use crate::core::{Backoff, BackoffPolicy, unit_draw};
+use crate::core::{LinkView, RedialPolicy, tie_break, unit_draw};
 use crate::driver::{self, Command, Handles, Reconnect, Redial, cause_of};
 pub use crate::driver::{
     ConnectionState, Full, Health, Incoming, IncomingStream, Message, Progress, StreamError,
@@ -167,6 +167,22 @@ struct Link {
     dialed: bool,
     /// Weak, so the registry never keeps a dropped connection alive.
     commands: mpsc::WeakSender<Command>,
+    /// Its state: a reconnecting link loses to a fresh one.
+    state: watch::Receiver<ConnectionState>,
+}
+
+impl Link {
+    /// The tie-break's view: a link that is reconnecting carries a session only waiting for
+    /// a new connection.
+    fn view(&self) -> LinkView {
+        LinkView {
+            dialed: self.dialed,
+            stale: matches!(
+                *self.state.borrow(),
+                ConnectionState::Reconnecting | ConnectionState::Offline
+            ),
+        }
+    }
 }
 
 impl fmt::Debug for Inner {
@@ -301,36 +317,68 @@ impl Transport {
     fn tie_break(&self, conn: &mut Connection, own_key: &Bytes, dialed: bool) -> bool {
         conn.preferred = dialed == (own_key.as_ref() < conn.peer_key.as_ref());
         let weak = conn.handles.commands.downgrade();
-        self.register_link(&conn.peer_key, own_key, dialed, weak)
+        let state = conn.handles.state.clone();
+        self.register_link(&conn.peer_key, own_key, dialed, weak, state)
     }
 
-    /// The tie-break's registry: records the connection (by its command channel) and closes
-    /// the other one of a simultaneous dial if this one wins; false if this one loses.
+    /// Registers a fresh authenticated link to a peer and applies the tie-break
+    /// ([`crate::core::tie_break`]) against a link of the other direction, or a stale one:
+    /// returns false if the new link loses (the caller closes it with `duplicate connection`),
+    /// closes the old one if it loses (`replaced` when it was only reconnecting: the peer
+    /// restarted, so its session can never resume; `duplicate connection` otherwise).
     fn register_link(
         &self,
         peer_key: &Bytes,
         own_key: &Bytes,
         dialed: bool,
         commands: mpsc::WeakSender<Command>,
+        state: watch::Receiver<ConnectionState>,
     ) -> bool {
         let mut links = self.inner.links.lock().unwrap_or_else(|p| p.into_inner());
         let list = links.entry(peer_key.clone()).or_default();
-        list.retain(|l| l.commands.strong_count() > 0);
-        let keep_dialed = own_key.as_ref() < peer_key.as_ref();
-        if let Some(i) = list.iter().position(|l| l.dialed != dialed) {
-            if dialed != keep_dialed {
+        list.retain(|l| {
+            l.commands.strong_count() > 0
+                && !matches!(*l.state.borrow(), ConnectionState::Closed(_))
+        });
+        let new = LinkView {
+            dialed,
+            stale: false,
+        };
+        let own_smaller = own_key.as_ref() < peer_key.as_ref();
+        if let Some(i) = list
+            .iter()
+            .position(|l| l.dialed != dialed || l.view().stale)
+        {
+            let old_view = list[i].view();
+            if !tie_break(own_smaller, old_view, new) {
                 return false;
             }
             let old = list.remove(i);
-            tracing::info!("simultaneous dial: closing the duplicate connection");
+            let (reason, detail) = if old_view.stale {
+                tracing::info!("the peer is back with a fresh session; closing the stale link");
+                (
+                    ReasonCode::Replaced,
+                    "the peer came back with a new session; this one cannot resume",
+                )
+            } else {
+                tracing::info!("simultaneous dial: closing the duplicate connection");
+                (
+                    ReasonCode::DuplicateConnection,
+                    "both peers dialled; the other connection wins the tie-break",
+                )
+            };
             let _ = old.commands.upgrade().map(|c| {
                 c.try_send(Command::Close {
-                    reason: ReasonCode::DuplicateConnection,
-                    detail: "both peers dialled; the other connection wins the tie-break".into(),
+                    reason,
+                    detail: detail.into(),
                 })
             });
         }
-        list.push(Link { dialed, commands });
+        list.push(Link {
+            dialed,
+            commands,
+            state,
+        });
         true
     }
 
@@ -371,13 +419,12 @@ impl Transport {
             })
         });
         let rng = self.clone();
-        let mut backoff = Backoff::new(BackoffPolicy::from_config(cfg));
-        backoff.connected(std::time::Duration::ZERO);
+        let mut policy = RedialPolicy::new(cfg.backoff_policy(), cfg.max_reconnect_attempts);
+        policy.connected(std::time::Duration::ZERO);
         Reconnect::Dial {
             redial,
-            backoff,
+            policy,
             draw: Box::new(move || unit_draw(u64::from_be_bytes(rng.random()))),
-            max_attempts: cfg.max_reconnect_attempts,
         }
     }
 
@@ -418,7 +465,9 @@ impl Transport {
         let pending = driver::Pending {
             dial: self.dialer(peer, &auth, Some(peer_key.clone())),
             reconnect: self.inner.cfg.reconnect,
-            register: Box::new(move |commands| this.register_link(&pk, &ok, true, commands)),
+            register: Box::new(move |commands, state| {
+                this.register_link(&pk, &ok, true, commands, state)
+            }),
         };
         Ok(Connection {
             handles: driver::spawn_pending(&self.inner.cfg, span, pending),

@@ -318,8 +318,8 @@ impl Frame {
     }
 }
 
-/// Why a content type is refused, if it is.
-fn content_type_problem(ct: &[u8]) -> Option<&'static str> {
+/// Why a content type is refused, if it is (1–255 printable ASCII bytes, PROTOCOL.md §5.1).
+pub fn content_type_problem(ct: &[u8]) -> Option<&'static str> {
     if ct.is_empty() {
         Some("is empty")
     } else if ct.len() > MAX_CONTENT_TYPE_LEN {

@@ -460,6 +460,8 @@ impl PeerLimits {
     /// Bytes a `MESSAGE` needs besides its payload at most: header 8, seq 8, content type
     /// 1 + 255.
     pub const MESSAGE_OVERHEAD: u32 = 272;
+    /// Bytes a `STREAM_CHUNK` frame needs besides its data: header 8, stream id 8, offset 8.
+    pub const CHUNK_OVERHEAD: u32 = 24;
 
     /// What breaks the rules of PROTOCOL.md §3.1, if anything.
     pub fn problem(&self) -> Option<&'static str> {
@@ -490,4 +492,16 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+impl Frame {
+    /// The sequence number of a sequenced frame (`MESSAGE`, `STREAM_OPEN`, `STREAM_RESULT`).
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Frame::Message(m) => Some(m.seq),
+            Frame::StreamOpen(o) => Some(o.seq),
+            Frame::StreamResult(r) => Some(r.seq),
+            _ => None,
+        }
+    }
 }

@@ -29,6 +29,7 @@ pub mod examples;
 mod frame;
 mod reason;
 
+pub use codec::content_type_problem;
 pub use error::{DecodeError, EncodeError};
 pub use frame::*;
 pub use reason::ReasonCode;
