@@ -25,7 +25,7 @@ use clipsync::secure::SshAuthenticator;
 use clipsync::transport::{
     AcceptError, Address, Incoming, IncomingStream, Message, PeerInfo, Transport,
 };
-use clipsync::wire::{DecodeLimits, Frame, examples};
+use clipsync::wire::{DecodeLimits, Frame, ReasonCode, examples};
 
 #[derive(Parser)]
 #[command(name = "clipsync", version, about = "ClipSync transport")]
@@ -335,18 +335,48 @@ async fn serve(r: Resolved, out: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// Reads a stream to its verified end, hashing it and writing it under `out` (as
-/// `<blake3>.part`, renamed to `<blake3>` once verified); returns the line to print.
+/// Part files get unique names: stream ids restart on every connection, so two peers sending
+/// at once must never share one.
+static PART: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Creates a new part file in `dir`, exclusively (never an existing file), readable by its
+/// owner only (clipboard data).
+async fn create_part(dir: &std::path::Path) -> std::io::Result<(PathBuf, tokio::fs::File)> {
+    loop {
+        let n = PART.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!(".incoming-{}-{n}.part", std::process::id()));
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        match options.open(&path).await {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads a stream to its verified end, hashing it and writing it under `out` (in a part file of
+/// its own, renamed to `<blake3>` once verified); returns the line to print. The sender is told
+/// "delivered" only once the file is in place: the verdict is held until then, and a stream
+/// that could not be saved is refused with `internal error`.
 async fn save_stream(peer: &str, mut s: IncomingStream, out: Option<&std::path::Path>) -> String {
     use tokio::io::AsyncWriteExt;
     let content_type = s.content_type().to_string();
-    let part = out.map(|d| d.join(format!("incoming-{}.part", s.id())));
-    let mut file = match &part {
-        Some(p) => match tokio::fs::File::create(p).await {
-            Ok(f) => Some(f),
-            Err(e) => return format!("stream from {peer} not saved: {}: {e}", p.display()),
+    if out.is_some() {
+        s.hold_verdict();
+    }
+    let (part, mut file) = match out {
+        Some(dir) => match create_part(dir).await {
+            Ok((p, f)) => (Some(p), Some(f)),
+            Err(e) => {
+                let line = format!("stream from {peer} not saved: {}: {e}", dir.display());
+                s.reject(ReasonCode::InternalError, line.clone());
+                return line;
+            }
         },
-        None => None,
+        None => (None, None),
     };
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
@@ -364,22 +394,31 @@ async fn save_stream(peer: &str, mut s: IncomingStream, out: Option<&std::path::
         Ok(())
     }
     .await;
+    drop(file);
     let hash = hasher.finalize().to_hex();
     match (result, part, out) {
         (Err(e), part, _) => {
             if let Some(p) = part {
                 let _ = tokio::fs::remove_file(p).await;
             }
+            s.reject(ReasonCode::InternalError, format!("not saved: {e}"));
             format!("stream from {peer} type={content_type} failed after {size} bytes: {e}")
         }
         (Ok(()), Some(part), Some(dir)) => {
             let dest = dir.join(hash.as_str());
             match tokio::fs::rename(&part, &dest).await {
-                Ok(()) => format!(
-                    "stream from {peer} type={content_type} size={size} blake3={hash} saved={}",
-                    dest.display()
-                ),
-                Err(e) => format!("stream from {peer} verified but not saved: {e}"),
+                Ok(()) => {
+                    s.accept();
+                    format!(
+                        "stream from {peer} type={content_type} size={size} blake3={hash} saved={}",
+                        dest.display()
+                    )
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    s.reject(ReasonCode::InternalError, format!("not saved: {e}"));
+                    format!("stream from {peer} verified but not saved: {e}")
+                }
             }
         }
         (Ok(()), _, _) => {
@@ -438,23 +477,13 @@ async fn send(
     let payload = async {
         let result = match source {
             Source::Nothing => Ok(()),
-            Source::File(mut f, Some(len)) if len > threshold => {
+            // A file is always saved as a file by `serve --out`, whatever its size: it goes as
+            // a stream (a message would only be printed).
+            Source::File(mut f, len) => {
                 let ct = content_type
                     .as_deref()
                     .unwrap_or("application/octet-stream");
-                stream_with_progress(&conn, ct, Some(len), &mut f).await
-            }
-            Source::File(mut f, _) => {
-                let mut b = Vec::new();
-                match tokio::io::AsyncReadExt::read_to_end(&mut f, &mut b).await {
-                    Ok(_) => {
-                        let ct = content_type
-                            .as_deref()
-                            .unwrap_or("application/octet-stream");
-                        conn.send(Message::new(ct, b)).await
-                    }
-                    Err(e) => Err(clipsync::error::SendError::Source(e.to_string())),
-                }
+                stream_with_progress(&conn, ct, len, &mut f).await
             }
             Source::Stdin => {
                 let ct = content_type

@@ -106,11 +106,20 @@ mod serve_send {
 
     impl Server {
         fn start(listen: &str) -> Server {
+            Self::start_with(listen, &fixture("ecdsa_test_key.pub"), &[])
+        }
+
+        fn start_with(
+            listen: &str,
+            trusted: &std::path::Path,
+            extra: &[&std::ffi::OsStr],
+        ) -> Server {
             let mut child = Command::new(env!("CARGO_BIN_EXE_clipsync"))
                 .args(["serve", "--listen", listen, "--identity"])
                 .arg(fixture("ed25519_test_key"))
                 .arg("--authorized-keys")
-                .arg(fixture("ecdsa_test_key.pub"))
+                .arg(trusted)
+                .args(extra)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -164,6 +173,79 @@ mod serve_send {
         // A refused send may exit before reading: a broken pipe here is not the failure.
         let _ = child.stdin.take().unwrap().write_all(input);
         child.wait_with_output().unwrap()
+    }
+
+    /// Issue 11, item 7: two peers sending files to one `serve --out` at once each get their
+    /// own part file; both files are saved whole under their own BLAKE3, no part file is left,
+    /// and a small file is saved as a file too (not printed as a message).
+    #[test]
+    fn concurrent_sends_to_serve_out_each_save_their_own_file() {
+        let dir = std::env::temp_dir().join(format!("clipsync-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        // Two peers: the fixture's ECDSA key and a second ed25519 key written here.
+        let second = clipsync::secure::SshAuthenticator::ed25519_from_seed([5; 32]);
+        let second_path = dir.join("second_key");
+        second
+            .write_openssh_file(&second_path, ssh_key::LineEnding::LF)
+            .unwrap();
+        let trusted = dir.join("trusted");
+        let ecdsa_pub = std::fs::read_to_string(fixture("ecdsa_test_key.pub")).unwrap();
+        let second_pub = second.public_key().to_openssh().unwrap();
+        std::fs::write(&trusted, format!("{}\n{second_pub}\n", ecdsa_pub.trim())).unwrap();
+        let server = Server::start_with(
+            "127.0.0.1:0",
+            &trusted,
+            &["--out".as_ref(), out.as_os_str()],
+        );
+        let files: Vec<(PathBuf, Vec<u8>)> = [(7u8, 6 << 20), (9u8, 6 << 20), (11u8, 1000)]
+            .into_iter()
+            .map(|(seed, len)| {
+                let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
+                let path = dir.join(format!("in-{seed}"));
+                std::fs::write(&path, &data).unwrap();
+                (path, data)
+            })
+            .collect();
+        let send_file = |identity: &std::path::Path, path: &std::path::Path| {
+            Command::new(env!("CARGO_BIN_EXE_clipsync"))
+                .args(["send", "--connect", &server.addr, "--identity"])
+                .arg(identity)
+                .arg("--authorized-keys")
+                .arg(fixture("ed25519_test_key.pub"))
+                .arg(path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let check = |child: Child| {
+            let o = child.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert!(String::from_utf8_lossy(&o.stdout).contains("delivered file"));
+        };
+        // Both peers at once, then the small file.
+        let a = send_file(&fixture("ecdsa_test_key"), &files[0].0);
+        let b = send_file(&second_path, &files[1].0);
+        check(a);
+        check(b);
+        check(send_file(&fixture("ecdsa_test_key"), &files[2].0));
+        for _ in &files {
+            server.line_with("saved=");
+        }
+        for (_, data) in &files {
+            let saved = std::fs::read(out.join(blake3::hash(data).to_hex().as_str())).unwrap();
+            assert!(saved == *data, "a saved file differs from what was sent");
+        }
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".part"))
+            .collect();
+        assert!(left.is_empty(), "part files left: {left:?}");
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
