@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,57 +13,7 @@ use clipsync::config::TransportConfig;
 use clipsync::error::SendError;
 use clipsync::transport::{Connection, ConnectionState, Incoming, Message, PeerInfo};
 use common::*;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-
-/// A TCP forwarder: new connections go to `target`; `cut` kills every current one.
-struct Proxy {
-    addr: SocketAddr,
-    target: Arc<Mutex<SocketAddr>>,
-    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    _accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let target = Arc::new(Mutex::new(target));
-        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (t, ls) = (target.clone(), links.clone());
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = l.accept().await else {
-                    return;
-                };
-                let to = *t.lock().unwrap();
-                let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                ls.lock().unwrap().push(link);
-            }
-        });
-        Proxy {
-            addr,
-            target,
-            links,
-            _accept: accept,
-        }
-    }
-
-    /// Kills every forwarded connection (both sockets close under the transport).
-    fn cut(&self) {
-        for l in self.links.lock().unwrap().drain(..) {
-            l.abort();
-        }
-    }
-
-    fn retarget(&self, to: SocketAddr) {
-        *self.target.lock().unwrap() = to;
-    }
-}
 
 /// How each send settled, by message number.
 type Outcomes = Arc<Mutex<Vec<(u32, Result<(), SendError>)>>>;
@@ -78,10 +27,6 @@ fn fast() -> TransportConfig {
         backoff_max: Duration::from_millis(200),
         ..cfg()
     }
-}
-
-fn tcp_addr(a: &clipsync::transport::Address) -> SocketAddr {
-    a.to_string().parse().unwrap()
 }
 
 /// Receives messages into `got` until the connection ends.

@@ -29,7 +29,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rustls::crypto::CryptoProvider;
 use rustls::time_provider::TimeProvider;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
 
 use crate::config::TransportConfig;
@@ -48,6 +48,9 @@ use crate::secure::tls::TlsSetupError;
 use crate::secure::{self, Authenticator, ChannelParams, TlsSetup};
 use crate::wire::Frame;
 use crate::wire::{ReasonCode, SessionId};
+
+mod sender;
+pub use sender::ConnectionSender;
 
 /// A peer as the discovery component hands it in: a name, where it can be reached, and
 /// optionally the SSH key it must present.
@@ -469,12 +472,13 @@ impl Transport {
                 this.register_link(&pk, &ok, true, commands, state)
             }),
         };
+        let handles = driver::spawn_pending(&self.inner.cfg, span, pending);
         Ok(Connection {
-            handles: driver::spawn_pending(&self.inner.cfg, span, pending),
+            sender: ConnectionSender::new(&handles, &self.inner.cfg),
+            handles,
             preferred: own_key.as_ref() < peer_key.as_ref(),
             peer_key,
             peer_fingerprint,
-            stream_threshold: self.inner.cfg.stream_threshold as usize,
         })
     }
 
@@ -728,9 +732,9 @@ impl Drop for Listener {
 #[derive(Debug)]
 pub struct Connection {
     handles: Handles,
+    sender: ConnectionSender,
     peer_key: Bytes,
     peer_fingerprint: String,
-    stream_threshold: usize,
     /// Set by the tie-break: whether this is the connection it keeps.
     preferred: bool,
 }
@@ -746,116 +750,70 @@ impl Connection {
         let peer_key = channel.handshake.peer_key.clone();
         let peer_fingerprint = fingerprint_of_blob(&peer_key);
         span.record("peer_key", peer_fingerprint.as_str());
+        let handles = driver::spawn(channel, cfg, span, permit, reconnect);
         Self {
-            handles: driver::spawn(channel, cfg, span, permit, reconnect),
+            sender: ConnectionSender::new(&handles, cfg),
+            handles,
             peer_key,
             peer_fingerprint,
-            stream_threshold: cfg.stream_threshold as usize,
             preferred: true,
         }
     }
 
-    /// Sends `message` and waits until the peer has it: acknowledged, or for a payload larger
-    /// than `stream_threshold`, streamed in chunks and verified by the peer (which then
-    /// receives it as an [`Incoming::Stream`]).
+    /// A sending half of this connection: cloneable, so one task can send (messages and
+    /// streams) while another [`Connection::receive`]s. The connection stays open while a
+    /// sender lives, even after the `Connection` is dropped; [`Connection::close`] ends it for
+    /// all of them.
     ///
-    /// Waits while the send queue is full. Fails with [`SendError::TooLarge`] for a payload
-    /// the peer cannot take (nothing sent, connection unaffected), and with
-    /// [`SendError::Unknown`] if the connection ends before the acknowledgement.
+    /// ```no_run
+    /// # async fn demo(mut conn: clipsync::transport::Connection) {
+    /// use clipsync::transport::Message;
+    /// let sender = conn.sender();
+    /// tokio::spawn(async move { sender.send(Message::text("from another task")).await });
+    /// while let Ok(incoming) = conn.receive().await { /* ... */ }
+    /// # }
+    /// ```
+    pub fn sender(&self) -> ConnectionSender {
+        self.sender.clone()
+    }
+
+    /// See [`ConnectionSender::send`].
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
-        if message.payload.len() > self.stream_threshold {
-            let len = message.payload.len() as u64;
-            let mut s = match self
-                .open_stream(message.content_type.clone(), Some(len))
-                .await
-            {
-                Ok(s) => s,
-                Err(SendError::StreamsUnsupported) => return self.send_message(message).await,
-                Err(e) => return Err(e),
-            };
-            s.write(message.payload).await?;
-            return s.finish().await;
-        }
-        self.send_message(message).await
+        self.sender.send(message).await
     }
 
-    /// Sends `message` as one `MESSAGE` frame whatever its size (up to the peer's
-    /// `max_message_size`), and waits for the acknowledgement.
+    /// See [`ConnectionSender::send_message`].
     pub async fn send_message(&self, message: Message) -> Result<(), SendError> {
-        let (done, rx) = oneshot::channel();
-        if self
-            .handles
-            .commands
-            .send(Command::Send { message, done })
-            .await
-            .is_err()
-        {
-            return Err(SendError::Closed(self.cause()));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(SendError::Unknown(self.cause())))
+        self.sender.send_message(message).await
     }
 
-    /// Like [`Connection::send`], but fails with [`SendError::Full`] at once instead of
-    /// waiting for room in the send queue. The returned future still resolves on the
-    /// acknowledgement.
+    /// See [`ConnectionSender::try_send`].
     pub fn try_send(
         &self,
         message: Message,
     ) -> Result<impl Future<Output = Result<(), SendError>> + use<>, SendError> {
-        let (done, rx) = oneshot::channel();
-        match self
-            .handles
-            .commands
-            .try_send(Command::Send { message, done })
-        {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(SendError::Closed(self.cause()));
-            }
-        }
-        let state = self.handles.state.clone();
-        Ok(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(SendError::Unknown(cause_of(&state))))
-        })
+        self.sender.try_send(message)
     }
 
-    /// Opens a stream of `content_type` (with its length, if known). Waits while the peer's
-    /// `max_streams` are open. Write to the returned [`StreamSender`], then `finish` it.
+    /// See [`ConnectionSender::open_stream`].
     pub async fn open_stream(
         &self,
         content_type: impl Into<String>,
         total_len: Option<u64>,
     ) -> Result<StreamSender, SendError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::OpenStream {
-            content_type: content_type.into(),
-            total_len,
-            reply,
-        };
-        if self.handles.commands.send(cmd).await.is_err() {
-            return Err(SendError::Closed(self.cause()));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(SendError::Closed(self.cause())))
+        self.sender.open_stream(content_type, total_len).await
     }
 
-    /// Streams everything `reader` yields (a file, a pipe, a buffer) and waits until the peer
-    /// verified it; returns the bytes sent. Memory stays bounded by the windows whatever the
-    /// size; watch progress with [`Connection::open_stream`] and [`StreamSender::progress`]
-    /// instead when it matters.
+    /// See [`ConnectionSender::send_stream`].
     pub async fn send_stream<R: tokio::io::AsyncRead + Unpin>(
         &self,
         content_type: impl Into<String>,
         total_len: Option<u64>,
         reader: &mut R,
     ) -> Result<u64, SendError> {
-        let mut s = self.open_stream(content_type, total_len).await?;
-        let n = s.copy_from(reader).await?;
-        s.finish().await?;
-        Ok(n)
+        self.sender
+            .send_stream(content_type, total_len, reader)
+            .await
     }
 
     /// The next message or stream from the peer, in the order the peer sent them; after the
@@ -922,6 +880,8 @@ impl Connection {
             task,
             ..
         } = self.handles;
+        // Senders still held elsewhere must not keep the task waiting for more commands.
+        drop(self.sender);
         // Let the task deliver its last messages to nobody and end.
         drop(incoming);
         drop(commands);

@@ -127,3 +127,84 @@ pub fn refused(e: &clipsync::error::ConnectError) -> Option<(ReasonCode, bool)> 
         _ => None,
     }
 }
+
+/// A TCP forwarder for real-socket fault tests: new connections go to `target`; `cut` kills
+/// every current one (both sockets close under the transport); `freeze` stops forwarding on
+/// every current one but keeps its sockets open (a half-open connection: writes succeed, reads
+/// hang, as after a laptop changed networks).
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    target: Arc<std::sync::Mutex<std::net::SocketAddr>>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    freeze: tokio::sync::watch::Sender<u64>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: std::net::SocketAddr) -> Proxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (freeze, frozen) = tokio::sync::watch::channel(0u64);
+        let (t, ls) = (target.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = l.accept().await else {
+                    return;
+                };
+                let to = *t.lock().unwrap();
+                let mut frozen = frozen.clone();
+                frozen.mark_unchanged();
+                let link = tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = frozen.changed() => {
+                            // Half-open: hold both sockets, forward nothing, for ever.
+                            std::future::pending::<()>().await;
+                        }
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                    drop((inbound, outbound));
+                });
+                ls.lock().unwrap().push(link);
+            }
+        });
+        Proxy {
+            addr,
+            target,
+            links,
+            freeze,
+            _accept: accept,
+        }
+    }
+
+    /// Kills every forwarded connection.
+    pub fn cut(&self) {
+        for l in self.links.lock().unwrap().drain(..) {
+            l.abort();
+        }
+    }
+
+    /// Makes every current connection half-open; new ones forward normally.
+    pub fn freeze(&self) {
+        self.freeze.send_modify(|n| *n += 1);
+    }
+
+    pub fn retarget(&self, to: std::net::SocketAddr) {
+        *self.target.lock().unwrap() = to;
+    }
+
+    /// The proxy as a peer address.
+    pub fn peer(&self, name: &str) -> clipsync::transport::PeerInfo {
+        clipsync::transport::PeerInfo::new(name, vec![self.addr.to_string().parse().unwrap()])
+    }
+}
+
+/// The socket address of a TCP `Address`.
+pub fn tcp_addr(a: &Address) -> std::net::SocketAddr {
+    a.to_string().parse().unwrap()
+}

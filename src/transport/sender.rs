@@ -1,0 +1,128 @@
+//! [`ConnectionSender`]: the cloneable sending half of a [`super::Connection`].
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::TransportConfig;
+use crate::driver::{Command, ConnectionState, Handles, Message, StreamSender, cause_of};
+use crate::error::{CloseCause, SendError};
+
+/// The sending half of a [`super::Connection`] ([`super::Connection::sender`]): send messages
+/// and streams from any task while another one receives. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ConnectionSender {
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<ConnectionState>,
+    stream_threshold: usize,
+}
+
+impl ConnectionSender {
+    pub(super) fn new(handles: &Handles, cfg: &TransportConfig) -> Self {
+        Self {
+            commands: handles.commands.clone(),
+            state: handles.state.clone(),
+            stream_threshold: cfg.stream_threshold as usize,
+        }
+    }
+
+    fn cause(&self) -> CloseCause {
+        cause_of(&self.state)
+    }
+
+    /// Sends `message` and waits until the peer has it: acknowledged, or for a payload larger
+    /// than `stream_threshold`, streamed in chunks and verified by the peer (which then
+    /// receives it as an [`Incoming::Stream`]).
+    ///
+    /// Waits while the send queue is full. Fails with [`SendError::TooLarge`] for a payload
+    /// the peer cannot take (nothing sent, connection unaffected), and with
+    /// [`SendError::Unknown`] if the connection ends before the acknowledgement.
+    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        if message.payload.len() > self.stream_threshold {
+            let len = message.payload.len() as u64;
+            let mut s = match self
+                .open_stream(message.content_type.clone(), Some(len))
+                .await
+            {
+                Ok(s) => s,
+                Err(SendError::StreamsUnsupported) => return self.send_message(message).await,
+                Err(e) => return Err(e),
+            };
+            s.write(message.payload).await?;
+            return s.finish().await;
+        }
+        self.send_message(message).await
+    }
+
+    /// Sends `message` as one `MESSAGE` frame whatever its size (up to the peer's
+    /// `max_message_size`), and waits for the acknowledgement.
+    pub async fn send_message(&self, message: Message) -> Result<(), SendError> {
+        let (done, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Send { message, done })
+            .await
+            .is_err()
+        {
+            return Err(SendError::Closed(self.cause()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(SendError::Unknown(self.cause())))
+    }
+
+    /// Like [`ConnectionSender::send`], but fails with [`SendError::Full`] at once instead of
+    /// waiting for room in the send queue. The returned future still resolves on the
+    /// acknowledgement.
+    pub fn try_send(
+        &self,
+        message: Message,
+    ) -> Result<impl Future<Output = Result<(), SendError>> + use<>, SendError> {
+        let (done, rx) = oneshot::channel();
+        match self.commands.try_send(Command::Send { message, done }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(SendError::Closed(self.cause()));
+            }
+        }
+        let state = self.state.clone();
+        Ok(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(SendError::Unknown(cause_of(&state))))
+        })
+    }
+
+    /// Opens a stream of `content_type` (with its length, if known). Waits while the peer's
+    /// `max_streams` are open. Write to the returned [`StreamSender`], then `finish` it.
+    pub async fn open_stream(
+        &self,
+        content_type: impl Into<String>,
+        total_len: Option<u64>,
+    ) -> Result<StreamSender, SendError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::OpenStream {
+            content_type: content_type.into(),
+            total_len,
+            reply,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            return Err(SendError::Closed(self.cause()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(SendError::Closed(self.cause())))
+    }
+
+    /// Streams everything `reader` yields (a file, a pipe, a buffer) and waits until the peer
+    /// verified it; returns the bytes sent. Memory stays bounded by the windows whatever the
+    /// size; watch progress with [`ConnectionSender::open_stream`] and [`StreamSender::progress`]
+    /// instead when it matters.
+    pub async fn send_stream<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        content_type: impl Into<String>,
+        total_len: Option<u64>,
+        reader: &mut R,
+    ) -> Result<u64, SendError> {
+        let mut s = self.open_stream(content_type, total_len).await?;
+        let n = s.copy_from(reader).await?;
+        s.finish().await?;
+        Ok(n)
+    }
+}
