@@ -17,13 +17,18 @@
 //!   and a BLAKE3 check of the whole payload at the receiver;
 //! - `receive()` yields [`transport::Incoming::Message`] and [`transport::Incoming::Stream`]
 //!   in the order the peer sent them; a small message is never stuck behind a large stream;
+//!   `sender()` gives a cloneable sending half, so one task sends while another receives;
+//!   an incoming stream settles as delivered for its sender once the application has read its
+//!   verified end (or, with `hold_verdict`, once it `accept`s; `reject` fails it);
 //! - `state()` and `health()` watch the connection (connecting, connected, degraded,
 //!   reconnecting, offline, closed with its cause; round-trip time); every transition is
 //!   logged with its reason;
 //! - when the network breaks a connection, the dialer redials with backoff and both sides
 //!   resume the session: messages are neither lost nor repeated, and open streams continue
 //!   from the receiver's offset, not from zero. If the peer lost the session (it restarted),
-//!   the sends it had not acknowledged fail as "delivery unknown".
+//!   the connection carries on with a fresh session: sends that were on the wire and not
+//!   acknowledged fail as "delivery unknown", sends that never left go out on the new session,
+//!   and every stream of the old session settles.
 //!
 //! Every send settles: delivered, refused with a reason, or — if the connection ends first —
 //! "delivery unknown". Bad input from the peer gets a typed error and a close with a numbered
@@ -38,19 +43,21 @@
 //! | 0. wire format | [`wire`] | frames to bytes and back; pure data (`PROTOCOL.md` at the repository root) |
 //! | 1. socket seam | [`net`] | dial / bind / accept as an abstract trait; tokio TCP and Unix sockets |
 //! | 2. secure channel | [`secure`] | TLS 1.3, WebSocket upgrade, SSH-key authentication |
-//! | 3. session core | [`core`] | sans-I/O state machines: sequence numbers, acks, heartbeats |
-//! | 4. driver | [`driver`] | the async tasks per connection |
+//! | 3. connection core | [`core`] | sans-I/O state machines: the whole connection's rules (sessions and their replacement, the ledger of sends, stream scheduling, credit, heartbeats, the redial policy and the tie-break) |
+//! | 4. driver | [`driver`] | the async tasks per connection: a pump between socket, timers, application and the core |
 //! | 5. public API | [`transport`] | `Transport`, `Connection`, `Listener` |
 //!
-//! The session core sits beside the secure channel, not on top of it: both use the wire
-//! format, neither knows the other, and the driver joins them.
+//! The connection core sits beside the secure channel, not on top of it: both use the wire
+//! format, neither knows the other, and the driver joins them. Every rule a test could name
+//! lives in the core, where a model test (two cores joined in memory, random operations, cuts
+//! and restarts, invariants after every step) checks it.
 //!
 //! Beside the layers: [`config`] (every tunable with its default and the reason for it) and
 //! [`error`] (one error enum per layer).
 //!
 //! ## Determinism contract
 //!
-//! The session core takes time as an argument and has no I/O and no randomness. The layers
+//! The connection core takes time as an argument and has no I/O and no randomness. The layers
 //! above it read time only from `tokio::time` (which the simulator controls), draw nonces
 //! and session ids from one RNG seeded by [`config::TransportConfig::rng_seed`], and use
 //! `biased;` in every `select!`. TLS key exchange draws from the crypto provider, which the

@@ -12,7 +12,8 @@ use clipsync::config::TransportConfig;
 use clipsync::error::SendError;
 use clipsync::secure::SshAuthenticator;
 use clipsync::transport::{
-    AcceptError, Connection, ConnectionState, Incoming, Message, PeerInfo, Transport,
+    AcceptError, Connection, ConnectionSender, ConnectionState, Incoming, Message, PeerInfo,
+    Transport,
 };
 use clipsync::wire::ReasonCode;
 use rand_chacha::ChaCha20Rng;
@@ -68,6 +69,30 @@ pub struct Log {
     pub connects: BTreeMap<String, Vec<ConnectRecord>>,
     /// Mutual workloads: each host's connections to the other at the end of the run.
     pub links: BTreeMap<String, Vec<LinkRecord>>,
+    /// `both_ways` workloads: the server's senders back to clients, by name: (incarnation,
+    /// client, finished).
+    pub back: BTreeMap<String, (u32, String, bool)>,
+    /// How many times the server started.
+    pub server_incarnations: u32,
+    /// How connections ended: (host, cause), for every connection either side held.
+    pub closes: Vec<(String, clipsync::error::CloseCause)>,
+}
+
+/// Records how `state`'s connection ends, at `host`.
+fn watch_close(log: &SharedLog, host: &str, mut state: watch::Receiver<ConnectionState>) {
+    let (log, host) = (log.clone(), host.to_string());
+    tokio::spawn(async move {
+        loop {
+            if let ConnectionState::Closed(cause) = &*state.borrow_and_update() {
+                let cause = cause.clone();
+                with_log(&log, |l| l.closes.push((host, cause)));
+                return;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// One connection between the two hosts of a mutual workload, as it stood at the end.
@@ -157,6 +182,11 @@ pub fn register(
         .map(|(_, n, _)| host_key(seed, n).public_key().clone())
         .collect();
     let names: Vec<String> = clients.iter().map(|(_, n, _)| n.clone()).collect();
+    let trusted_names: Vec<String> = clients
+        .iter()
+        .filter(|(_, _, t)| *t)
+        .map(|(_, n, _)| n.clone())
+        .collect();
 
     // The server: a host, so it can crash and bounce. Each start is a new incarnation with
     // fresh state, as a restarted process would have.
@@ -172,16 +202,42 @@ pub fn register(
         let key = skey.clone();
         let trusted = trusted.clone();
         let names = names.clone();
+        let trusted_names = trusted_names.clone();
         let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
         async move {
             tracing::info!(target: "clipsync_sim", incarnation, "server start");
+            with_log(&log, |l| l.server_incarnations = incarnation + 1);
+            let wire_keys: Vec<Vec<u8>> = trusted
+                .iter()
+                .map(|k| k.to_bytes().unwrap_or_default())
+                .collect();
             let transport = build_transport(&scenario, seed, &name, incarnation)?;
             let auth = Arc::new(SshAuthenticator::new(key, trusted)?);
             let addr = format!("0.0.0.0:{PORT}").parse()?;
             let mut listener = transport.listen(&addr, auth).await?;
+            let mut accepted: BTreeMap<String, u32> = BTreeMap::new();
             loop {
                 match listener.accept().await {
                     Ok(conn) => {
+                        watch_close(&log, &name, conn.state());
+                        let client = wire_keys
+                            .iter()
+                            .position(|k| k.as_slice() == conn.peer_key().as_ref())
+                            .and_then(|i| trusted_names.get(i).cloned());
+                        if let (true, Some(client)) = (scenario.workload.both_ways, client) {
+                            let n = accepted.entry(client.clone()).or_default();
+                            *n += 1;
+                            let back = Back {
+                                name: back_name(&name, incarnation, *n, &client),
+                                index: back_index(incarnation, *n),
+                                incarnation,
+                                client,
+                            };
+                            let w = scenario.workload.clone();
+                            let sender = conn.sender();
+                            let state = conn.state();
+                            tokio::spawn(send_back(sender, state, w, seed, log.clone(), back));
+                        }
                         tokio::spawn(serve_connection(conn, log.clone(), names.clone(), sabotage));
                     }
                     Err(AcceptError::Closed) => return Ok(()),
@@ -225,7 +281,10 @@ pub fn register(
                     tracing::debug!(target: "clipsync_sim", ok = record.result.is_ok(), "connect attempt");
                     with_log(&log, |l| l.connects.entry(name.clone()).or_default().push(record));
                     match result {
-                        Ok(c) if trusted_client => conn = Some(c),
+                        Ok(c) if trusted_client => {
+                            watch_close(&log, &name, c.state());
+                            conn = Some(ClientConn::new(c, w.both_ways, &log, &server, &name))
+                        }
                         Ok(c) => c.close().await,
                         Err(_) => {
                             tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
@@ -245,16 +304,25 @@ pub fn register(
                 let Some(c) = conn.as_ref() else { continue };
                 tracing::debug!(target: "clipsync_sim", id, size, as_stream, "send");
                 let result = if as_stream {
-                    logged_send(&log, &name, id, send_stream(c, payload)).await
+                    logged_send(&log, &name, id, send_stream(&c.sender, payload)).await
                 } else {
-                    let send = c.send_message(Message::new(CONTENT_TYPE, payload));
+                    let send = c.sender.send_message(Message::new(CONTENT_TYPE, payload));
                     logged_send(&log, &name, id, send).await
                 };
                 id += 1;
-                if result.is_err() {
+                // A both-ways client keeps its connection while the transport does (it resumes
+                // or replaces the session by itself, as an engine relies on); the others
+                // drop it on a failed send and dial again.
+                let keep = w.both_ways && !c.is_closed();
+                if result.is_err() && !keep {
+                    // Dropped: the connection closes (its receiver, if any, stops first).
                     conn = None;
                     tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
                 }
+            }
+            if w.both_ways {
+                // The server's sends to this client settle before the client goes.
+                wait_for_back(&log, &name).await;
             }
             if let Some(c) = conn {
                 c.close().await;
@@ -263,6 +331,201 @@ pub fn register(
             Ok(())
         });
     }
+}
+
+/// The name of the server's sends back to `client` on its `n`-th connection to incarnation
+/// `incarnation` (and of their deliveries at the client).
+fn back_name(server: &str, incarnation: u32, n: u32, client: &str) -> String {
+    format!("{server}#{incarnation}.{n}>{client}")
+}
+
+/// The payload's index field for such sends: incarnation and connection, a byte each.
+fn back_index(incarnation: u32, n: u32) -> usize {
+    (((incarnation & 0xff) << 8) | (n & 0xff)) as usize
+}
+
+/// One sender of the server back to a client.
+struct Back {
+    name: String,
+    index: usize,
+    incarnation: u32,
+    client: String,
+}
+
+/// The server's side of a `both_ways` workload on one connection: the scenario's workload,
+/// sent to the client with its own seeded sizes and pauses, every send logged.
+async fn send_back(
+    sender: ConnectionSender,
+    state: watch::Receiver<ConnectionState>,
+    w: crate::scenario::Workload,
+    seed: u64,
+    log: SharedLog,
+    back: Back,
+) {
+    with_log(&log, |l| {
+        l.back.insert(
+            back.name.clone(),
+            (back.incarnation, back.client.clone(), false),
+        )
+    });
+    let mut rng = ChaCha20Rng::from_seed(derive(seed, &format!("workload/{}", back.name)));
+    let mut pick = |r: [u64; 2]| r[0] + rng.next_u64() % (r[1] - r[0] + 1);
+    for id in 1..=w.messages {
+        if matches!(*state.borrow(), ConnectionState::Closed(_)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(pick(w.interval_ms))).await;
+        let as_stream = w.stream_every > 0 && id % w.stream_every == 0;
+        let range = if as_stream { w.stream_size } else { w.size };
+        let size = pick([range[0] as u64, range[1] as u64]) as usize;
+        let payload = make_payload(back.index, id, size);
+        tracing::debug!(target: "clipsync_sim", to = %back.client, id, size, as_stream, "send back");
+        let _ = if as_stream {
+            logged_send(&log, &back.name, id, send_stream(&sender, payload)).await
+        } else {
+            let send = sender.send_message(Message::new(CONTENT_TYPE, payload));
+            logged_send(&log, &back.name, id, send).await
+        };
+    }
+    with_log(&log, |l| {
+        if let Some(e) = l.back.get_mut(&back.name) {
+            e.2 = true;
+        }
+    });
+}
+
+/// Waits (in simulated time) until every sender of the server's current incarnation back to
+/// `client` has finished; the run's own deadline bounds it.
+async fn wait_for_back(log: &SharedLog, client: &str) {
+    loop {
+        let pending = with_log(log, |l| {
+            let current = l.server_incarnations.saturating_sub(1);
+            l.back
+                .values()
+                .any(|(inc, c, done)| *inc == current && c == client && !done)
+        });
+        if !pending {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client's connection: its sending half, and, in a `both_ways` workload, a task receiving
+/// the server's sends meanwhile.
+struct ClientConn {
+    sender: ConnectionSender,
+    state: watch::Receiver<ConnectionState>,
+    conn: Option<Connection>,
+    receiver: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Connection>,
+    )>,
+}
+
+impl ClientConn {
+    fn new(c: Connection, both_ways: bool, log: &SharedLog, server: &str, client: &str) -> Self {
+        let (sender, state) = (c.sender(), c.state());
+        if !both_ways {
+            return Self {
+                sender,
+                state,
+                conn: Some(c),
+                receiver: None,
+            };
+        }
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(receive_back(
+            c,
+            stop_rx,
+            log.clone(),
+            server.to_string(),
+            client.to_string(),
+        ));
+        Self {
+            sender,
+            state,
+            conn: None,
+            receiver: Some((stop, task)),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(*self.state.borrow(), ConnectionState::Closed(_))
+    }
+
+    async fn close(self) {
+        let conn = match (self.conn, self.receiver) {
+            (Some(c), _) => Some(c),
+            (None, Some((stop, task))) => {
+                let _ = stop.send(());
+                task.await.ok()
+            }
+            (None, None) => None,
+        };
+        drop(self.sender);
+        if let Some(c) = conn {
+            c.close().await;
+        }
+    }
+}
+
+/// The client's receiving half in a `both_ways` workload: checks and logs the server's sends
+/// until told to stop or the connection ends; hands the connection back.
+async fn receive_back(
+    mut conn: Connection,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    log: SharedLog,
+    server: String,
+    client: String,
+) -> Connection {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            r = conn.receive() => match r {
+                Ok(i) => i,
+                Err(_) => break,
+            },
+        };
+        let payload = match incoming {
+            Incoming::Message(m) => m.payload,
+            Incoming::Stream(s) => match s.read_to_end(MAX_STREAM).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(target: "clipsync_sim", error = %e, "stream back failed");
+                    continue;
+                }
+            },
+            _ => continue,
+        };
+        let (Some(id), Some(index)) = (
+            payload
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+            payload
+                .get(8..10)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_be_bytes),
+        ) else {
+            tracing::error!(target: "clipsync_sim", "malformed workload message back");
+            continue;
+        };
+        if payload[10..].iter().any(|&b| b != filler(id)) {
+            tracing::error!(target: "clipsync_sim", id, "payload back corrupted");
+            continue;
+        }
+        let name = back_name(
+            &server,
+            u32::from(index >> 8),
+            u32::from(index & 0xff),
+            &client,
+        );
+        tracing::debug!(target: "clipsync_sim", from = %name, id, "delivered back");
+        with_log(&log, |l| l.delivered.push((name, id, now())));
+    }
+    conn
 }
 
 /// Receives on `conn` until it ends, checking every payload and logging its delivery.
@@ -536,7 +799,7 @@ fn describe(e: &SendError) -> String {
 }
 
 /// Sends `payload` as a stream in uneven pieces (as a reader would hand them over).
-async fn send_stream(c: &clipsync::transport::Connection, payload: Bytes) -> Result<(), SendError> {
+async fn send_stream(c: &ConnectionSender, payload: Bytes) -> Result<(), SendError> {
     let mut s = c
         .open_stream(CONTENT_TYPE, Some(payload.len() as u64))
         .await?;

@@ -44,6 +44,7 @@ pub fn check(s: &Scenario, log: &Log, end: &Ending) -> Vec<Violation> {
     finished(s, end, &mut v);
     exactly_once_in_order(log, &mut v);
     settled(log, &mut v);
+    no_protocol_violation(log, &mut v);
     if let Some(ms) = s.invariants.max_send_ms {
         max_send_time(log, Duration::from_millis(ms), &mut v);
     }
@@ -96,6 +97,27 @@ fn single_connection(s: &Scenario, log: &Log, v: &mut Vec<Violation>) {
                 "single-connection",
                 format!("{} made {n} connection attempts, expected 1", client.name),
             );
+        }
+    }
+}
+
+/// Two correct peers never close a connection on each other for breaking the protocol: a
+/// close with one of these reasons, on either side, is a bug in one of them.
+fn no_protocol_violation(log: &Log, v: &mut Vec<Violation>) {
+    for (host, cause) in &log.closes {
+        if cause.reason().is_some_and(|r| {
+            matches!(
+                r,
+                ReasonCode::ProtocolError
+                    | ReasonCode::FrameTooLarge
+                    | ReasonCode::UnknownFrameType
+                    | ReasonCode::UnsupportedVersion
+                    | ReasonCode::FlowControlError
+                    | ReasonCode::InternalError
+                    | ReasonCode::ReplayOverflow
+            )
+        }) {
+            violation(v, "no-protocol-violation", format!("{host}: {cause}"));
         }
     }
 }
@@ -166,8 +188,14 @@ fn exactly_once_in_order(log: &Log, v: &mut Vec<Violation>) {
 }
 
 fn settled(log: &Log, v: &mut Vec<Violation>) {
+    let current = log.server_incarnations.saturating_sub(1);
     for ((client, id), rec) in &log.sent {
-        if rec.settled.is_none() {
+        // The server's sends of an incarnation that crashed died with it.
+        let crashed = log
+            .back
+            .get(client)
+            .is_some_and(|(inc, _, _)| *inc < current);
+        if rec.settled.is_none() && !crashed {
             violation(
                 v,
                 "settled",

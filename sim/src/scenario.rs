@@ -384,6 +384,15 @@ pub struct Workload {
     /// invariant checks each side ends with exactly that one connection. One client only.
     #[serde(default)]
     pub mutual: bool,
+    /// Traffic both ways: on every connection it accepts, the server runs this same workload
+    /// back to the client (messages and streams, its own seeded sizes and pauses) while the
+    /// client sends; each side receives while it sends. The server's sends are logged as
+    /// `server#I.N>client` (incarnation I, the client's N-th connection to it) and checked by
+    /// the same invariants; a client finishes only once the current incarnation's sends to it
+    /// have settled. Sends of an incarnation that crashed are exempt from `settled` (the
+    /// process that would settle them is gone).
+    #[serde(default)]
+    pub both_ways: bool,
 }
 
 fn default_stream_size() -> [usize; 2] {
@@ -531,6 +540,9 @@ impl Scenario {
         }
         if w.mutual && (self.clients().count() != 1 || self.clients().any(|c| !c.trusted)) {
             return Err("a mutual workload needs exactly one client, trusted".into());
+        }
+        if w.mutual && w.both_ways {
+            return Err("both_ways is for client/server workloads, not mutual ones".into());
         }
         if w.size[0] < 10 {
             return Err("workload sizes start at 10 bytes (message id and client index)".into());

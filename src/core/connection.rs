@@ -295,7 +295,7 @@ enum Closing {
     Abort(ReasonCode, String),
 }
 
-/// The connection state machine. See the [module docs](self).
+/// The connection state machine. See the [module docs](super) for the run loop.
 #[derive(Debug)]
 pub struct Connection {
     p: ConnectionParams,

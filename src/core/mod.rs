@@ -1,16 +1,19 @@
-//! Layer 3, the session core: sans-I/O state machines — the session (sequence numbers,
-//! acknowledgements, heartbeats, health), its streams (credit flow control, verification) and
-//! the reconnection backoff policy.
+//! Layer 3, the connection core: sans-I/O state machines — the [`Connection`] (which session is
+//! current and what replaces it, the ledger of sends, the queues in front of the session,
+//! stream scheduling and lanes, the resume window, the one resumability rule), the
+//! [`Session`] below it (sequence numbers, acknowledgements, heartbeats, health), its streams
+//! (credit flow control, verification), and the redial policy ([`RedialPolicy`], backoff,
+//! [`tie_break`]).
 //!
 //! No tokio, no sockets, no clock, no global RNG: frames and `now` (a [`Duration`] since the
 //! connection began, supplied by the driver) go in; frames to send, events for the
 //! application and the next deadline come out. The run loop is the same for every machine
 //! here (str0m's and quinn's shape):
 //!
-//! 1. feed input: [`Session::handle_frame`], [`Session::send_message`],
-//!    [`Session::handle_timeout`], [`Session::close`];
-//! 2. drain [`Session::poll_transmit`] and [`Session::poll_event`] until both are empty;
-//! 3. sleep until [`Session::poll_timeout`], or until new input arrives.
+//! 1. feed input: [`Connection::attach`], [`Connection::handle_frame`],
+//!    [`Connection::send`], [`Connection::handle_timeout`], [`Connection::close`], …;
+//! 2. drain [`Connection::poll_transmit`] and [`Connection::poll_output`] until both are empty;
+//! 3. sleep until [`Connection::poll_timeout`], or until new input arrives.
 //!
 //! [`Duration`]: std::time::Duration
 

@@ -14,9 +14,10 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::Instrument;
 
+use super::stream::Incoming;
 use super::stream::StreamSignal;
 use super::stream::{OutCmd, StreamSender};
-use super::types::{ConnectionState, Health, Incoming, Message};
+use super::types::{ConnectionState, Health, Message};
 use super::writer::{WriterCmd, write_loop};
 use crate::config::TransportConfig;
 use crate::core::{
@@ -690,13 +691,5 @@ pub(crate) fn settle_unsent(cmd: Command, cause: &CloseCause) {
             let _ = reply.send(Err(SendError::Closed(cause.clone())));
         }
         Command::Close { .. } => {}
-    }
-}
-
-/// The cause a closed connection reports (or a loss, if the task ended without one).
-pub(crate) fn cause_of(state: &watch::Receiver<ConnectionState>) -> CloseCause {
-    match &*state.borrow() {
-        ConnectionState::Closed(c) => c.clone(),
-        _ => CloseCause::Lost("connection task ended".into()),
     }
 }

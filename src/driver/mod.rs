@@ -13,8 +13,7 @@ mod stream;
 mod types;
 mod writer;
 
-pub(crate) use connection::{
-    Command, Handles, Pending, Reconnect, Redial, cause_of, spawn, spawn_pending,
-};
-pub use stream::{Full, IncomingStream, Progress, StreamError, StreamSender};
-pub use types::{ConnectionState, Health, Incoming, Message};
+pub(crate) use connection::{Command, Handles, Pending, Reconnect, Redial, spawn, spawn_pending};
+pub use stream::{Full, Incoming, IncomingStream, Progress, StreamError, StreamSender};
+pub(crate) use types::cause_of;
+pub use types::{ConnectionState, Health, Message};

@@ -10,10 +10,21 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::types::ConnectionState;
+use super::types::{ConnectionState, Message};
 use crate::core::StreamKey;
 use crate::error::{CloseCause, SendError};
 use crate::wire::ReasonCode;
+
+/// What [`crate::transport::Connection::receive`] returns: the peer's messages and streams,
+/// in the order the peer sent them.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// A whole message.
+    Message(Message),
+    /// A stream; read it (or drop it to cancel).
+    Stream(IncomingStream),
+}
 
 /// How far a stream has got. Updated per chunk; cheap to watch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -134,7 +145,7 @@ impl StreamSender {
         }
         match &self.settled {
             Some(Err(e)) => e.clone(),
-            _ => SendError::Closed(super::connection::cause_of(&self.state)),
+            _ => SendError::Closed(super::types::cause_of(&self.state)),
         }
     }
 
@@ -230,7 +241,7 @@ impl StreamSender {
         let state = self.state.clone();
         self.done
             .await
-            .unwrap_or_else(|_| Err(SendError::Unknown(super::connection::cause_of(&state))))
+            .unwrap_or_else(|_| Err(SendError::Unknown(super::types::cause_of(&state))))
     }
 
     /// Gives up on the stream; the receiver discards what it got.

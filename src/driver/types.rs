@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::stream::IncomingStream;
 use crate::core::CloseCause;
 
 /// One application message: bytes and what they are.
@@ -55,17 +54,6 @@ pub enum ConnectionState {
     Closed(CloseCause),
 }
 
-/// What [`crate::transport::Connection::receive`] returns: the peer's messages and streams,
-/// in the order the peer sent them.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Incoming {
-    /// A whole message.
-    Message(Message),
-    /// A stream; read it (or drop it to cancel).
-    Stream(IncomingStream),
-}
-
 /// A connection's measured health. Watch it with `Connection::health`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Health {
@@ -79,4 +67,12 @@ pub struct Health {
     /// the receiver's offset. Compare with the windows: a resume retransmits at most what was
     /// in flight.
     pub retransmitted_bytes: u64,
+}
+
+/// The cause a closed connection reports (or a loss, if the task ended without one).
+pub(crate) fn cause_of(state: &tokio::sync::watch::Receiver<ConnectionState>) -> CloseCause {
+    match &*state.borrow() {
+        ConnectionState::Closed(c) => c.clone(),
+        _ => CloseCause::Lost("connection task ended".into()),
+    }
 }

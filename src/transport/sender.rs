@@ -30,7 +30,7 @@ impl ConnectionSender {
 
     /// Sends `message` and waits until the peer has it: acknowledged, or for a payload larger
     /// than `stream_threshold`, streamed in chunks and verified by the peer (which then
-    /// receives it as an [`Incoming::Stream`]).
+    /// receives it as an [`crate::transport::Incoming::Stream`]).
     ///
     /// Waits while the send queue is full. Fails with [`SendError::TooLarge`] for a payload
     /// the peer cannot take (nothing sent, connection unaffected), and with

@@ -6,7 +6,7 @@
 //! WebSocket layer already delimits messages and bounds their size.
 //!
 //! The codec is pure data. It knows nothing of sockets, time or sessions; which frame is
-//! legal in which state is the session core's business (PROTOCOL.md §9).
+//! legal in which state is the connection core's business (PROTOCOL.md §9).
 //!
 //! ```
 //! use bytes::Bytes;

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::super::stream::Incoming;
 use super::super::stream::{InItem, IncomingStream, OutCmd, Progress, StreamError, StreamSender};
-use super::super::types::{ConnectionState, Incoming, Message};
+use super::super::types::{ConnectionState, Message};
 use super::{Driver, STREAM_QUEUE, hex};
 use crate::core::{CloseCause, Failure, InFailure, Output};
 use crate::error::SendError;
