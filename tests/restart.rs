@@ -20,17 +20,6 @@ use tokio::time::timeout;
 
 const BOUND: Duration = Duration::from_secs(10);
 
-fn fast() -> TransportConfig {
-    TransportConfig {
-        heartbeat_interval: Duration::from_millis(200),
-        heartbeat_timeout: Duration::from_millis(600),
-        degraded_rtt: Duration::from_millis(300),
-        backoff_initial: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(200),
-        ..cfg()
-    }
-}
-
 /// A server (key 1) whose clients (key 2) come through a cuttable proxy.
 async fn server(cfg: TransportConfig) -> (Transport, Listener) {
     let t = transport(cfg);
@@ -170,13 +159,7 @@ async fn sends_queued_while_the_peer_was_away_are_delivered_to_its_new_session()
     proxy.cut();
     drop((server_conn, listener_a, server_a));
     let mut state = client.state();
-    timeout(
-        BOUND,
-        state.wait_for(|s| *s == ConnectionState::Reconnecting),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    wait_state(&mut state, |s| *s == ConnectionState::Reconnecting).await;
     let client = std::sync::Arc::new(client);
     let queued: Vec<_> = (0..3)
         .map(|i| {
@@ -218,13 +201,7 @@ async fn a_resume_replaces_a_half_open_connection_at_once() {
     client.send(Message::text("one")).await.unwrap();
     proxy.freeze();
     let mut state = client.state();
-    timeout(
-        BOUND,
-        state.wait_for(|s| *s == ConnectionState::Reconnecting),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    wait_state(&mut state, |s| *s == ConnectionState::Reconnecting).await;
     // Resumed within a bound far below the server's 30 s idle timeout.
     timeout(BOUND, client.send(Message::text("two")))
         .await
@@ -280,18 +257,12 @@ async fn a_restarted_peer_links_again_at_once() {
         PeerInfo::new("s", vec![s_listener.local_addr().clone()]).with_key(ks.public_key().clone());
     let s_open = survivor.open(&to_r, auth(&ks, &[&kr])).unwrap();
     let mut st = s_open.state();
-    timeout(BOUND, st.wait_for(|s| *s == ConnectionState::Connected))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_state(&mut st, |s| *s == ConnectionState::Connected).await;
     // The restarting peer dies: its sockets first, then its transport and listener.
     proxy.cut();
     proxy.retarget("127.0.0.1:9".parse().unwrap());
     drop((r_listener, restarting));
-    timeout(BOUND, st.wait_for(|s| *s == ConnectionState::Reconnecting))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_state(&mut st, |s| *s == ConnectionState::Reconnecting).await;
     // It comes back and opens the survivor.
     let restarted = transport(fast());
     let r_listener = restarted
@@ -302,10 +273,7 @@ async fn a_restarted_peer_links_again_at_once() {
     let r_open = restarted.open(&to_s, auth(&kr, &[&ks])).unwrap();
     let accepted = timeout(BOUND, s_listener.accept()).await.unwrap().unwrap();
     let mut rs = r_open.state();
-    timeout(BOUND, rs.wait_for(|s| *s == ConnectionState::Connected))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_state(&mut rs, |s| *s == ConnectionState::Connected).await;
     // Both ends of the fresh link are up, the stale link was replaced, and a message flows
     // within the bound although the survivor's backoff is 30 s.
     r_open.send(Message::text("back")).await.unwrap();

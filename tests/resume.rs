@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clipsync::config::TransportConfig;
 use clipsync::error::SendError;
 use clipsync::transport::{Connection, ConnectionState, Incoming, Message, PeerInfo};
 use common::*;
@@ -17,17 +16,6 @@ use tokio::task::JoinHandle;
 
 /// How each send settled, by message number.
 type Outcomes = Arc<Mutex<Vec<(u32, Result<(), SendError>)>>>;
-
-fn fast() -> TransportConfig {
-    TransportConfig {
-        heartbeat_interval: Duration::from_millis(200),
-        heartbeat_timeout: Duration::from_millis(600),
-        degraded_rtt: Duration::from_millis(300),
-        backoff_initial: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(200),
-        ..cfg()
-    }
-}
 
 /// Receives messages into `got` until the connection ends.
 fn collect(mut conn: Connection, got: Arc<Mutex<Vec<u32>>>) -> JoinHandle<()> {

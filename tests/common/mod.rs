@@ -37,6 +37,29 @@ pub fn cfg() -> TransportConfig {
     }
 }
 
+/// Heartbeats and backoff fast enough that a reconnection test finishes in well under a second.
+pub fn fast() -> TransportConfig {
+    TransportConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_millis(600),
+        degraded_rtt: Duration::from_millis(300),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        ..cfg()
+    }
+}
+
+/// Waits, at most 10 s, until `conn`'s state satisfies `pred`; panics otherwise.
+pub async fn wait_state(
+    state: &mut tokio::sync::watch::Receiver<clipsync::transport::ConnectionState>,
+    pred: impl FnMut(&clipsync::transport::ConnectionState) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(10), state.wait_for(pred))
+        .await
+        .expect("state not reached within 10 s")
+        .expect("connection task gone");
+}
+
 pub fn transport(cfg: TransportConfig) -> Transport {
     Transport::new(cfg).unwrap()
 }
