@@ -293,3 +293,59 @@ async fn a_restarted_peer_links_again_at_once() {
         "{stale:?}"
     );
 }
+
+/// Item 2: the server holds an incoming stream unread (3 MiB buffered), the link is cut and
+/// the session resumes, then the server drops that stream. Only the current connection's bytes
+/// return to its window: a second 12 MiB stream (more than the 8 MiB connection window) then
+/// flows and verifies (before: the drop credited the old connection's bytes to the new one,
+/// granting credit beyond the window, and the next read underflowed the accounting, a panic
+/// in a debug build that killed the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_unread_stream_after_a_resume_keeps_the_windows() {
+    let (_server, mut listener) = server(fast()).await;
+    let proxy = Proxy::start(tcp_addr(listener.local_addr())).await;
+    let (client, mut server_conn) = client_through(&proxy, &mut listener).await;
+    let mut first = client.open_stream("test/first", None).await.unwrap();
+    first.write(vec![7u8; 3 << 20].into()).await.unwrap();
+    let unread = next_stream(&mut server_conn).await;
+    let mut progress = unread.progress();
+    timeout(BOUND, progress.wait_for(|p| p.received >= 3 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    proxy.cut();
+    let mut state = client.state();
+    wait_state(&mut state, |s| *s == ConnectionState::Reconnecting).await;
+    wait_state(&mut state, |s| *s == ConnectionState::Connected).await;
+    drop(unread);
+    let fate = timeout(BOUND, first.finish()).await.unwrap();
+    assert!(
+        matches!(
+            fate,
+            Err(SendError::Stream {
+                reason: ReasonCode::Cancelled,
+                ..
+            })
+        ),
+        "{fate:?}"
+    );
+    let sending = tokio::spawn(async move {
+        let r = client
+            .send(Message::new("test/second", vec![9u8; 12 << 20]))
+            .await;
+        (r, client)
+    });
+    let second = next_stream(&mut server_conn).await;
+    let got = timeout(BOUND, second.read_to_end(16 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 12 << 20);
+    assert!(got.iter().all(|&b| b == 9));
+    let (r, client) = sending.await.unwrap();
+    r.unwrap();
+    assert!(!matches!(
+        *client.state().borrow(),
+        ConnectionState::Closed(_)
+    ));
+}
