@@ -289,10 +289,8 @@ impl Resolved {
 
 async fn serve(r: Resolved, out: Option<PathBuf>) -> ExitCode {
     let listen = r.address.clone();
-    if let Some(dir) = &out {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            return fail(2, &format!("cannot create {}: {e}", dir.display()));
-        }
+    if let Some(dir) = out.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+        return fail(2, &format!("--out {} is not a directory", dir.display()));
     }
     let (transport, auth) = match r.setup() {
         Ok(x) => x,
@@ -302,6 +300,12 @@ async fn serve(r: Resolved, out: Option<PathBuf>) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(1, &e),
     };
+    // Created only once everything else stood: a failed start leaves nothing behind.
+    if let Some(dir) = &out {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return fail(2, &format!("cannot create {}: {e}", dir.display()));
+        }
+    }
     println!("listening on {}", listener.local_addr());
     loop {
         match listener.accept().await {
@@ -455,11 +459,25 @@ async fn send(
     let connect = r.address.clone();
     let peer = PeerInfo::new(connect.to_string(), vec![connect]);
     let file = file.filter(|f| f.as_os_str() != "-");
-    // Open the source before connecting, so a missing file fails fast.
+    if let Some(problem) = content_type
+        .as_deref()
+        .and_then(|ct| clipsync::wire::content_type_problem(ct.as_bytes()))
+    {
+        return fail(
+            2,
+            &format!("--content-type {problem}: it must be 1 to 255 printable ASCII bytes"),
+        );
+    }
+    // Open the source before connecting, so a missing file fails fast. Only a regular file
+    // has a length to announce; a pipe, a device or a FIFO streams until its end.
     let source = match &file {
+        Some(path) if path.is_dir() => {
+            return fail(2, &format!("{} is a directory", path.display()));
+        }
         Some(path) => match tokio::fs::File::open(path).await {
             Ok(f) => {
-                let len = f.metadata().await.ok().map(|m| m.len());
+                let meta = f.metadata().await.ok();
+                let len = meta.filter(|m| m.is_file()).map(|m| m.len());
                 Source::File(f, len)
             }
             Err(e) => return fail(2, &format!("cannot read {}: {e}", path.display())),

@@ -42,6 +42,12 @@ impl FromStr for Address {
             if path.is_empty() {
                 return Err(AddressError(s.to_string()));
             }
+            if path.len() > MAX_UNIX_PATH {
+                return Err(AddressError(format!(
+                    "{s}: the socket path is {} bytes, Linux allows at most {MAX_UNIX_PATH}",
+                    path.len()
+                )));
+            }
             return Ok(Address::Unix(PathBuf::from(path)));
         }
         match s.rsplit_once(':') {
@@ -61,6 +67,9 @@ impl fmt::Display for Address {
         }
     }
 }
+
+/// The longest Unix socket path: `sun_path` holds 108 bytes on Linux, one of them the NUL.
+pub const MAX_UNIX_PATH: usize = 107;
 
 /// An address that is neither `HOST:PORT` nor `unix:PATH`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -208,6 +217,13 @@ mod tests {
         );
         assert_eq!("[::1]:9".parse(), Ok(Address::Tcp("[::1]:9".into())));
         assert_eq!("unix:/tmp/s".parse(), Ok(Address::Unix("/tmp/s".into())));
+        let long = format!("unix:/{}", "x".repeat(MAX_UNIX_PATH));
+        let e = long
+            .parse::<Address>()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("at most 107"), "{e}");
         for bad in ["", "host", "host:", ":80", "host:99999", "unix:"] {
             assert!(bad.parse::<Address>().is_err(), "{bad} parsed");
         }
