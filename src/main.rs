@@ -39,8 +39,9 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Common {
-    /// OpenSSH private key file (ed25519, ecdsa or rsa; no passphrase). Overrides
-    /// `identity` in the configuration file.
+    /// OpenSSH private key file: ed25519 or ecdsa, without passphrase. RSA keys cannot be
+    /// identities yet (refused at start: ssh-key 0.6.7 cannot sign with them), but RSA peer
+    /// keys are trusted and verified. Overrides `identity` in the configuration file.
     #[arg(long)]
     identity: Option<PathBuf>,
     /// Trusted peer keys, `authorized_keys` format (ClipSync's own file). Overrides

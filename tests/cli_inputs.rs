@@ -176,3 +176,20 @@ fn an_endless_source_streams_in_bounded_memory() {
         "peak RSS {peak_kib} KiB"
     );
 }
+
+/// Issue 14, item 3: the help says what the tool does with RSA keys, and the tool does it.
+#[test]
+fn the_identity_help_tells_the_truth_about_rsa() {
+    let help = String::from_utf8_lossy(&clipsync(&["send", "--help"]).stdout).to_string();
+    assert!(help.contains("RSA keys cannot be"), "{help}");
+    let args = [
+        "send",
+        "--connect",
+        "127.0.0.1:9",
+        "--identity",
+        &fixture("rsa_test_key").display().to_string(),
+        "--authorized-keys",
+        &fixture("ed25519_test_key.pub").display().to_string(),
+    ];
+    refused(&clipsync(&args), "cannot sign");
+}

@@ -121,3 +121,32 @@ fn a_key_wrapped_at_64_columns_is_read() {
     let key = read_private_key(&fixture("pyca_ed25519_key")).unwrap();
     assert_eq!(key.algorithm(), ssh_key::Algorithm::Ed25519);
 }
+
+/// Issue 14, item 5: key-file errors say what is wrong and where.
+#[test]
+fn key_file_errors_name_the_line_and_the_mistake() {
+    let dir = std::env::temp_dir().join(format!("clipsync-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read_to_string(fixture("ed25519_test_key.pub")).unwrap();
+    // A garbled third line is named.
+    let garbled = dir.join("garbled");
+    let good = good.trim();
+    std::fs::write(
+        &garbled,
+        format!("# peers\n{good}\nssh-ed25519 AAAA!!!not-base64\n"),
+    )
+    .unwrap();
+    let e = read_trusted_keys(&garbled).unwrap_err().to_string();
+    assert!(e.contains("line 3"), "{e}");
+    // A file with only comments trusts no one, and says so at start.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "# nobody yet\n\n").unwrap();
+    let e = read_trusted_keys(&empty).unwrap_err().to_string();
+    assert!(e.contains("trusts no one"), "{e}");
+    // A public key given as the identity is recognised as such.
+    let e = read_private_key(&fixture("ed25519_test_key.pub"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("this is a public key"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -195,6 +195,14 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
         path: path.display().to_string(),
         source,
     })?;
+    if !text.contains("-----BEGIN") && text.trim().parse::<PublicKey>().is_ok() {
+        return Err(KeyError::Parse {
+            path: path.display().to_string(),
+            detail: "this is a public key; the identity is the private key file (usually the \
+                     same name without .pub)"
+                .into(),
+        });
+    }
     // ssh-key insists on OpenSSH's 70-column Base64 lines; other tools (Python's
     // cryptography, for one) wrap at 64. Re-wrap and try again before giving up.
     let key = PrivateKey::from_openssh(&text)
@@ -234,18 +242,37 @@ fn rewrap_openssh(text: &str) -> String {
 }
 
 /// Reads an `authorized_keys`-format file (ClipSync's own, never `~/.ssh/authorized_keys`).
+///
+/// A line that does not parse is named (`line 3: …`); a file with no key at all is refused
+/// ("trusts no one"), at start, rather than discovered peer by peer.
 pub fn read_trusted_keys(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    ssh_key::AuthorizedKeys::new(&text)
-        .map(|entry| entry.map(|e| e.public_key().clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| KeyError::Parse {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })
+    let parse = |detail: String| KeyError::Parse {
+        path: path.display().to_string(),
+        detail,
+    };
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let entry = line
+            .parse::<ssh_key::authorized_keys::Entry>()
+            .map_err(|e| parse(format!("line {}: not a public key ({e})", i + 1)))?;
+        keys.push(entry.public_key().clone());
+    }
+    if keys.is_empty() {
+        return Err(parse(
+            "it trusts no one: no key in it (add one with `clipsync trust`, or one \
+             `ssh-ed25519 AAAA…` line per peer)"
+                .into(),
+        ));
+    }
+    Ok(keys)
 }
 
 /// The `SHA256:…` fingerprint `ssh-keygen -l` prints, for logs and messages.
