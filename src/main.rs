@@ -14,6 +14,7 @@
 //! status: 1 for a failed connection or send, 2 for bad usage, keys or configuration.
 
 mod demo;
+mod keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,6 +109,29 @@ enum Command {
     },
     /// Encode, print and decode one example of every wire frame (the codec round trip).
     Frames,
+    /// Print this machine's identity: its public key line (to paste into a peer's trusted
+    /// keys, or `clipsync trust` there) and its fingerprint.
+    Id {
+        /// The private key (default: ~/.ssh/id_ed25519, then ~/.ssh/id_ecdsa).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Trust a peer's key: a public key line or a .pub file. Prints its fingerprint.
+    Trust {
+        /// `ssh-ed25519 AAAA…` or a file holding it.
+        key: String,
+        /// The trusted-keys file (default: $XDG_CONFIG_HOME/clipsync/trusted_keys).
+        #[arg(long)]
+        authorized_keys: Option<PathBuf>,
+    },
+    /// Stop trusting a key, by its fingerprint (`SHA256:…`, as `id` and `trust` print it).
+    Untrust {
+        /// The key's fingerprint.
+        fingerprint: String,
+        /// The trusted-keys file (default: $XDG_CONFIG_HOME/clipsync/trusted_keys).
+        #[arg(long)]
+        authorized_keys: Option<PathBuf>,
+    },
     /// Print the effective configuration as TOML.
     Config {
         /// A TOML file whose keys override the defaults.
@@ -131,6 +155,31 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo(args) => run(demo::demo(args)),
         Command::Frames => frames(),
+        Command::Id { identity } => {
+            let identity = identity.or_else(keys::default_identity);
+            match identity
+                .ok_or_else(|| "no identity: --identity, or ~/.ssh/id_ed25519".into())
+                .and_then(|i| keys::id(&i))
+            {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, &e),
+            }
+        }
+        Command::Trust {
+            key,
+            authorized_keys,
+        } => trusted_file(authorized_keys)
+            .and_then(|f| keys::trust(&f, &key))
+            .map_or_else(|e| fail(2, &e), done),
+        Command::Untrust {
+            fingerprint,
+            authorized_keys,
+        } => trusted_file(authorized_keys)
+            .and_then(|f| keys::untrust(&f, &fingerprint))
+            .map_or_else(|e| fail(2, &e), done),
         Command::Config { file } => match load_config(file.as_ref()) {
             Ok((tool, cfg)) => {
                 print!("{}{}", tool.to_toml(), cfg.to_toml());
@@ -170,6 +219,18 @@ fn run(f: impl Future<Output = ExitCode>) -> ExitCode {
         Ok(rt) => rt.block_on(f),
         Err(e) => fail(1, &format!("cannot start the runtime: {e}")),
     }
+}
+
+/// The trusted-keys file: the flag, or ClipSync's default.
+fn trusted_file(flag: Option<PathBuf>) -> Result<PathBuf, String> {
+    flag.or_else(keys::default_trusted_keys)
+        .ok_or_else(|| "no trusted-keys file: --authorized-keys (HOME is not set)".into())
+}
+
+/// Prints `line` and exits 0.
+fn done(line: String) -> ExitCode {
+    println!("{line}");
+    ExitCode::SUCCESS
 }
 
 fn fail(code: u8, msg: &dyn std::fmt::Display) -> ExitCode {
@@ -253,12 +314,20 @@ impl Resolved {
             .identity
             .clone()
             .or(tool.identity.clone())
-            .ok_or_else(|| missing("identity"))?;
+            .or_else(keys::default_identity)
+            .ok_or_else(|| {
+                missing("identity") + "; the default ~/.ssh/id_ed25519 does not exist either"
+            })?;
         let authorized_keys = common
             .authorized_keys
             .clone()
             .or(tool.authorized_keys.clone())
-            .ok_or_else(|| missing("authorized_keys"))?;
+            .or_else(|| keys::default_trusted_keys().filter(|p| p.exists()))
+            .ok_or_else(|| {
+                missing("authorized_keys")
+                    + "; the default $XDG_CONFIG_HOME/clipsync/trusted_keys does not exist \
+                       either (add a peer with `clipsync trust`)"
+            })?;
         let from_file = if key == "listen" {
             tool.listen.clone()
         } else {
@@ -281,6 +350,8 @@ impl Resolved {
     }
 
     fn setup(&self) -> Result<(Transport, Arc<SshAuthenticator>), String> {
+        keys::check_private_key(&self.identity)?;
+        keys::check_trusted_keys(&self.authorized_keys)?;
         let auth = SshAuthenticator::from_files(&self.identity, &self.authorized_keys)
             .map_err(|e| e.to_string())?;
         let transport = Transport::new(self.cfg.clone()).map_err(|e| e.to_string())?;

@@ -91,10 +91,18 @@ mod serve_send {
     use std::sync::mpsc;
     use std::time::Duration;
 
+    /// A fixture; a private key is made owner-only first (git checks it out 0644, and the tool
+    /// refuses a key others can read, as OpenSSH does).
     fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
-            .join(name)
+            .join(name);
+        #[cfg(unix)]
+        if name.ends_with("_key") {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        path
     }
 
     /// `clipsync serve` as a child, its stdout lines on a channel.
@@ -190,6 +198,12 @@ mod serve_send {
         second
             .write_openssh_file(&second_path, ssh_key::LineEnding::LF)
             .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let owner_only = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(&second_path, owner_only).unwrap();
+        }
         let trusted = dir.join("trusted");
         let ecdsa_pub = std::fs::read_to_string(fixture("ecdsa_test_key.pub")).unwrap();
         let second_pub = second.public_key().to_openssh().unwrap();
@@ -299,6 +313,9 @@ mod serve_send {
                 .arg("send")
                 .arg("--config")
                 .arg(&cfg)
+                // No default keys from the machine running the tests.
+                .env("HOME", &dir)
+                .env_remove("XDG_CONFIG_HOME")
                 .args(extra)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -8,10 +8,18 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A fixture; a private key is made owner-only first (git checks it out 0644, and the tool
+/// refuses a key others can read, as OpenSSH does).
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
-        .join(name)
+        .join(name);
+    #[cfg(unix)]
+    if name.ends_with("_key") {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    path
 }
 
 fn clipsync(args: &[&str]) -> Output {
@@ -192,4 +200,125 @@ fn the_identity_help_tells_the_truth_about_rsa() {
         &fixture("ed25519_test_key.pub").display().to_string(),
     ];
     refused(&clipsync(&args), "cannot sign");
+}
+
+/// `clipsync` with HOME (and so the default key locations) in `home`.
+fn clipsync_at(home: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clipsync"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Issue 14, item 4: `id` prints what to copy to the other machine, `trust` adds it to
+/// ClipSync's own file under the XDG config directory (created, owner-only), `untrust` takes
+/// it out again; the defaults find `~/.ssh/id_ed25519` and that file.
+#[test]
+fn id_trust_untrust_round_trip_with_the_default_locations() {
+    let home = tmp("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::copy(fixture("ed25519_test_key"), home.join(".ssh/id_ed25519")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(home.join(".ssh/id_ed25519"), p).unwrap();
+    }
+    let id = stdout(&clipsync_at(&home, &["id"]));
+    let mut lines = id.lines();
+    let key_line = lines.next().unwrap().to_string();
+    let fp = lines.next().unwrap().to_string();
+    assert!(key_line.starts_with("ssh-ed25519 "), "{id}");
+    assert!(fp.starts_with("SHA256:"), "{id}");
+    // Trust it (as the other machine would), by line and by file: the second is a no-op.
+    let said = stdout(&clipsync_at(&home, &["trust", &key_line]));
+    assert!(said.contains(&fp), "{said}");
+    let pubfile = fixture("ed25519_test_key.pub").display().to_string();
+    let said = stdout(&clipsync_at(&home, &["trust", &pubfile]));
+    assert!(said.contains("already trusted"), "{said}");
+    let ecdsa = fixture("ecdsa_test_key.pub").display().to_string();
+    stdout(&clipsync_at(&home, &["trust", &ecdsa]));
+    let file = home.join(".config/clipsync/trusted_keys");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // The defaults are used by send: identity from ~/.ssh, trust from the XDG file (it
+    // fails to connect, past the key loading).
+    let out = clipsync_at(
+        &home,
+        &["send", "--connect", "127.0.0.1:9", "--messages", "1"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Untrust by fingerprint; an unknown fingerprint is refused.
+    let said = stdout(&clipsync_at(&home, &["untrust", &fp]));
+    assert!(said.contains("1 key(s) left"), "{said}");
+    refused(&clipsync_at(&home, &["untrust", &fp]), "is not in");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("ecdsa-sha2-nistp256 "), "{text}");
+    let leftovers: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+}
+
+/// Issue 14, item 4: a private key others can read and a trusted-keys file others can write
+/// are refused at start, as OpenSSH refuses them.
+#[cfg(unix)]
+#[test]
+fn loose_permissions_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp("perms");
+    let key = dir.join("key");
+    std::fs::copy(fixture("ecdsa_test_key"), &key).unwrap();
+    let trusted = dir.join("trusted");
+    std::fs::copy(fixture("ed25519_test_key.pub"), &trusted).unwrap();
+    let set = |p: &PathBuf, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    set(&key, 0o644);
+    set(&trusted, 0o644);
+    let (k, t) = (key.display().to_string(), trusted.display().to_string());
+    let args = [
+        "send",
+        "--connect",
+        "127.0.0.1:9",
+        "--identity",
+        &k,
+        "--authorized-keys",
+        &t,
+    ];
+    refused(&clipsync(&args), "too open");
+    set(&key, 0o600);
+    set(&trusted, 0o666);
+    refused(&clipsync(&args), "writable by others");
+    set(&trusted, 0o644);
+    let out = clipsync(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "past the keys, the connection fails"
+    );
 }

@@ -209,6 +209,8 @@ def main():
     with open(os.path.join(workdir, "server"), "wb") as f:
         f.write(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                          serialization.NoEncryption()))
+    # A private key must be readable by its owner only, as OpenSSH insists.
+    os.chmod(os.path.join(workdir, "server"), 0o600)
     with open(os.path.join(workdir, "trusted"), "wb") as f:
         f.write(client_key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                      serialization.PublicFormat.OpenSSH) + b" python\n")

@@ -380,6 +380,10 @@ def main():
     work = tempfile.mkdtemp(prefix="clipsync-netns-")
     with open(os.path.join(work, "config.toml"), "w") as f:
         f.write(CONFIG)
+    # Git checks the fixtures out 0644; a private key must be the owner's alone (clipsync
+    # refuses it otherwise, as OpenSSH does).
+    for key in ("ed25519_test_key", "ecdsa_test_key"):
+        os.chmod(os.path.join(FIXTURES, key), 0o600)
     shutil.copy(os.path.join(FIXTURES, "ecdsa_test_key.pub"), os.path.join(work, "server_trusts"))
     shutil.copy(os.path.join(FIXTURES, "ed25519_test_key.pub"), os.path.join(work, "client_trusts"))
     os.makedirs(os.path.join(work, "out"))

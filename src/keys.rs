@@ -1,0 +1,202 @@
+//! The command-line tool's keys as people hold them: default locations, OpenSSH's permission
+//! rules, and the trusted-keys file managed by `clipsync id`, `trust` and `untrust`.
+//!
+//! - The identity defaults to `~/.ssh/id_ed25519` (then `~/.ssh/id_ecdsa`).
+//! - Trusted keys live in ClipSync's own file, `$XDG_CONFIG_HOME/clipsync/trusted_keys`
+//!   (`~/.config/clipsync/trusted_keys`), never `~/.ssh/authorized_keys`.
+//! - A private key readable by group or others is refused, as OpenSSH refuses it; a
+//!   trusted-keys file writable by group or others likewise (anyone could add their key).
+//! - `trust` and `untrust` rewrite the file atomically: a temporary file beside it, then a
+//!   rename, so a crash never leaves half a file.
+
+use std::path::{Path, PathBuf};
+
+use clipsync::secure::auth::{fingerprint, read_private_key, read_trusted_keys};
+use ssh_key::PublicKey;
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The identity used when none is given: the first of `~/.ssh/id_ed25519`, `~/.ssh/id_ecdsa`
+/// that exists.
+pub(crate) fn default_identity() -> Option<PathBuf> {
+    let ssh = home()?.join(".ssh");
+    ["id_ed25519", "id_ecdsa"]
+        .into_iter()
+        .map(|n| ssh.join(n))
+        .find(|p| p.exists())
+}
+
+/// ClipSync's own trusted-keys file.
+pub(crate) fn default_trusted_keys() -> Option<PathBuf> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".config")))?;
+    Some(config.join("clipsync").join("trusted_keys"))
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> Result<u32, String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Refuses a private key that group or others may read (OpenSSH: "UNPROTECTED PRIVATE KEY
+/// FILE").
+pub(crate) fn check_private_key(path: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        let m = mode(path)?;
+        if m & 0o077 != 0 {
+            return Err(format!(
+                "permissions {m:04o} for {} are too open: a private key must be readable by \
+                 its owner only (chmod 600 {})",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a trusted-keys file that group or others may write: they could trust themselves.
+pub(crate) fn check_trusted_keys(path: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        let m = mode(path)?;
+        if m & 0o022 != 0 {
+            return Err(format!(
+                "{} is writable by others ({m:04o}): anyone could add their key (chmod go-w {})",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `clipsync id`: the identity's public key line, then its fingerprint.
+pub(crate) fn id(identity: &Path) -> Result<String, String> {
+    check_private_key(identity)?;
+    let key = read_private_key(identity).map_err(|e| e.to_string())?;
+    let public = key.public_key();
+    let line = public.to_openssh().map_err(|e| e.to_string())?;
+    Ok(format!("{line}\n{}", fingerprint(public)))
+}
+
+/// A key given on the command line: a public key line, or a file holding one.
+fn parse_key(arg: &str) -> Result<PublicKey, String> {
+    if let Ok(k) = arg.trim().parse::<PublicKey>() {
+        return Ok(k);
+    }
+    let path = Path::new(arg);
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        return text
+            .trim()
+            .parse::<PublicKey>()
+            .map_err(|e| format!("{} is not a public key: {e}", path.display()));
+    }
+    Err(format!(
+        "{arg:?} is neither a public key (`ssh-ed25519 AAAA…`) nor a file holding one"
+    ))
+}
+
+fn lines_of(file: &Path) -> Result<Vec<String>, String> {
+    match std::fs::read_to_string(file) {
+        Ok(t) => Ok(t.lines().map(str::to_string).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+    }
+}
+
+/// Replaces `file` with `lines`, atomically (owner read/write only).
+fn write_atomically(file: &Path, lines: &[String]) -> Result<(), String> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = file.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let mut text = lines.join("\n");
+    text.push('\n');
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()).map(|()| f))
+        .and_then(|f| f.sync_all());
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, file)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot write {}: {e}", file.display()));
+    }
+    Ok(())
+}
+
+/// The key of a trusted-keys line, if it holds one.
+fn key_of(line: &str) -> Option<PublicKey> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    line.parse::<ssh_key::authorized_keys::Entry>()
+        .ok()
+        .map(|e| e.public_key().clone())
+}
+
+/// `clipsync trust KEY|PUBFILE`: adds the key to `file` (created if missing); says what it did.
+pub(crate) fn trust(file: &Path, arg: &str) -> Result<String, String> {
+    let key = parse_key(arg)?;
+    let fp = fingerprint(&key);
+    if file.exists() {
+        check_trusted_keys(file)?;
+    }
+    let mut lines = lines_of(file)?;
+    if lines
+        .iter()
+        .filter_map(|l| key_of(l))
+        .any(|k| k.key_data() == key.key_data())
+    {
+        return Ok(format!("{fp} is already trusted in {}", file.display()));
+    }
+    lines.push(key.to_openssh().map_err(|e| e.to_string())?);
+    write_atomically(file, &lines)?;
+    Ok(format!(
+        "trusting {fp} ({}) in {}",
+        key.algorithm(),
+        file.display()
+    ))
+}
+
+/// `clipsync untrust FINGERPRINT`: removes every line holding that key from `file`.
+pub(crate) fn untrust(file: &Path, fp: &str) -> Result<String, String> {
+    check_trusted_keys(file)?;
+    let lines = lines_of(file)?;
+    let keep: Vec<String> = lines
+        .iter()
+        .filter(|l| key_of(l).is_none_or(|k| fingerprint(&k) != fp))
+        .cloned()
+        .collect();
+    if keep.len() == lines.len() {
+        return Err(format!("{fp} is not in {}", file.display()));
+    }
+    write_atomically(file, &keep)?;
+    let left = read_trusted_keys(file).map(|k| k.len()).unwrap_or(0);
+    Ok(format!(
+        "no longer trusting {fp}; {left} key(s) left in {}",
+        file.display()
+    ))
+}
