@@ -6,13 +6,18 @@
 //!   (`~/.config/clipsync/trusted_keys`), never `~/.ssh/authorized_keys`.
 //! - A private key readable by group or others is refused, as OpenSSH refuses it; a
 //!   trusted-keys file writable by group or others likewise (anyone could add their key).
+//! - A passphrase-protected identity is decrypted with a passphrase from
+//!   `CLIPSYNC_PASSPHRASE_FILE` (a file), `CLIPSYNC_PASSPHRASE_FD` (an open descriptor, for
+//!   services), or the terminal (no echo); never from the command line.
 //! - `trust` and `untrust` rewrite the file atomically: a temporary file beside it, then a
 //!   rename, so a crash never leaves half a file.
 
 use std::path::{Path, PathBuf};
 
-use clipsync::secure::auth::{fingerprint, read_private_key, read_trusted_keys};
-use ssh_key::PublicKey;
+use clipsync::secure::auth::{
+    decrypt_private_key, fingerprint, is_encrypted, read_private_key, read_trusted_keys,
+};
+use ssh_key::{PrivateKey, PublicKey};
 
 fn home() -> Option<PathBuf> {
     std::env::var_os("HOME")
@@ -81,10 +86,50 @@ pub(crate) fn check_trusted_keys(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads the identity (refusing loose permissions), decrypting it if it has a passphrase.
+pub(crate) fn load_identity(path: &Path) -> Result<PrivateKey, String> {
+    check_private_key(path)?;
+    if !is_encrypted(path).map_err(|e| e.to_string())? {
+        return read_private_key(path).map_err(|e| e.to_string());
+    }
+    let passphrase = passphrase_for(path)?;
+    decrypt_private_key(path, passphrase.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// One line of a passphrase source, without its line ending.
+fn first_line(text: String) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// The passphrase for `path`: from `CLIPSYNC_PASSPHRASE_FILE`, `CLIPSYNC_PASSPHRASE_FD`, or
+/// the terminal.
+fn passphrase_for(path: &Path) -> Result<String, String> {
+    if let Some(file) = std::env::var_os("CLIPSYNC_PASSPHRASE_FILE") {
+        let file = PathBuf::from(file);
+        return std::fs::read_to_string(&file)
+            .map(first_line)
+            .map_err(|e| format!("CLIPSYNC_PASSPHRASE_FILE {}: {e}", file.display()));
+    }
+    if let Ok(fd) = std::env::var("CLIPSYNC_PASSPHRASE_FD") {
+        let n: u32 = fd
+            .parse()
+            .map_err(|_| format!("CLIPSYNC_PASSPHRASE_FD {fd:?} is not a descriptor number"))?;
+        return std::fs::read_to_string(format!("/dev/fd/{n}"))
+            .map(first_line)
+            .map_err(|e| format!("CLIPSYNC_PASSPHRASE_FD {n}: {e}"));
+    }
+    rpassword::prompt_password(format!("passphrase for {}: ", path.display())).map_err(|_| {
+        format!(
+            "{} is protected by a passphrase and there is no terminal to ask on: set \
+             CLIPSYNC_PASSPHRASE_FILE or CLIPSYNC_PASSPHRASE_FD",
+            path.display()
+        )
+    })
+}
+
 /// `clipsync id`: the identity's public key line, then its fingerprint.
 pub(crate) fn id(identity: &Path) -> Result<String, String> {
-    check_private_key(identity)?;
-    let key = read_private_key(identity).map_err(|e| e.to_string())?;
+    let key = load_identity(identity)?;
     let public = key.public_key();
     let line = public.to_openssh().map_err(|e| e.to_string())?;
     Ok(format!("{line}\n{}", fingerprint(public)))

@@ -350,10 +350,12 @@ impl Resolved {
     }
 
     fn setup(&self) -> Result<(Transport, Arc<SshAuthenticator>), String> {
-        keys::check_private_key(&self.identity)?;
+        let mut key = keys::load_identity(&self.identity)?;
+        key.set_comment("");
         keys::check_trusted_keys(&self.authorized_keys)?;
-        let auth = SshAuthenticator::from_files(&self.identity, &self.authorized_keys)
+        let trusted = clipsync::secure::auth::read_trusted_keys(&self.authorized_keys)
             .map_err(|e| e.to_string())?;
+        let auth = SshAuthenticator::new(key, trusted).map_err(|e| e.to_string())?;
         let transport = Transport::new(self.cfg.clone()).map_err(|e| e.to_string())?;
         Ok((transport, Arc::new(auth)))
     }

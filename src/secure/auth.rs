@@ -121,10 +121,17 @@ pub enum KeyError {
         /// The parser's message.
         detail: String,
     },
-    /// The private key is passphrase-protected; decrypting keys is not supported yet
-    /// (`ssh-keygen -p` can remove the passphrase from a copy meant for ClipSync).
-    #[error("{path} is encrypted; use a key without passphrase")]
+    /// The private key is passphrase-protected: decrypt it with [`decrypt_private_key`] (the
+    /// `clipsync` tool asks on the terminal, or reads `CLIPSYNC_PASSPHRASE_FILE` or
+    /// `CLIPSYNC_PASSPHRASE_FD`).
+    #[error("{path} is protected by a passphrase")]
     Encrypted {
+        /// The file.
+        path: String,
+    },
+    /// The passphrase does not decrypt the key.
+    #[error("wrong passphrase for {path}")]
+    WrongPassphrase {
         /// The file.
         path: String,
     },
@@ -189,8 +196,38 @@ impl SshAuthenticator {
     }
 }
 
-/// Reads an OpenSSH private key file.
+/// Reads an OpenSSH private key file; a passphrase-protected one is refused with
+/// [`KeyError::Encrypted`] (see [`decrypt_private_key`]).
 pub fn read_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
+    let key = parse_private_key(path)?;
+    if key.is_encrypted() {
+        return Err(KeyError::Encrypted {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(key)
+}
+
+/// Reads a passphrase-protected OpenSSH private key file and decrypts it (bcrypt-pbkdf, as
+/// `ssh-keygen` wrote it). A key without passphrase is returned as it is.
+pub fn decrypt_private_key(path: &Path, passphrase: &[u8]) -> Result<PrivateKey, KeyError> {
+    let key = parse_private_key(path)?;
+    if !key.is_encrypted() {
+        return Ok(key);
+    }
+    key.decrypt(passphrase)
+        .map_err(|_| KeyError::WrongPassphrase {
+            path: path.display().to_string(),
+        })
+}
+
+/// Whether the private key file at `path` is passphrase-protected.
+pub fn is_encrypted(path: &Path) -> Result<bool, KeyError> {
+    parse_private_key(path).map(|k| k.is_encrypted())
+}
+
+/// Parses an OpenSSH private key file, encrypted or not.
+fn parse_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
         path: path.display().to_string(),
         source,
@@ -211,11 +248,6 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
             path: path.display().to_string(),
             detail: e.to_string(),
         })?;
-    if key.is_encrypted() {
-        return Err(KeyError::Encrypted {
-            path: path.display().to_string(),
-        });
-    }
     Ok(key)
 }
 
