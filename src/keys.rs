@@ -6,6 +6,9 @@
 //!   (`~/.config/clipsync/trusted_keys`), never `~/.ssh/authorized_keys`.
 //! - A private key readable by group or others is refused, as OpenSSH refuses it; a
 //!   trusted-keys file writable by group or others likewise (anyone could add their key).
+//! - With `SSH_AUTH_SOCK` set, an identity whose public key (`KEY.pub`, or `--identity
+//!   KEY.pub` itself) the agent holds is signed for by the agent: the private key file is
+//!   never read (it need not exist or be readable).
 //! - A passphrase-protected identity is decrypted with a passphrase from
 //!   `CLIPSYNC_PASSPHRASE_FILE` (a file), `CLIPSYNC_PASSPHRASE_FD` (an open descriptor, for
 //!   services), or the terminal (no echo); never from the command line.
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 use clipsync::secure::auth::{
     decrypt_private_key, fingerprint, is_encrypted, read_private_key, read_trusted_keys,
 };
+use clipsync::secure::{AgentSigner, SshAuthenticator};
 use ssh_key::{PrivateKey, PublicKey};
 
 fn home() -> Option<PathBuf> {
@@ -26,13 +30,14 @@ fn home() -> Option<PathBuf> {
 }
 
 /// The identity used when none is given: the first of `~/.ssh/id_ed25519`, `~/.ssh/id_ecdsa`
-/// that exists.
+/// that exists (as a private key, or as a `.pub` whose key the agent may hold).
 pub(crate) fn default_identity() -> Option<PathBuf> {
     let ssh = home()?.join(".ssh");
+    // The private file, or (for a key the agent holds) its .pub.
     ["id_ed25519", "id_ecdsa"]
         .into_iter()
         .map(|n| ssh.join(n))
-        .find(|p| p.exists())
+        .find(|p| p.exists() || p.with_extension("pub").exists())
 }
 
 /// ClipSync's own trusted-keys file.
@@ -86,6 +91,52 @@ pub(crate) fn check_trusted_keys(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The agent's key for `identity`, if `SSH_AUTH_SOCK` names an agent that holds the key in
+/// `identity`'s `.pub` file (or in `identity` itself, when it is the `.pub`).
+fn agent_for(identity: &Path) -> Result<Option<AgentSigner>, String> {
+    let Some(socket) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let public_file = if identity.extension().is_some_and(|e| e == "pub") {
+        identity.to_path_buf()
+    } else {
+        let mut name = identity.as_os_str().to_owned();
+        name.push(".pub");
+        PathBuf::from(name)
+    };
+    let Ok(text) = std::fs::read_to_string(&public_file) else {
+        return Ok(None);
+    };
+    let Ok(public) = text.trim().parse::<PublicKey>() else {
+        return Ok(None);
+    };
+    AgentSigner::find(Path::new(&socket), &public).map_err(|e| e.to_string())
+}
+
+/// The authenticator for `identity`: the agent if it holds the key, the key file otherwise
+/// (decrypted if it has a passphrase).
+pub(crate) fn authenticator(
+    identity: &Path,
+    trusted: Vec<PublicKey>,
+) -> Result<SshAuthenticator, String> {
+    let agent = agent_for(identity);
+    if let Ok(Some(agent)) = agent {
+        return SshAuthenticator::with_agent(agent, trusted).map_err(|e| e.to_string());
+    }
+    let mut key = match load_identity(identity) {
+        Ok(k) => k,
+        // The file cannot be used: say why the agent could not either, if it was asked.
+        Err(e) => {
+            return Err(match agent {
+                Err(agent) => format!("{e} (and {agent})"),
+                _ => e,
+            });
+        }
+    };
+    key.set_comment("");
+    SshAuthenticator::new(key, trusted).map_err(|e| e.to_string())
+}
+
 /// Reads the identity (refusing loose permissions), decrypting it if it has a passphrase.
 pub(crate) fn load_identity(path: &Path) -> Result<PrivateKey, String> {
     check_private_key(path)?;
@@ -129,8 +180,17 @@ fn passphrase_for(path: &Path) -> Result<String, String> {
 
 /// `clipsync id`: the identity's public key line, then its fingerprint.
 pub(crate) fn id(identity: &Path) -> Result<String, String> {
-    let key = load_identity(identity)?;
-    let public = key.public_key();
+    let key;
+    let public = match agent_for(identity) {
+        Ok(Some(agent)) => {
+            key = agent.public().clone();
+            &key
+        }
+        _ => {
+            key = load_identity(identity)?.public_key().clone();
+            &key
+        }
+    };
     let line = public.to_openssh().map_err(|e| e.to_string())?;
     Ok(format!("{line}\n{}", fingerprint(public)))
 }

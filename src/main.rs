@@ -350,12 +350,10 @@ impl Resolved {
     }
 
     fn setup(&self) -> Result<(Transport, Arc<SshAuthenticator>), String> {
-        let mut key = keys::load_identity(&self.identity)?;
-        key.set_comment("");
         keys::check_trusted_keys(&self.authorized_keys)?;
         let trusted = clipsync::secure::auth::read_trusted_keys(&self.authorized_keys)
             .map_err(|e| e.to_string())?;
-        let auth = SshAuthenticator::new(key, trusted).map_err(|e| e.to_string())?;
+        let auth = keys::authenticator(&self.identity, trusted)?;
         let transport = Transport::new(self.cfg.clone()).map_err(|e| e.to_string())?;
         Ok((transport, Arc::new(auth)))
     }

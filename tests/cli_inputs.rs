@@ -392,3 +392,102 @@ fn a_passphrase_protected_key_is_decrypted() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&public));
 }
+
+/// Issue 14, item 1: with `SSH_AUTH_SOCK` naming a real `ssh-agent` that holds the identity's
+/// key, the agent signs: `serve` authenticates although the private key file is gone (only
+/// `KEY.pub` is left), and a peer talks to it.
+#[test]
+fn an_identity_held_by_ssh_agent_signs_without_its_private_file() {
+    let dir = tmp("agent");
+    let sock = dir.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::yield_now();
+    }
+    let key = dir.join("agentkey");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(added.success());
+    std::fs::remove_file(&key).unwrap();
+    let public = std::fs::read_to_string(dir.join("agentkey.pub")).unwrap();
+    // `id` answers from the agent.
+    let out = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+        .args(["id", "--identity"])
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(public.trim()));
+    // serve signs with the agent; send (the ECDSA fixture) trusts the agent's key.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--identity"])
+        .arg(&key)
+        .arg("--authorized-keys")
+        .arg(fixture("ecdsa_test_key.pub"))
+        .env("SSH_AUTH_SOCK", &sock)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.strip_prefix("listening on ").unwrap().to_string();
+    let trusted = dir.join("trusts_agent_key");
+    std::fs::write(&trusted, &public).unwrap();
+    let mut send = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+        .args(["send", "--connect", &addr, "--identity"])
+        .arg(fixture("ecdsa_test_key"))
+        .arg("--authorized-keys")
+        .arg(&trusted)
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    send.stdin
+        .take()
+        .unwrap()
+        .write_all(b"signed by the agent")
+        .unwrap();
+    let out = send.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = lines
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("message from"))
+        .unwrap();
+    assert!(line.contains("signed by the agent"), "{line}");
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -79,23 +79,50 @@ pub trait Authenticator: Send + Sync + fmt::Debug + 'static {
     fn public_key(&self) -> Bytes;
     /// Signs `transcript`; returns the binary SSHSIG blob sent in `AUTH`.
     fn sign(&self, transcript: &[u8]) -> Result<Bytes, AuthError>;
+    /// Signs without blocking the runtime; the handshake calls this. The default calls
+    /// [`Authenticator::sign`]; a signer that waits on something (an agent's socket, a
+    /// hardware token) overrides it.
+    fn sign_async(&self, transcript: Vec<u8>) -> BoxFuture<'static, Result<Bytes, AuthError>> {
+        let signed = self.sign(&transcript);
+        Box::pin(async move { signed })
+    }
     /// Checks that `signature` is `peer_key`'s SSHSIG over `transcript` in [`NAMESPACE`], and
     /// that `peer_key` is trusted.
     fn verify(&self, peer_key: &[u8], transcript: &[u8], signature: &[u8])
     -> Result<(), AuthError>;
 }
 
-/// Authentication with an SSH private key and a list of trusted public keys.
+/// A future the authenticator returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Authentication with an SSH key (a private key in memory, or one `ssh-agent` holds) and a
+/// list of trusted public keys.
 pub struct SshAuthenticator {
-    key: PrivateKey,
+    key: Signer,
     public: Bytes,
     trusted: Vec<PublicKey>,
+}
+
+/// Who signs.
+enum Signer {
+    Key(PrivateKey),
+    Agent(std::sync::Arc<super::agent::AgentSigner>),
+}
+
+impl Signer {
+    fn public_key(&self) -> &PublicKey {
+        match self {
+            Self::Key(k) => k.public_key(),
+            Self::Agent(a) => a.public(),
+        }
+    }
 }
 
 impl fmt::Debug for SshAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SshAuthenticator")
             .field("key", &fingerprint(self.key.public_key()))
+            .field("agent", &matches!(self.key, Signer::Agent(_)))
             .field("trusted", &self.trusted.len())
             .finish()
     }
@@ -135,6 +162,14 @@ pub enum KeyError {
         /// The file.
         path: String,
     },
+    /// `ssh-agent` could not be asked.
+    #[error("ssh-agent at {socket}: {detail}")]
+    Agent {
+        /// The agent's socket.
+        socket: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The key parses but cannot sign with this build. RSA private keys fail here: ssh-key
     /// 0.6.7 rebuilds them from the prime `p` twice instead of `p` and `q`. Use an ed25519
     /// or ecdsa key as the identity; RSA *peer* keys still verify.
@@ -169,7 +204,31 @@ impl SshAuthenticator {
             detail: e.to_string(),
         })?;
         Ok(Self {
-            key,
+            key: Signer::Key(key),
+            public: Bytes::from(public),
+            trusted,
+        })
+    }
+
+    /// An authenticator whose signatures `ssh-agent` makes (the private key stays in the
+    /// agent), trusting exactly `trusted`. Asks the agent for one test signature, so a key it
+    /// cannot use is refused here, at start-up.
+    pub fn with_agent(
+        agent: super::agent::AgentSigner,
+        trusted: Vec<PublicKey>,
+    ) -> Result<Self, KeyError> {
+        if let Err(e) = agent.sign_blocking(b"clipsync key check") {
+            return Err(KeyError::CannotSign {
+                algorithm: agent.public().algorithm().to_string(),
+                detail: e.to_string(),
+            });
+        }
+        let public = agent.public().to_bytes().map_err(|e| KeyError::Parse {
+            path: "(agent)".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            key: Signer::Agent(std::sync::Arc::new(agent)),
             public: Bytes::from(public),
             trusted,
         })
@@ -179,9 +238,9 @@ impl SshAuthenticator {
     pub fn from_files(identity: &Path, trusted_keys: &Path) -> Result<Self, KeyError> {
         let key = read_private_key(identity)?;
         let trusted = read_trusted_keys(trusted_keys)?;
-        let mut auth = Self::new(key, trusted)?;
-        auth.key.set_comment("");
-        Ok(auth)
+        let mut key = key;
+        key.set_comment("");
+        Self::new(key, trusted)
     }
 
     /// An ed25519 key made from 32 seed bytes (the simulator derives them from its root seed;
@@ -324,9 +383,29 @@ impl Authenticator for SshAuthenticator {
         self.public.clone()
     }
 
+    fn sign_async(&self, transcript: Vec<u8>) -> BoxFuture<'static, Result<Bytes, AuthError>> {
+        match &self.key {
+            Signer::Agent(agent) => {
+                let agent = agent.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || agent.sign_blocking(&transcript))
+                        .await
+                        .map_err(|e| AuthError::Sign(format!("agent task: {e}")))?
+                })
+            }
+            Signer::Key(_) => {
+                let signed = self.sign(&transcript);
+                Box::pin(async move { signed })
+            }
+        }
+    }
+
     fn sign(&self, transcript: &[u8]) -> Result<Bytes, AuthError> {
-        let sig = self
-            .key
+        let key = match &self.key {
+            Signer::Key(k) => k,
+            Signer::Agent(agent) => return agent.sign_blocking(transcript),
+        };
+        let sig = key
             .sign(NAMESPACE, HashAlg::Sha512, transcript)
             .map_err(|e| AuthError::Sign(e.to_string()))?;
         let mut blob = Vec::new();
@@ -428,8 +507,10 @@ mod tests {
             Err(AuthError::BadSignature(_))
         ));
         // Wrong namespace.
-        let wrong_ns = a
-            .key
+        let Signer::Key(key) = &a.key else {
+            panic!("a key in memory")
+        };
+        let wrong_ns = key
             .sign("file", HashAlg::Sha512, &t)
             .and_then(|s| {
                 let mut v = Vec::new();

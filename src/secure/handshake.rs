@@ -116,7 +116,7 @@ pub async fn run(ws: &mut Ws, input: HandshakeInput<'_>) -> Result<Handshaked, C
     };
     let ours = transcript(role, dialer_hello, listener_hello, &input.binding);
     let theirs = transcript(peer_role, dialer_hello, listener_hello, &input.binding);
-    let signature = match input.auth.sign(&ours) {
+    let signature = match input.auth.sign_async(ours.clone()).await {
         Ok(s) => s,
         Err(e) => return refuse(ws, e.reason(), e.to_string(), true).await,
     };

@@ -6,12 +6,14 @@
 //! `auth_timeout` for `HELLO` … `RESUMED`. What they return is an authenticated WebSocket
 //! ready for the driver.
 
+pub mod agent;
 pub mod auth;
 pub mod budget;
 pub mod handshake;
 pub mod tls;
 pub mod ws;
 
+pub use agent::AgentSigner;
 pub use auth::{Authenticator, SshAuthenticator};
 pub use tls::TlsSetup;
 
