@@ -105,7 +105,7 @@ pub struct SshAuthenticator {
 
 /// Who signs.
 enum Signer {
-    Key(PrivateKey),
+    Key(Box<PrivateKey>),
     Agent(std::sync::Arc<super::agent::AgentSigner>),
 }
 
@@ -204,7 +204,7 @@ impl SshAuthenticator {
             detail: e.to_string(),
         })?;
         Ok(Self {
-            key: Signer::Key(key),
+            key: Signer::Key(Box::new(key)),
             public: Bytes::from(public),
             trusted,
         })
