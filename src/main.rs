@@ -262,29 +262,115 @@ impl ToolConfig {
     }
 }
 
-/// Reads a configuration file: the tool's keys, then the transport's (unknown keys refused,
-/// errors naming the key).
+/// The 1-based line of the file where top-level `key` is set, if any (configurations are flat
+/// tables of `key = value` lines).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// Every key a configuration file may hold: the tool's and the transport's.
+fn valid_keys() -> Vec<String> {
+    let transport: toml::Table = TransportConfig::default()
+        .to_toml()
+        .parse()
+        .unwrap_or_default();
+    ToolConfig::KEYS
+        .iter()
+        .map(|k| k.to_string())
+        .chain(transport.keys().cloned())
+        .chain(std::iter::once("rng_seed".to_string()))
+        .collect()
+}
+
+/// Reads a configuration file: the tool's keys, then the transport's. Every error is one line
+/// naming the file and the line of the key at fault (unknown keys listed with the valid ones).
 fn load_config(file: Option<&PathBuf>) -> Result<(ToolConfig, TransportConfig), String> {
     let Some(path) = file else {
         return Ok((ToolConfig::default(), TransportConfig::default()));
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let p = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {p}: {e}"))?;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map_or(1, |s| {
+            text[..s.start.min(text.len())].lines().count().max(1)
+        });
+        format!("{p} line {line}: {}", e.message().trim())
+    })?;
+    let at = |key: &str, message: String| match line_of(&text, key) {
+        Some(n) => format!("{p} line {n}: {message}"),
+        None => format!("{p}: {message}"),
+    };
+    let valid = valid_keys();
+    if let Some(unknown) = table.keys().find(|k| !valid.contains(k)) {
+        return Err(at(
+            unknown,
+            format!("unknown key `{unknown}`; valid keys: {}", valid.join(", ")),
+        ));
+    }
     let mut tool = toml::Table::new();
     for key in ToolConfig::KEYS {
         if let Some(v) = table.remove(key) {
             tool.insert(key.to_string(), v);
         }
     }
+    // A key whose value has the wrong type: the first key the deserializer names.
+    let named = |message: &str| {
+        valid
+            .iter()
+            .find(|k| message.contains(&format!("`{k}`")))
+            .cloned()
+    };
     let tool: ToolConfig = toml::Value::Table(tool)
         .try_into()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e: toml::de::Error| {
+            let message = e.to_string().replace('\n', " ");
+            match named(&message) {
+                Some(k) => at(&k, message),
+                None => format!("{p}: {message}"),
+            }
+        })?;
     let rest = toml::to_string(&table).map_err(|e| e.to_string())?;
-    let cfg =
-        TransportConfig::from_toml_str(&rest).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg = TransportConfig::from_toml_str(&rest).map_err(|e| {
+        let message = match &e {
+            clipsync::error::ConfigError::Parse { message } => message
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            other => other.to_string(),
+        };
+        // The key at the line the parser names, in the text it parsed.
+        let at_line = |m: &str| {
+            let n: usize = m
+                .split("at line ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
+            let line = rest.lines().nth(n.checked_sub(1)?)?;
+            Some(line.split('=').next()?.trim().to_string())
+        };
+        let field = match &e {
+            clipsync::error::ConfigError::Invalid { field, .. } => Some(field.to_string()),
+            clipsync::error::ConfigError::Parse { message: m } => {
+                named(&message).or_else(|| at_line(m))
+            }
+            _ => named(&message),
+        };
+        match field {
+            Some(k) => at(&k, message),
+            None => format!("{p}: {message}"),
+        }
+    })?;
     Ok((tool, cfg))
 }
 

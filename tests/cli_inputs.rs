@@ -491,3 +491,71 @@ fn an_identity_held_by_ssh_agent_signs_without_its_private_file() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// Issue 14, item 8: every TOML example in README.md is a valid configuration.
+#[test]
+fn every_toml_block_in_the_readme_is_a_valid_configuration() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let dir = tmp("readme");
+    let mut blocks = 0;
+    let mut lines = readme.lines();
+    while lines.by_ref().any(|l| l.trim() == "```toml") {
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        blocks += 1;
+        let file = dir.join(format!("block{blocks}.toml"));
+        std::fs::write(&file, block.join("\n")).unwrap();
+        let out = clipsync(&["config", "--file", &file.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "README TOML block {blocks}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(blocks > 0, "README has no TOML block");
+}
+
+/// Issue 14, item 8: configuration errors name the line of the key at fault (also for a
+/// wrong type or an out-of-range value), in one line, and an unknown key is listed with the
+/// valid ones, the tool's included.
+#[test]
+fn config_errors_point_at_the_line() {
+    let dir = tmp("config");
+    let cases = [
+        (
+            "identity = \"k\"\nack_delay_ms = 5\n\nheartbeat_intervall_ms = 100\n",
+            "line 4",
+            "unknown key",
+        ),
+        (
+            "ack_delay_ms = 5\nheartbeat_timeout_ms = 999999999\n",
+            "line 2",
+            "out of range",
+        ),
+        (
+            "ack_delay_ms = 5\nack_every = \"x\"\n",
+            "line 2",
+            "invalid type",
+        ),
+        ("\n\nidentity = 3\n", "line 3", "identity"),
+        ("a = \n", "line 1", "quoted"),
+    ];
+    for (i, (text, line, what)) in cases.into_iter().enumerate() {
+        let file = dir.join(format!("c{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let out = clipsync(&["config", "--file", &file.display().to_string()]);
+        refused(&out, line);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(what), "{err}");
+    }
+    let out = clipsync(&[
+        "config",
+        "--file",
+        &dir.join("c0.toml").display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("identity") && err.contains("heartbeat_interval_ms"),
+        "{err}"
+    );
+}
