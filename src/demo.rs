@@ -329,29 +329,24 @@ async fn send_payload(conn: &Connection, args: &DemoArgs, relay: &Relay, cut: &N
             };
         }
     };
-    let bar = indicatif::ProgressBar::new(args.size);
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bytes}/{total_bytes} acknowledged  {bytes_per_sec}  {msg}  [{wide_bar}]",
-    ) {
-        bar.set_style(style);
-    }
+    let bar = crate::progress::stream_bar(Some(args.size));
     let cut_at = (args.size as f64 * args.cut_at) as u64;
     let outage = Duration::from_millis(args.outage_ms);
     let mut progress = s.progress();
     let mut state = conn.state();
     let mut cut_to_connected = None;
+    // The bar follows the link (position, "reconnecting, attempt N, next in …", "resumed at
+    // …"); this loop makes the cut and measures the time back to connected.
+    let follow = crate::progress::follow(bar.clone(), s.progress(), conn.state(), conn.health());
     let watch = async {
         let mut was_cut = false;
         let mut cut_time = None;
         loop {
             let p = progress.borrow_and_update().clone();
-            bar.set_position(p.acked);
             if !was_cut && p.acked >= cut_at {
                 was_cut = true;
                 relay.cut(outage);
                 cut_time = Some(Instant::now());
-                bar.set_message("link cut");
                 cut.notify_waiters();
             }
             if p.done {
@@ -363,7 +358,6 @@ async fn send_payload(conn: &Connection, args: &DemoArgs, relay: &Relay, cut: &N
                 r = state.changed() => {
                     if r.is_err() { return }
                     let st = state.borrow_and_update().clone();
-                    bar.set_message(format!("{st:?}").to_lowercase());
                     if let (ConnectionState::Connected, Some(t), None) = (&st, cut_time, cut_to_connected) {
                         cut_to_connected = Some(t.elapsed());
                     }
@@ -384,7 +378,7 @@ async fn send_payload(conn: &Connection, args: &DemoArgs, relay: &Relay, cut: &N
         }
         s.finish().await.map_err(|e| e.to_string())
     };
-    let (result, ()) = tokio::join!(write, watch);
+    let (result, (), ()) = tokio::join!(write, watch, follow);
     bar.finish_and_clear();
     Sent {
         result,

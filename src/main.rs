@@ -15,6 +15,7 @@
 
 mod demo;
 mod keys;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -649,17 +650,19 @@ async fn send(
         Err(e) => return fail(1, &e),
     };
     let started = tokio::time::Instant::now();
-    let has_file = file.is_some();
     let payload = async {
+        // What was delivered, for the closing line: (bytes, how).
         let result = match source {
-            Source::Nothing => Ok(()),
+            Source::Nothing => Ok(None),
             // A file is always saved as a file by `serve --out`, whatever its size: it goes as
             // a stream (a message would only be printed).
             Source::File(mut f, len) => {
                 let ct = content_type
                     .as_deref()
                     .unwrap_or("application/octet-stream");
-                stream_with_progress(&conn, ct, len, &mut f).await
+                stream_with_progress(&conn, ct, len, &mut f)
+                    .await
+                    .map(|n| Some((n, "file")))
             }
             Source::Stdin => {
                 let ct = content_type
@@ -674,19 +677,29 @@ async fn send(
                 .await;
                 match n {
                     Err(e) => Err(clipsync::error::SendError::Source(e.to_string())),
-                    Ok(n) if (n as u64) <= threshold => conn.send(Message::new(ct, head)).await,
+                    Ok(n) if (n as u64) <= threshold => conn
+                        .send(Message::new(ct, head))
+                        .await
+                        .map(|()| Some((n as u64, "standard input as a message"))),
                     Ok(_) => {
                         // Longer than a message: stream it, length unknown.
                         let mut chained = tokio::io::AsyncReadExt::chain(&head[..], stdin);
-                        stream_with_progress(&conn, ct, None, &mut chained).await
+                        stream_with_progress(&conn, ct, None, &mut chained)
+                            .await
+                            .map(|n| Some((n, "standard input as a stream")))
                     }
                 }
             }
         };
-        if result.is_ok() && has_file {
-            println!("t={} delivered file", started.elapsed().as_millis());
+        if let Ok(Some((n, how))) = &result {
+            let t = started.elapsed().as_millis();
+            if *how == "file" {
+                println!("t={t} delivered file ({n} bytes)");
+            } else {
+                println!("t={t} delivered {how} ({n} bytes)");
+            }
         }
-        result
+        result.map(|_| ())
     };
     let probing = async {
         let mut failed = 0u32;
@@ -743,34 +756,18 @@ async fn stream_with_progress<R: tokio::io::AsyncRead + Unpin>(
     content_type: &str,
     len: Option<u64>,
     reader: &mut R,
-) -> Result<(), clipsync::error::SendError> {
+) -> Result<u64, clipsync::error::SendError> {
     let mut s = conn.open_stream(content_type, len).await?;
-    let bar = match len {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::no_length(),
-    };
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bytes}/{total_bytes} acknowledged  {bytes_per_sec}  eta {eta}  [{wide_bar}]",
-    ) {
-        bar.set_style(style);
-    }
-    let mut progress = s.progress();
-    let ticker = {
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            while progress.changed().await.is_ok() {
-                let p = progress.borrow_and_update().clone();
-                bar.set_position(p.acked);
-                if p.done {
-                    break;
-                }
-            }
-        })
-    };
+    let bar = progress::stream_bar(len);
+    let ticker = tokio::spawn(progress::follow(
+        bar.clone(),
+        s.progress(),
+        conn.state(),
+        conn.health(),
+    ));
     let copied = s.copy_from(reader).await;
     let result = match copied {
-        Ok(_) => s.finish().await,
+        Ok(n) => s.finish().await.map(|()| n),
         Err(e) => Err(e),
     };
     ticker.abort();

@@ -559,3 +559,86 @@ fn config_errors_point_at_the_line() {
         "{err}"
     );
 }
+
+/// Issue 14, item 6: on a terminal (a pseudo-terminal from `script`), the demo's progress bar
+/// names the outage while it lasts ("reconnecting, attempt N, next in …") and the resume
+/// after it ("resumed at …"), instead of freezing on "connected".
+#[test]
+fn the_demo_bar_names_the_reconnection_on_a_terminal() {
+    let cmd = format!(
+        "{} demo --size 16MiB --outage-ms 3000 --messages 4",
+        env!("CARGO_BIN_EXE_clipsync")
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let screen = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(screen.contains("reconnecting, attempt 1"), "{screen}");
+    assert!(screen.contains("next in"), "{screen}");
+    assert!(screen.contains("resumed at"), "{screen}");
+}
+
+/// Issue 14, item 6: `send` says what it delivered in every mode.
+#[test]
+fn send_says_what_it_delivered() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--identity"])
+        .arg(fixture("ed25519_test_key"))
+        .arg("--authorized-keys")
+        .arg(fixture("ecdsa_test_key.pub"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    std::thread::spawn(move || for _ in out.lines() {});
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let send = |input: &[u8], file: Option<&PathBuf>| {
+        use std::io::Write;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_clipsync"));
+        c.args(["send", "--connect", &addr]).args(keys());
+        if let Some(f) = file {
+            c.arg(f);
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input);
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let said = send(b"hello", None);
+    assert!(
+        said.contains("delivered standard input as a message (5 bytes)"),
+        "{said}"
+    );
+    let said = send(&vec![b'x'; 300_000], None);
+    assert!(
+        said.contains("delivered standard input as a stream (300000 bytes)"),
+        "{said}"
+    );
+    let dir = tmp("delivered");
+    let file = dir.join("f");
+    std::fs::write(&file, b"0123456789").unwrap();
+    let said = send(b"", Some(&file));
+    assert!(said.contains("delivered file (10 bytes)"), "{said}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

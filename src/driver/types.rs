@@ -67,6 +67,12 @@ pub struct Health {
     /// the receiver's offset. Compare with the windows: a resume retransmits at most what was
     /// in flight.
     pub retransmitted_bytes: u64,
+    /// While (re)connecting: failed dial attempts since the connection was lost (or since
+    /// `Transport::open`); 0 otherwise.
+    pub dial_failures: u32,
+    /// While (re)connecting: when the next dial attempt starts (in `tokio::time`); `None`
+    /// while connected or while an attempt is under way.
+    pub next_dial_at: Option<tokio::time::Instant>,
 }
 
 /// The cause a closed connection reports (or a loss, if the task ended without one).

@@ -272,7 +272,7 @@ class Case:
                     if a.read() != b.read():
                         problems.append("the saved file differs from the one sent")
                 metrics["file"] = "verified"
-            done = [t for t, line in self.sender.lines if line.endswith("delivered file")]
+            done = [t for t, line in self.sender.lines if " delivered file" in line]
             if done:
                 secs = done[0] - self.started
                 metrics["file_mbit_s"] = round(self.file_size * 8 / secs / 1e6, 2)

@@ -39,6 +39,11 @@ impl Driver {
                 };
                 loop {
                     tracing::info!(delay_ms = delay.as_millis() as u64, "dialling");
+                    let (failures, at) = (policy.failures(), tokio::time::Instant::now() + delay);
+                    self.health.send_modify(|h| {
+                        h.dial_failures = failures;
+                        h.next_dial_at = Some(at);
+                    });
                     let attempt = redial(self.session_id, self.core.received());
                     let attempt = async move {
                         sleep(delay).await;
@@ -48,6 +53,10 @@ impl Driver {
                         None => break None,
                         Some(Ok(channel)) => {
                             policy.connected(self.now());
+                            self.health.send_modify(|h| {
+                                h.dial_failures = 0;
+                                h.next_dial_at = None;
+                            });
                             break Some(channel);
                         }
                         Some(Err(e)) => {
