@@ -46,7 +46,13 @@ pub(crate) struct DemoArgs {
     /// Small clipboard messages: half sent before the cut, half during the outage.
     #[arg(long, default_value_t = 20)]
     pub(crate) messages: u32,
+    /// Allow a payload above 16 GiB (memory stays bounded, but it runs for minutes).
+    #[arg(long)]
+    pub(crate) yes: bool,
 }
+
+/// The largest payload the demo runs without `--yes`.
+const MAX_WITHOUT_YES: u64 = 16 << 30;
 
 /// Parses `256MiB`, `64 MB`, `1GiB`, `4096`.
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
@@ -155,19 +161,26 @@ struct Received {
 /// outage and reconnection included (`cut_to_resumed_ms` of it).
 pub(crate) async fn demo(args: DemoArgs) -> ExitCode {
     if !(args.cut_at > 0.0 && args.cut_at < 1.0) {
-        eprintln!("error: --cut-at must be between 0 and 1");
+        eprintln!("clipsync: --cut-at must be between 0 and 1");
+        return ExitCode::from(2);
+    }
+    if args.size > MAX_WITHOUT_YES && !args.yes {
+        eprintln!(
+            "clipsync: --size {} is above 16 GiB and would run for minutes; add --yes to run it",
+            args.size
+        );
         return ExitCode::from(2);
     }
     let budget = Duration::from_secs(120) + Duration::from_millis(args.size / 20_000);
     match tokio::time::timeout(budget, run(args)).await {
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
+            eprintln!("clipsync: {e}");
             ExitCode::FAILURE
         }
         Err(_) => {
             eprintln!(
-                "error: the demo did not finish within {} s",
+                "clipsync: the demo did not finish within {} s",
                 budget.as_secs()
             );
             ExitCode::FAILURE

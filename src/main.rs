@@ -142,7 +142,28 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            }
+            // One line, like every other error: clap's first line, without its usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            return fail(
+                2,
+                &format!("{} (see --help)", first.trim_start_matches("error: ")),
+            );
+        }
+    };
     if cli.verbose > 0 {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)

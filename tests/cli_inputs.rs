@@ -642,3 +642,97 @@ fn send_says_what_it_delivered() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Issue 14, item 10: every error path prints exactly one line on stderr, starting
+/// `clipsync: `, with the documented exit status: 1 for the network or the peer, 2 for usage,
+/// configuration and keys. (More paths are checked by the tests above with `refused`.)
+#[test]
+fn every_error_is_one_line_with_its_documented_exit_status() {
+    let dir = tmp("errors");
+    let (id, trust) = (
+        fixture("ecdsa_test_key").display().to_string(),
+        fixture("ed25519_test_key.pub").display().to_string(),
+    );
+    let garbled = dir.join("garbled");
+    std::fs::write(&garbled, "ssh-ed25519 !!!\n").unwrap();
+    let g = garbled.display().to_string();
+    let missing = dir.join("missing").display().to_string();
+    // A listener that holds the port, so a second serve cannot bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, u8, &str)> = vec![
+        (vec!["send", "--bogus"], 2, "unexpected argument"),
+        (
+            vec!["send", "--identity", &id, "--authorized-keys", &trust],
+            2,
+            "missing --connect",
+        ),
+        (vec!["send", "--connect", "nowhere"], 2, "invalid address"),
+        (
+            vec![
+                "send",
+                "--connect",
+                "127.0.0.1:9",
+                "--identity",
+                &missing,
+                "--authorized-keys",
+                &trust,
+            ],
+            2,
+            "cannot read",
+        ),
+        (
+            vec![
+                "send",
+                "--connect",
+                "127.0.0.1:9",
+                "--identity",
+                &id,
+                "--authorized-keys",
+                &g,
+            ],
+            2,
+            "line 1",
+        ),
+        (
+            vec![
+                "send",
+                "--connect",
+                "127.0.0.1:9",
+                "--identity",
+                &id,
+                "--authorized-keys",
+                &trust,
+                "--messages",
+                "1",
+            ],
+            1,
+            "cannot reach",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &busy,
+                "--identity",
+                &id,
+                "--authorized-keys",
+                &trust,
+            ],
+            1,
+            "cannot listen",
+        ),
+        (vec!["demo", "--size", "12 parsecs"], 2, "parsecs"),
+        (vec!["demo", "--cut-at", "2"], 2, "--cut-at"),
+        (vec!["demo", "--size", "20GiB"], 2, "--yes"),
+    ];
+    for (args, code, needle) in cases {
+        let out = clipsync_at(&dir, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(i32::from(code)), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.starts_with("clipsync: "), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
+    }
+    drop(held);
+}
