@@ -41,9 +41,11 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Common {
-    /// OpenSSH private key file: ed25519 or ecdsa, without passphrase. RSA keys cannot be
-    /// identities yet (refused at start: ssh-key 0.6.7 cannot sign with them), but RSA peer
-    /// keys are trusted and verified. Overrides `identity` in the configuration file.
+    /// OpenSSH private key file: ed25519, ecdsa or RSA (signing rsa-sha2-512); with a
+    /// passphrase, asked on the terminal or read from CLIPSYNC_PASSPHRASE_FILE /
+    /// CLIPSYNC_PASSPHRASE_FD; held by ssh-agent if SSH_AUTH_SOCK is set and the agent has the
+    /// key of KEY.pub. Default: ~/.ssh/id_ed25519. Overrides `identity` in the configuration
+    /// file.
     #[arg(long)]
     identity: Option<PathBuf>,
     /// Trusted peer keys, `authorized_keys` format (ClipSync's own file). Overrides

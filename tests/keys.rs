@@ -74,11 +74,83 @@ fn ed25519_and_ecdsa_identities_sign_and_verify() {
 }
 
 #[test]
-fn an_rsa_identity_is_refused_at_load_with_the_reason() {
-    let e = SshAuthenticator::from_files(&fixture("rsa_test_key"), &fixture("rsa_test_key.pub"))
-        .unwrap_err();
-    assert!(matches!(e, KeyError::CannotSign { .. }), "{e}");
-    assert!(e.to_string().contains("ed25519"), "{e}");
+fn an_rsa_identity_signs_and_openssh_verifies_it() {
+    // Issue 14, item 3: RSA identities sign (rsa-sha2-512), and OpenSSH's own
+    // `ssh-keygen -Y verify` accepts a signature ClipSync made.
+    let auth = SshAuthenticator::from_files(&fixture("rsa_test_key"), &fixture("rsa_test_key.pub"))
+        .unwrap();
+    let message = std::fs::read(fixture("transcript.bin")).unwrap();
+    let blob = auth.sign(&message).unwrap();
+    let key = public_blob("rsa_test_key");
+    assert_eq!(verify_sshsig(&key, &message, &blob), Ok(()));
+    let sig = <ssh_key::SshSig as ssh_encoding::Decode>::decode(&mut &blob[..]).unwrap();
+    assert_eq!(
+        sig.algorithm(),
+        ssh_key::Algorithm::Rsa {
+            hash: Some(ssh_key::HashAlg::Sha512)
+        }
+    );
+    let dir = std::env::temp_dir().join(format!("clipsync-rsa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("sig");
+    std::fs::write(&pem, sig.to_pem(ssh_key::LineEnding::LF).unwrap()).unwrap();
+    let public = std::fs::read_to_string(fixture("rsa_test_key.pub")).unwrap();
+    let allowed = dir.join("allowed_signers");
+    std::fs::write(&allowed, format!("peer@clipsync {}", public.trim())).unwrap();
+    let mut verify = std::process::Command::new("ssh-keygen")
+        .args([
+            "-Y",
+            "verify",
+            "-n",
+            "clipsync-auth-v1",
+            "-I",
+            "peer@clipsync",
+            "-f",
+        ])
+        .arg(&allowed)
+        .arg("-s")
+        .arg(&pem)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    verify.stdin.take().unwrap().write_all(&message).unwrap();
+    let out = verify.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen -Y verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A tampered message fails OpenSSH's check too.
+    let mut verify = std::process::Command::new("ssh-keygen")
+        .args([
+            "-Y",
+            "verify",
+            "-n",
+            "clipsync-auth-v1",
+            "-I",
+            "peer@clipsync",
+            "-f",
+        ])
+        .arg(&allowed)
+        .arg("-s")
+        .arg(&pem)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    verify
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"not the transcript")
+        .unwrap();
+    assert!(!verify.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -170,10 +170,9 @@ pub enum KeyError {
         /// What went wrong.
         detail: String,
     },
-    /// The key parses but cannot sign with this build. RSA private keys fail here: ssh-key
-    /// 0.6.7 rebuilds them from the prime `p` twice instead of `p` and `q`. Use an ed25519
-    /// or ecdsa key as the identity; RSA *peer* keys still verify.
-    #[error("a {algorithm} key cannot sign with this build ({detail}); use ed25519 or ecdsa")]
+    /// The key parses but cannot sign with this build (an algorithm it does not sign with, or
+    /// a key whose components do not form a valid key).
+    #[error("a {algorithm} key cannot sign with this build ({detail})")]
     CannotSign {
         /// The key's algorithm.
         algorithm: String,
@@ -193,7 +192,7 @@ impl SshAuthenticator {
                 path: "(in memory)".into(),
             });
         }
-        if let Err(e) = key.sign(NAMESPACE, HashAlg::Sha512, b"clipsync key check") {
+        if let Err(e) = sshsig(&key, b"clipsync key check") {
             return Err(KeyError::CannotSign {
                 algorithm: key.algorithm().to_string(),
                 detail: e.to_string(),
@@ -252,6 +251,19 @@ impl SshAuthenticator {
     /// This side's public key.
     pub fn public(&self) -> &PublicKey {
         self.key.public_key()
+    }
+}
+
+/// An SSHSIG by `key` over `message` in [`NAMESPACE`], SHA-512: RSA keys through
+/// [`super::rsa_sign`] (`rsa-sha2-512`), the others through ssh-key.
+fn sshsig(key: &PrivateKey, message: &[u8]) -> Result<ssh_key::SshSig, String> {
+    match key.key_data() {
+        ssh_key::private::KeypairData::Rsa(rsa) => {
+            super::rsa_sign::sshsig(rsa, key.public_key(), NAMESPACE, message)
+        }
+        _ => key
+            .sign(NAMESPACE, HashAlg::Sha512, message)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -405,9 +417,7 @@ impl Authenticator for SshAuthenticator {
             Signer::Key(k) => k,
             Signer::Agent(agent) => return agent.sign_blocking(transcript),
         };
-        let sig = key
-            .sign(NAMESPACE, HashAlg::Sha512, transcript)
-            .map_err(|e| AuthError::Sign(e.to_string()))?;
+        let sig = sshsig(key, transcript).map_err(AuthError::Sign)?;
         let mut blob = Vec::new();
         sig.encode(&mut blob)
             .map_err(|e| AuthError::Sign(e.to_string()))?;

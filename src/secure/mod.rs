@@ -10,6 +10,7 @@ pub mod agent;
 pub mod auth;
 pub mod budget;
 pub mod handshake;
+mod rsa_sign;
 pub mod tls;
 pub mod ws;
 
