@@ -139,8 +139,10 @@ pub(crate) fn authenticator(
 
 /// Reads the identity (refusing loose permissions), decrypting it if it has a passphrase.
 pub(crate) fn load_identity(path: &Path) -> Result<PrivateKey, String> {
+    // Parse first: a missing file or a public key given by mistake is named as such.
+    let encrypted = is_encrypted(path).map_err(|e| e.to_string())?;
     check_private_key(path)?;
-    if !is_encrypted(path).map_err(|e| e.to_string())? {
+    if !encrypted {
         return read_private_key(path).map_err(|e| e.to_string());
     }
     let passphrase = passphrase_for(path)?;

@@ -756,5 +756,21 @@ fn every_error_is_one_line_with_its_documented_exit_status() {
         assert!(err.starts_with("clipsync: "), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
     }
+    // A public key given as the identity is named as such, before any permission check.
+    let out = clipsync_at(
+        &dir,
+        &[
+            "send",
+            "--connect",
+            "127.0.0.1:9",
+            "--identity",
+            &trust,
+            "--authorized-keys",
+            &trust,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("this is a public key"), "{err}");
     drop(held);
 }
