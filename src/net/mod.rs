@@ -40,13 +40,16 @@ impl FromStr for Address {
     fn from_str(s: &str) -> Result<Self, AddressError> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(AddressError(s.to_string()));
+                return Err(AddressError::expected(s));
             }
             if path.len() > MAX_UNIX_PATH {
-                return Err(AddressError(format!(
-                    "{s}: the socket path is {} bytes, Linux allows at most {MAX_UNIX_PATH}",
-                    path.len()
-                )));
+                return Err(AddressError {
+                    input: s.to_string(),
+                    reason: format!(
+                        "the socket path is {} bytes, Linux allows at most {MAX_UNIX_PATH}",
+                        path.len()
+                    ),
+                });
             }
             return Ok(Address::Unix(PathBuf::from(path)));
         }
@@ -54,7 +57,7 @@ impl FromStr for Address {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(Address::Tcp(s.to_string()))
             }
-            _ => Err(AddressError(s.to_string())),
+            _ => Err(AddressError::expected(s)),
         }
     }
 }
@@ -71,10 +74,24 @@ impl fmt::Display for Address {
 /// The longest Unix socket path: `sun_path` holds 108 bytes on Linux, one of them the NUL.
 pub const MAX_UNIX_PATH: usize = 107;
 
-/// An address that is neither `HOST:PORT` nor `unix:PATH`.
+/// An address that is neither `HOST:PORT` nor a usable `unix:PATH`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid address {0:?}: expected HOST:PORT or unix:PATH")]
-pub struct AddressError(pub String);
+#[error("invalid address {input:?}: {reason}")]
+pub struct AddressError {
+    /// What was given.
+    pub input: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl AddressError {
+    fn expected(input: &str) -> Self {
+        Self {
+            input: input.to_string(),
+            reason: "expected HOST:PORT or unix:PATH".into(),
+        }
+    }
+}
 
 /// A network backend: how to dial and how to listen.
 pub trait Network: Send + Sync + fmt::Debug + 'static {
