@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod cli_common;
+
 use std::process::Command;
 
 #[test]
@@ -85,87 +87,11 @@ fn config_refuses_a_bad_file_naming_the_key() {
 }
 
 mod serve_send {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
-    use std::time::Duration;
 
-    /// A fixture; a private key is made owner-only first (git checks it out 0644, and the tool
-    /// refuses a key others can read, as OpenSSH does).
-    fn fixture(name: &str) -> PathBuf {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name);
-        #[cfg(unix)]
-        if name.ends_with("_key") {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
-        path
-    }
-
-    /// `clipsync serve` as a child, its stdout lines on a channel.
-    struct Server {
-        child: Child,
-        lines: mpsc::Receiver<String>,
-        addr: String,
-    }
-
-    impl Server {
-        fn start(listen: &str) -> Server {
-            Self::start_with(listen, &fixture("ecdsa_test_key.pub"), &[])
-        }
-
-        fn start_with(
-            listen: &str,
-            trusted: &std::path::Path,
-            extra: &[&std::ffi::OsStr],
-        ) -> Server {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_clipsync"))
-                .args(["serve", "--listen", listen, "--identity"])
-                .arg(fixture("ed25519_test_key"))
-                .arg("--authorized-keys")
-                .arg(trusted)
-                .args(extra)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let out = BufReader::new(child.stdout.take().unwrap());
-            let (tx, lines) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in out.lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            let first = lines.recv_timeout(Duration::from_secs(20)).unwrap();
-            let addr = first
-                .strip_prefix("listening on ")
-                .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-                .to_string();
-            Server { child, lines, addr }
-        }
-
-        /// The next line mentioning `needle`, waiting at most 20 s (a bound, not a sleep).
-        fn line_with(&self, needle: &str) -> String {
-            loop {
-                let line = self.lines.recv_timeout(Duration::from_secs(20)).unwrap();
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use super::cli_common::{Server, fixture};
 
     fn send(addr: &str, identity: &str, trusted: &str, input: &[u8]) -> std::process::Output {
         let mut child = Command::new(env!("CARGO_BIN_EXE_clipsync"))

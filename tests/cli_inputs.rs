@@ -3,24 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::io::{BufRead, BufReader};
+mod cli_common;
+
+use cli_common::{Server, fixture};
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A fixture; a private key is made owner-only first (git checks it out 0644, and the tool
-/// refuses a key others can read, as OpenSSH does).
-fn fixture(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    #[cfg(unix)]
-    if name.ends_with("_key") {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
-    path
-}
 
 fn clipsync(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_clipsync"))
@@ -125,25 +114,8 @@ fn a_unix_path_too_long_names_the_limit() {
 /// the sender has read 256 MiB its peak resident memory is still under 32 MiB.
 #[test]
 fn an_endless_source_streams_in_bounded_memory() {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_clipsync"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--identity"])
-        .arg(fixture("ed25519_test_key"))
-        .arg("--authorized-keys")
-        .arg(fixture("ecdsa_test_key.pub"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    // Keep draining the server's output, or its next line hits a closed pipe.
-    std::thread::spawn(move || for _ in out.lines() {});
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let server = Server::start("127.0.0.1:0");
+    let addr = server.addr.clone();
     let mut send = Command::new(env!("CARGO_BIN_EXE_clipsync"))
         .args(["send", "--connect", &addr])
         .args(keys())
@@ -173,8 +145,7 @@ fn an_endless_source_streams_in_bounded_memory() {
     let peak_kib = read("VmHWM:", "status");
     let _ = send.kill();
     let _ = send.wait();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     println!(
         "send /dev/zero: peak RSS {} KiB after 256 MiB read",
         peak_kib
@@ -191,18 +162,8 @@ fn an_endless_source_streams_in_bounded_memory() {
 fn an_rsa_identity_sends() {
     let help = String::from_utf8_lossy(&clipsync(&["send", "--help"]).stdout).to_string();
     assert!(help.contains("RSA (signing rsa-sha2-512)"), "{help}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_clipsync"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--identity"])
-        .arg(fixture("ed25519_test_key"))
-        .arg("--authorized-keys")
-        .arg(fixture("rsa_test_key.pub"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first.strip_prefix("listening on ").unwrap().to_string();
+    let server = Server::start_with("127.0.0.1:0", &fixture("rsa_test_key.pub"), &[]);
+    let addr = server.addr.clone();
     let out = Command::new(env!("CARGO_BIN_EXE_clipsync"))
         .args(["send", "--connect", &addr, "--messages", "1", "--identity"])
         .arg(fixture("rsa_test_key"))
@@ -215,13 +176,9 @@ fn an_rsa_identity_sends() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = lines
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("message from"))
-        .unwrap();
+    let line = server.line_with("message from");
     assert!(line.contains("probe 1"), "{line}");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 /// `clipsync` with HOME (and so the default key locations) in `home`.
@@ -465,19 +422,14 @@ fn an_identity_held_by_ssh_agent_signs_without_its_private_file() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(public.trim()));
     // serve signs with the agent; send (the ECDSA fixture) trusts the agent's key.
-    let mut server = Command::new(env!("CARGO_BIN_EXE_clipsync"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--identity"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clipsync"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--identity"])
         .arg(&key)
         .arg("--authorized-keys")
         .arg(fixture("ecdsa_test_key.pub"))
-        .env("SSH_AUTH_SOCK", &sock)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first.strip_prefix("listening on ").unwrap().to_string();
+        .env("SSH_AUTH_SOCK", &sock);
+    let server = Server::spawn(cmd);
+    let addr = server.addr.clone();
     let trusted = dir.join("trusts_agent_key");
     std::fs::write(&trusted, &public).unwrap();
     let mut send = Command::new(env!("CARGO_BIN_EXE_clipsync"))
@@ -503,13 +455,9 @@ fn an_identity_held_by_ssh_agent_signs_without_its_private_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = lines
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("message from"))
-        .unwrap();
+    let line = server.line_with("message from");
     assert!(line.contains("signed by the agent"), "{line}");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = agent.kill();
     let _ = agent.wait();
 }
@@ -610,24 +558,8 @@ fn the_demo_bar_names_the_reconnection_on_a_terminal() {
 /// Issue 14, item 6: `send` says what it delivered in every mode.
 #[test]
 fn send_says_what_it_delivered() {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_clipsync"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--identity"])
-        .arg(fixture("ed25519_test_key"))
-        .arg("--authorized-keys")
-        .arg(fixture("ecdsa_test_key.pub"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    std::thread::spawn(move || for _ in out.lines() {});
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let server = Server::start("127.0.0.1:0");
+    let addr = server.addr.clone();
     let send = |input: &[u8], file: Option<&PathBuf>| {
         use std::io::Write;
         let mut c = Command::new(env!("CARGO_BIN_EXE_clipsync"));
@@ -661,8 +593,7 @@ fn send_says_what_it_delivered() {
     std::fs::write(&file, b"0123456789").unwrap();
     let said = send(b"", Some(&file));
     assert!(said.contains("delivered file (10 bytes)"), "{said}");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 /// Issue 14, item 10: every error path prints exactly one line on stderr, starting

@@ -97,59 +97,37 @@ fn an_rsa_identity_signs_and_openssh_verifies_it() {
     let public = std::fs::read_to_string(fixture("rsa_test_key.pub")).unwrap();
     let allowed = dir.join("allowed_signers");
     std::fs::write(&allowed, format!("peer@clipsync {}", public.trim())).unwrap();
-    let mut verify = std::process::Command::new("ssh-keygen")
-        .args([
-            "-Y",
-            "verify",
-            "-n",
-            "clipsync-auth-v1",
-            "-I",
-            "peer@clipsync",
-            "-f",
-        ])
-        .arg(&allowed)
-        .arg("-s")
-        .arg(&pem)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    verify.stdin.take().unwrap().write_all(&message).unwrap();
-    let out = verify.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "ssh-keygen -Y verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // OpenSSH's verifier over `message`: (accepted, what it printed).
+    let openssh_verify = |message: &[u8]| {
+        use std::io::Write;
+        let mut verify = std::process::Command::new("ssh-keygen")
+            .args([
+                "-Y",
+                "verify",
+                "-n",
+                "clipsync-auth-v1",
+                "-I",
+                "peer@clipsync",
+                "-f",
+            ])
+            .arg(&allowed)
+            .arg("-s")
+            .arg(&pem)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        verify.stdin.take().unwrap().write_all(message).unwrap();
+        let out = verify.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), said)
+    };
+    let (ok, said) = openssh_verify(&message);
+    assert!(ok, "ssh-keygen -Y verify: {said}");
     // A tampered message fails OpenSSH's check too.
-    let mut verify = std::process::Command::new("ssh-keygen")
-        .args([
-            "-Y",
-            "verify",
-            "-n",
-            "clipsync-auth-v1",
-            "-I",
-            "peer@clipsync",
-            "-f",
-        ])
-        .arg(&allowed)
-        .arg("-s")
-        .arg(&pem)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    verify
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"not the transcript")
-        .unwrap();
-    assert!(!verify.wait().unwrap().success());
+    assert!(!openssh_verify(b"not the transcript").0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
