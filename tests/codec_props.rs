@@ -347,6 +347,40 @@ fn undefined_flags_are_refused() {
     ));
 }
 
+/// Issue 12, item 12 (PROTOCOL.md §5.5): STREAM_ABORT with reason 0 would settle an aborted
+/// stream as verified; it is malformed.
+#[test]
+fn a_stream_abort_with_reason_zero_is_refused() {
+    // STREAM_ABORT (0x24), stream 1, reason 0, empty text.
+    let msg = hex("01 24 0000 0000000c 0000000000000001 0000 0000");
+    let e = Frame::decode(Bytes::from(msg), LIMITS).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecodeError::InvalidField {
+                field: "reason",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.reason(), ReasonCode::ProtocolError);
+    let mut ok = hex("01 24 0000 0000000c 0000000000000001 000f 0000");
+    assert!(Frame::decode(Bytes::from(std::mem::take(&mut ok)), LIMITS).is_ok());
+}
+
+/// Issue 12, item 5 (PROTOCOL.md §2): the IGNORABLE bit is valid on every type; on a known
+/// type the frame is decoded as usual.
+#[test]
+fn the_ignorable_bit_is_valid_on_every_type() {
+    for (name, frame) in clipsync::wire::examples::all() {
+        let mut msg = frame.encode().unwrap().to_vec();
+        msg[2] |= 0x80;
+        let decoded = Frame::decode(Bytes::from(msg), LIMITS);
+        assert_eq!(decoded.as_ref(), Ok(&frame), "{name}");
+    }
+}
+
 #[test]
 fn fields_the_protocol_forbids_are_refused() {
     let cases: Vec<(Vec<u8>, &str)> = vec![

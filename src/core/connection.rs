@@ -74,6 +74,8 @@ pub struct ConnectionParams {
     pub connection_window: u32,
     /// Most incoming streams open at once.
     pub max_streams: u16,
+    /// Largest `MESSAGE` payload we accept (announced in our `HELLO`).
+    pub max_message_size: u32,
     /// Sends (messages and stream opens) held in front of the session at most; beyond it the
     /// caller must wait ([`Connection::can_take`]).
     pub send_queue: usize,
@@ -376,6 +378,7 @@ impl Connection {
             stream_window: self.p.stream_window,
             connection_window: self.p.connection_window,
             max_streams: self.p.max_streams,
+            max_message_size: self.p.max_message_size,
         }
     }
 
@@ -730,7 +733,13 @@ impl Connection {
     }
 
     /// The application gave up on stream `key`: `STREAM_ABORT`, data not sent yet dropped.
+    /// `normal` is no reason to abort (PROTOCOL.md §5.5): it goes out as `cancelled`.
     pub fn stream_abort(&mut self, key: StreamKey, reason: ReasonCode, text: String) {
+        let reason = if reason == ReasonCode::Normal {
+            ReasonCode::Cancelled
+        } else {
+            reason
+        };
         if let Some(o) = self.out_mut(key).filter(|o| !o.ended) {
             o.pending = None;
             o.closing = Some(Closing::Abort(reason, text));

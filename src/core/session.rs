@@ -41,6 +41,9 @@ pub struct SessionParams {
     pub connection_window: u32,
     /// Most incoming streams open at once.
     pub max_streams: u16,
+    /// Largest `MESSAGE` payload we accept (what our `HELLO` announced); a larger one closes
+    /// the connection with `limit exceeded` (PROTOCOL.md §5.1).
+    pub max_message_size: u32,
 }
 
 /// Why a session ended.
@@ -421,6 +424,19 @@ impl Session {
                 "stream frames without the STREAMS capability".into(),
             );
             return;
+        }
+        if let Frame::Message(m) = &frame {
+            if m.payload.len() as u64 > u64::from(self.p.max_message_size) {
+                self.close(
+                    ReasonCode::LimitExceeded,
+                    format!(
+                        "MESSAGE of {} bytes over our max_message_size {}",
+                        m.payload.len(),
+                        self.p.max_message_size
+                    ),
+                );
+                return;
+            }
         }
         // Sequenced frames: take the next, drop a retransmission, close on a gap.
         if let Some(seq) = frame.seq() {
@@ -1069,6 +1085,7 @@ mod tests {
             stream_window: 2 * 1024 * 1024,
             connection_window: 8 * 1024 * 1024,
             max_streams: 16,
+            max_message_size: 1 << 20,
         }
     }
 
@@ -1123,6 +1140,32 @@ mod tests {
         }
         assert_eq!(events(&mut a), vec![Event::Acked { up_to: 3 }]);
         assert_eq!(a.unacked_bytes(), 0);
+    }
+
+    /// Issue 12, item 2 (PROTOCOL.md §5.1): the receiver enforces its own `max_message_size`.
+    #[test]
+    fn a_message_over_our_limit_closes_with_limit_exceeded() {
+        let mut b = Session::new(
+            SessionParams {
+                max_message_size: 4,
+                ..params()
+            },
+            Duration::ZERO,
+        );
+        b.handle_frame(msg(1, b"four"), MS);
+        assert!(!b.is_closed(), "at the limit is fine");
+        b.handle_frame(msg(2, b"five!"), MS);
+        let closed = events(&mut b).into_iter().find_map(|e| match e {
+            Event::Closed(c) => Some(c),
+            _ => None,
+        });
+        assert!(
+            matches!(
+                &closed,
+                Some(CloseCause::Local(ReasonCode::LimitExceeded, _))
+            ),
+            "{closed:?}"
+        );
     }
 
     #[test]

@@ -254,6 +254,7 @@ impl Driver {
             stream_window: cfg.stream_window,
             connection_window: cfg.connection_window,
             max_streams: cfg.max_streams,
+            max_message_size: cfg.max_message_size,
             send_queue: cfg.send_queue as usize,
             resume,
         });
@@ -617,8 +618,11 @@ impl Driver {
                 ),
                 Some(Ok(_)) => {}
                 Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
-                    self.core
-                        .close(ReasonCode::FrameTooLarge, e.to_string(), now);
+                    self.core.close(
+                        ReasonCode::FrameTooLarge,
+                        format!("frame too large: {e}"),
+                        now,
+                    );
                 }
                 Some(Err(e)) => self.core.connection_lost(format!("read failed: {e}"), now),
                 None => self

@@ -169,6 +169,10 @@ impl Frame {
                 return bad("stream_id", "is zero");
             }
             Self::StreamResult(StreamResult { seq: 0, .. }) => return bad("seq", "is zero"),
+            Self::StreamAbort(StreamAbort {
+                reason: ReasonCode::Normal,
+                ..
+            }) => return bad("reason", "0 (normal) is not a reason to abort"),
             Self::Credit(c) if c.acked > c.limit => return bad("acked", "greater than limit"),
             _ => {}
         }
@@ -300,7 +304,8 @@ impl Frame {
                 ignorable: flags & FLAG_IGNORABLE != 0,
             });
         };
-        if flags & !ft.allowed_flags() != 0 {
+        // IGNORABLE is valid on every type (PROTOCOL.md §2); on a known type it changes nothing.
+        if flags & !(ft.allowed_flags() | FLAG_IGNORABLE) != 0 {
             return Err(DecodeError::InvalidFlags { frame: ft, flags });
         }
         let mut r = Reader {
@@ -573,11 +578,18 @@ impl Reader {
                 total_len: self.u64("total_len")?,
                 hash: self.array("hash")?,
             }),
-            FrameType::StreamAbort => Frame::StreamAbort(StreamAbort {
-                stream_id: self.stream_id()?,
-                reason: self.reason()?,
-                text: self.text()?,
-            }),
+            FrameType::StreamAbort => {
+                let stream_id = self.stream_id()?;
+                let reason = self.reason()?;
+                if reason == ReasonCode::Normal {
+                    return Err(self.invalid("reason", "0 (normal) is not a reason to abort"));
+                }
+                Frame::StreamAbort(StreamAbort {
+                    stream_id,
+                    reason,
+                    text: self.text()?,
+                })
+            }
             FrameType::StreamResult => {
                 let seq = self.u64("seq")?;
                 let seq = self.nonzero(seq, "seq")?;

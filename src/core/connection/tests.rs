@@ -47,6 +47,7 @@ fn params(resume: Resume) -> ConnectionParams {
         stream_window: STREAM_WINDOW,
         connection_window: CONNECTION_WINDOW,
         max_streams: 3,
+        max_message_size: MAX_MESSAGE,
         send_queue: 8,
         resume,
     }
