@@ -507,3 +507,68 @@ fn hex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// Issue 12, item 8 (PROTOCOL.md §3.1): every HELLO field has a range; a HELLO outside it is
+/// refused. The example (ClipSync's defaults) is inside.
+#[test]
+fn hello_limits_outside_their_ranges_are_refused() {
+    use clipsync::wire::PeerLimits;
+    let ok = clipsync::wire::examples::example_limits();
+    assert_eq!(ok.problem(), None);
+    let bad: Vec<(PeerLimits, &str)> = vec![
+        (
+            PeerLimits {
+                max_frame_size: 1000,
+                ..ok
+            },
+            "max_frame_size",
+        ),
+        (
+            PeerLimits {
+                max_message_size: 0,
+                ..ok
+            },
+            "max_message_size",
+        ),
+        (
+            PeerLimits {
+                stream_window: 0,
+                ..ok
+            },
+            "stream_window",
+        ),
+        (
+            PeerLimits {
+                connection_window: ok.stream_window - 1,
+                ..ok
+            },
+            "connection_window",
+        ),
+        (
+            PeerLimits {
+                heartbeat_interval_ms: 1,
+                idle_timeout_ms: 2,
+                ..ok
+            },
+            "heartbeat_interval_ms",
+        ),
+        (
+            PeerLimits {
+                idle_timeout_ms: ok.heartbeat_interval_ms + 1,
+                ..ok
+            },
+            "idle_timeout_ms",
+        ),
+        (
+            PeerLimits {
+                idle_timeout_ms: 86_400_001,
+                ..ok
+            },
+            "idle_timeout_ms",
+        ),
+    ];
+    for (limits, field) in bad {
+        let p = limits.problem();
+        assert!(p.is_some_and(|p| p.contains(field)), "{field}: {p:?}");
+    }
+}

@@ -1016,9 +1016,10 @@ impl Session {
     /// shorter timeout than ours never declares us dead (aspnetcore #44197).
     fn ping_interval(&self) -> Duration {
         let peer_half = Duration::from_millis(u64::from(self.p.peer_limits.idle_timeout_ms) / 2);
-        self.p
-            .heartbeat_interval
-            .min(peer_half.max(Duration::from_millis(1)))
+        // Never faster than the smallest heartbeat a HELLO may announce (PROTOCOL.md §6.3):
+        // a peer cannot make us ping hundreds of times a second.
+        let floor = Duration::from_millis(u64::from(PeerLimits::HEARTBEAT_MS.0));
+        self.p.heartbeat_interval.min(peer_half).max(floor)
     }
 
     fn note_received(&mut self, now: Duration) {
@@ -1166,6 +1167,27 @@ mod tests {
             ),
             "{closed:?}"
         );
+    }
+
+    /// Issue 12, item 8 (PROTOCOL.md §6.3): however short the peer's idle timeout, we ping at
+    /// most every 100 ms.
+    #[test]
+    fn the_ping_interval_has_a_floor() {
+        let mut p = params();
+        p.peer_limits.idle_timeout_ms = 2;
+        p.peer_limits.heartbeat_interval_ms = 1;
+        let mut s = Session::new(p, Duration::ZERO);
+        let mut pings = 0;
+        for ms in 1..=1000u32 {
+            s.handle_frame(Frame::Pong(Pong { timestamp_us: 0 }), ms * MS);
+            s.handle_timeout(ms * MS);
+            pings += drain(&mut s, ms * MS)
+                .iter()
+                .filter(|f| matches!(f, Frame::Ping(_)))
+                .count();
+        }
+        assert!(pings <= 10, "{pings} pings in one second");
+        assert!(pings >= 9, "{pings} pings in one second");
     }
 
     #[test]

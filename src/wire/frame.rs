@@ -463,18 +463,33 @@ impl PeerLimits {
     /// Bytes a `STREAM_CHUNK` frame needs besides its data: header 8, stream id 8, offset 8.
     pub const CHUNK_OVERHEAD: u32 = 24;
 
-    /// What breaks the rules of PROTOCOL.md §3.1, if anything.
+    /// Smallest stream window a peer may announce (PROTOCOL.md §3.1): 1 KiB.
+    pub const MIN_STREAM_WINDOW: u32 = 1024;
+    /// Heartbeat interval range a peer may announce: 100 ms to 1 hour.
+    pub const HEARTBEAT_MS: (u32, u32) = (100, 3_600_000);
+    /// Longest idle timeout a peer may announce: 1 day.
+    pub const MAX_IDLE_MS: u32 = 86_400_000;
+
+    /// What breaks the ranges of PROTOCOL.md §3.1, if anything (a `HELLO` outside them is
+    /// refused with `protocol error`).
     pub fn problem(&self) -> Option<&'static str> {
+        let (hb_min, hb_max) = Self::HEARTBEAT_MS;
         if self.max_frame_size < Self::MIN_FRAME_SIZE {
             Some("max_frame_size below 16384")
         } else if self.max_message_size == 0
             || self.max_message_size > self.max_frame_size - Self::MESSAGE_OVERHEAD
         {
             Some("max_message_size not within 1 and max_frame_size - 272")
-        } else if self.heartbeat_interval_ms == 0 {
-            Some("heartbeat_interval_ms is zero")
-        } else if self.idle_timeout_ms <= self.heartbeat_interval_ms {
-            Some("idle_timeout_ms not greater than heartbeat_interval_ms")
+        } else if self.stream_window < Self::MIN_STREAM_WINDOW {
+            Some("stream_window below 1024")
+        } else if self.connection_window < self.stream_window {
+            Some("connection_window below stream_window")
+        } else if !(hb_min..=hb_max).contains(&self.heartbeat_interval_ms) {
+            Some("heartbeat_interval_ms not within 100 and 3600000")
+        } else if self.idle_timeout_ms / 2 < self.heartbeat_interval_ms {
+            Some("idle_timeout_ms below twice heartbeat_interval_ms")
+        } else if self.idle_timeout_ms > Self::MAX_IDLE_MS {
+            Some("idle_timeout_ms above 86400000 (a day)")
         } else {
             None
         }
