@@ -358,6 +358,15 @@ impl Connection {
         self.session.as_ref().map_or(0, Session::received)
     }
 
+    /// Whether a `RESUME` (or `RESUMED`) saying the peer received our sequenced frames up to
+    /// `peer_received` can come from a correct peer (PROTOCOL.md §4); one that cannot is refused
+    /// with `protocol error`, the session left as it was.
+    pub fn resume_point_valid(&self, peer_received: u64) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.resume_point_valid(peer_received))
+    }
+
     /// Whether another send or stream open may be handed in now (the queues in front of the
     /// session hold at most `send_queue`).
     pub fn can_take(&self) -> bool {

@@ -771,6 +771,12 @@ impl Session {
         self.suspended
     }
 
+    /// Whether a peer that says it received our sequenced frames up to `peer_received` can be
+    /// right: not beyond what we sent, not below what it had already acknowledged.
+    pub fn resume_point_valid(&self, peer_received: u64) -> bool {
+        peer_received <= self.sent_seq && peer_received >= self.peer_acked
+    }
+
     /// Resumes on a new connection at `now`, the peer having received our sequenced frames up
     /// to `peer_received` (from its `RESUME` or `RESUMED`): those count as acknowledged, the
     /// rest of the replay buffer is queued again, in order. The peer drops what it already
@@ -1506,6 +1512,10 @@ mod tests {
             let _ = a.send_message("t/x".into(), Bytes::from(vec![i]), Duration::ZERO);
         }
         a.handle_frame(Frame::Ack(Ack { last_seq: 2 }), MS);
+        // Issue 12, item 3: what a listener checks before answering RESUMED.
+        assert!(!a.resume_point_valid(4), "more than was sent");
+        assert!(!a.resume_point_valid(1), "less than it acknowledged");
+        assert!(a.resume_point_valid(2) && a.resume_point_valid(3));
         assert!(a.suspend());
         assert!(
             a.resume(4, example_limits(), 2 * MS).is_err(),

@@ -378,6 +378,15 @@ impl Driver {
             _ if first => Resumption::New,
             ResumeAnswer::Resumed { peer_received } => Resumption::Resumed { peer_received },
             ResumeAnswer::Lost => Resumption::Lost,
+            ResumeAnswer::Asked(r) if !self.core.resume_point_valid(r.last_received) => {
+                let detail = format!(
+                    "RESUME says {} of our frames received; impossible for this session",
+                    r.last_received
+                );
+                tracing::warn!(%detail, "resume refused");
+                handshake::refuse_resume(&mut channel.ws, ReasonCode::ProtocolError, detail).await;
+                return None;
+            }
             ResumeAnswer::Asked(r) => {
                 // The dialer is back for this session: say where we are.
                 let answer = Frame::Resumed(crate::wire::Resumed {

@@ -207,6 +207,12 @@ pub async fn answer_resume(ws: &mut Ws, answer: Frame) -> Result<(), ConnectErro
     send_frame(ws, answer).await
 }
 
+/// Refuses a `RESUME` after authentication (listener): `GOAWAY` and the close with `reason`.
+/// Best effort, bounded by `LINGER`.
+pub async fn refuse_resume(ws: &mut Ws, reason: ReasonCode, detail: String) {
+    let _ = tokio::time::timeout(LINGER, refuse::<()>(ws, reason, detail, false)).await;
+}
+
 /// What is wrong with the peer's `HELLO`, if anything (PROTOCOL.md §3.1).
 fn hello_problem(h: &Hello, own_role: Role, own_nonce: &[u8; 32]) -> Option<(ReasonCode, String)> {
     if h.protocol_version < PROTOCOL_VERSION {
