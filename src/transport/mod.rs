@@ -50,6 +50,7 @@ use crate::wire::Frame;
 use crate::wire::{ReasonCode, SessionId};
 
 mod sender;
+mod sessions;
 pub use sender::ConnectionSender;
 
 /// A peer as the discovery component hands it in: a name, where it can be reached, and
@@ -537,7 +538,7 @@ impl Transport {
         let live: Arc<std::sync::Mutex<BTreeMap<Bytes, mpsc::WeakSender<Command>>>> =
             Arc::default();
         // Sessions that may be resumed: id → (peer key, where to hand a new connection).
-        let sessions: Arc<SessionRegistry> = Arc::default();
+        let sessions: Arc<std::sync::Mutex<sessions::Sessions>> = Arc::default();
         loop {
             let (stream, peer_addr) = match listener.accept().await {
                 Ok(s) => s,
@@ -581,16 +582,17 @@ impl Transport {
                                 _ => SessionId::NONE,
                             };
                             // A known session from the same key: hand the connection over.
-                            let resumer = (!asked.is_none())
-                                .then(|| {
-                                    let mut s = sessions.lock().unwrap_or_else(|p| p.into_inner());
-                                    s.retain(|_, (_, tx)| !tx.is_closed());
-                                    s.get(&asked)
-                                        .filter(|(k, _)| *k == channel.handshake.peer_key)
-                                        .map(|(_, tx)| tx.clone())
-                                })
-                                .flatten();
-                            if let Some(tx) = resumer {
+                            let resumer = (!asked.is_none()).then(|| {
+                                sessions
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .resumer(asked, &channel.handshake.peer_key)
+                            });
+                            let lost_reason = match resumer {
+                                Some(Err(reason)) => reason,
+                                _ => ReasonCode::SessionUnknown,
+                            };
+                            if let Some(Ok(tx)) = resumer {
                                 tracing::info!("session resumes on a new connection");
                                 drop(permit);
                                 let _ = tx.send(channel).await;
@@ -605,7 +607,7 @@ impl Transport {
                                 Frame::SessionLost(crate::wire::SessionLost {
                                     old_session: asked,
                                     new_session,
-                                    reason: ReasonCode::SessionUnknown,
+                                    reason: lost_reason,
                                 })
                             };
                             if let Err(error) =
@@ -617,18 +619,16 @@ impl Transport {
                                 return;
                             }
                             channel.handshake.session = new_session;
-                            let reconnect = if this.inner.cfg.reconnect {
+                            let peer_key = channel.handshake.peer_key.clone();
+                            let (reconnect, resumer) = if this.inner.cfg.reconnect {
                                 let (rtx, resumptions) = mpsc::channel(1);
-                                sessions
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .insert(new_session, (channel.handshake.peer_key.clone(), rtx));
-                                Reconnect::Await {
+                                let await_ = Reconnect::Await {
                                     resumptions,
                                     window: this.inner.cfg.resume_window,
-                                }
+                                };
+                                (await_, Some(rtx))
                             } else {
-                                Reconnect::Never
+                                (Reconnect::Never, None)
                             };
                             let mut conn = Connection::start(
                                 channel,
@@ -637,6 +637,14 @@ impl Transport {
                                 Some(permit),
                                 reconnect,
                             );
+                            if let Some(rtx) = resumer {
+                                sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                                    new_session,
+                                    peer_key,
+                                    rtx,
+                                    conn.state(),
+                                );
+                            }
                             if !this.tie_break(&mut conn, &auth.public_key(), false) {
                                 tracing::info!("simultaneous dial: this incoming connection loses the tie-break");
                                 conn.close_with(
@@ -674,10 +682,6 @@ impl Transport {
         }
     }
 }
-
-/// A listener's resumable sessions: id → (peer key, where to hand a new connection).
-type SessionRegistry =
-    std::sync::Mutex<BTreeMap<SessionId, (Bytes, mpsc::Sender<secure::Channel>)>>;
 
 /// Why [`Listener::accept`] returned no connection this time. The listener keeps running
 /// after a [`AcceptError::Handshake`].
