@@ -489,34 +489,86 @@ async fn serve(r: Resolved, out: Option<PathBuf>) -> ExitCode {
         }
     }
     println!("listening on {}", listener.local_addr());
+    // SIGINT or SIGTERM: every connection says GOAWAY `going away` (9) and closes cleanly, so
+    // its peer knows the session ended instead of trying to resume it.
+    let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok(mut conn) => {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown_signal() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(conn) => {
                 let out = out.clone();
-                tokio::spawn(async move {
-                    let peer = conn.peer_fingerprint().to_string();
-                    println!("connected {peer}");
-                    loop {
-                        match conn.receive().await {
-                            Ok(Incoming::Message(m)) => println!("{}", describe(&peer, &m)),
-                            Ok(Incoming::Stream(s)) => {
-                                // Each stream in its own task: messages keep flowing meanwhile.
-                                let (peer, out) = (peer.clone(), out.clone());
-                                tokio::spawn(async move {
-                                    println!("{}", save_stream(&peer, s, out.as_deref()).await);
-                                });
-                            }
-                            Ok(_) => {}
-                            Err(closed) => {
-                                println!("disconnected {peer}: {}", closed.0);
-                                break;
-                            }
-                        }
-                    }
-                });
+                connections.spawn(serve_connection(conn, out, shutting_down.clone()));
             }
             Err(AcceptError::Closed) => return fail(1, &"listener closed"),
             Err(e) => eprintln!("clipsync: {e}"),
+        }
+    }
+    println!("shutting down");
+    drop(listener);
+    let _ = shutdown.send(true);
+    // Bounded: a peer that does not answer the close does not keep us.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                biased;
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// One accepted connection of `serve`: prints what arrives, saves streams, and closes with
+/// `going away` when the server shuts down.
+async fn serve_connection(
+    mut conn: clipsync::transport::Connection,
+    out: Option<PathBuf>,
+    mut shutting_down: tokio::sync::watch::Receiver<bool>,
+) {
+    let peer = conn.peer_fingerprint().to_string();
+    println!("connected {peer}");
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = shutting_down.changed() => {
+                conn.close_with(ReasonCode::GoingAway, "the server shuts down".into()).await;
+                println!("disconnected {peer}: server shutting down");
+                return;
+            }
+            i = conn.receive() => i,
+        };
+        match incoming {
+            Ok(Incoming::Message(m)) => println!("{}", describe(&peer, &m)),
+            Ok(Incoming::Stream(s)) => {
+                // Each stream in its own task: messages keep flowing meanwhile.
+                let (peer, out) = (peer.clone(), out.clone());
+                tokio::spawn(async move {
+                    println!("{}", save_stream(&peer, s, out.as_deref()).await);
+                });
+            }
+            Ok(_) => {}
+            Err(closed) => {
+                println!("disconnected {peer}: {}", closed.0);
+                return;
+            }
         }
     }
 }

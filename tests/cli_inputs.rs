@@ -705,3 +705,48 @@ fn every_error_is_one_line_with_its_documented_exit_status() {
     assert!(err.contains("this is a public key"), "{err}");
     drop(held);
 }
+
+/// Issue 12, item 11: `clipsync serve` on SIGTERM closes every connection with GOAWAY
+/// `going away` (9): the peer learns the session ended (no resume attempt) and `serve` exits 0.
+#[test]
+fn serve_closes_with_going_away_on_sigterm() {
+    use clipsync::transport::{ConnectionState, PeerInfo, Transport};
+    use clipsync::wire::ReasonCode;
+    let mut server = Server::start("127.0.0.1:0");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let auth = clipsync::secure::SshAuthenticator::from_files(
+            &fixture("ecdsa_test_key"),
+            &fixture("ed25519_test_key.pub"),
+        )
+        .unwrap();
+        let transport = Transport::new(Default::default()).unwrap();
+        let peer = PeerInfo::new("serve", vec![server.addr.parse().unwrap()]);
+        let conn = transport
+            .connect(&peer, std::sync::Arc::new(auth))
+            .await
+            .unwrap();
+        server.line_with("connected");
+        let killed = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut state = conn.state();
+        let end = tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| matches!(s, ConnectionState::Closed(_))),
+        )
+        .await
+        .expect("the connection did not end within 10 s")
+        .unwrap()
+        .clone();
+        assert!(
+            matches!(&end, ConnectionState::Closed(c) if c.reason() == Some(ReasonCode::GoingAway)),
+            "{end:?}"
+        );
+    });
+    server.line_with("shutting down");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
