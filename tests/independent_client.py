@@ -10,7 +10,13 @@ and checks:
 2. a handshake whose signature is wrong (made over another channel binding) is refused with
    AUTH_RESULT reason 5 and WebSocket close code 4005;
 3. a correct handshake is accepted, the server's own AUTH verifies, RESUME gets RESUMED, a
-   MESSAGE is acknowledged, and `clipsync serve` prints it.
+   MESSAGE is acknowledged, and `clipsync serve` prints it;
+4. in the listener role, dialled by `clipsync send`: the upgrade, the handshake with roles
+   reversed (its AUTH verifies over this TLS session, ours is accepted), RESUME answered, then
+   the receiver's duties: messages acknowledged and received in order, a 3 MiB stream taken
+   under a 256 KiB window with CREDIT granted as it is consumed (the sender must stay within
+   it), its BLAKE3 verified and answered with STREAM_RESULT, and `clipsync send` reports
+   everything delivered.
 
 Usage: independent_client.py PATH_TO_CLIPSYNC_BINARY. Prints one line per check and ends with
 `N passed, M failed`; exits 1 on any failure.
@@ -33,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from websockets.client import ClientProtocol
+from websockets.server import ServerProtocol
 from websockets.frames import Opcode
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
@@ -44,6 +51,9 @@ LABEL = b"clipsync-auth-v1"
 HELLO, AUTH, AUTH_RESULT = 0x01, 0x02, 0x03
 RESUME, RESUMED, SESSION_LOST = 0x10, 0x11, 0x12
 MESSAGE, ACK, GOAWAY = 0x20, 0x30, 0x34
+STREAM_OPEN, STREAM_CHUNK, STREAM_END, STREAM_ABORT, STREAM_RESULT = 0x21, 0x22, 0x23, 0x24, 0x25
+CREDIT, PING, PONG = 0x31, 0x32, 0x33
+CAP_STREAMS, CAP_RESUME = 1, 2
 
 
 def frame(ftype, body, flags=0):
@@ -67,11 +77,12 @@ def key_blob(public_key):
     return ssh_string(b"ssh-ed25519") + ssh_string(raw)
 
 
-def hello(role, nonce, blob):
-    body = struct.pack(">BB", 1, role) + nonce + struct.pack(">I", 0)  # capabilities: none
+def hello(role, nonce, blob, capabilities=0, stream_window=2097152, connection_window=8388608):
+    body = struct.pack(">BB", 1, role) + nonce + struct.pack(">I", capabilities)
     # max_frame_size, max_message_size, stream_window, connection_window, max_streams,
     # heartbeat_interval_ms, idle_timeout_ms
-    body += struct.pack(">IIIIHII", 1049600, 1048576, 2097152, 8388608, 16, 15000, 30000)
+    body += struct.pack(">IIIIHII", 1049600, 1048576, stream_window, connection_window, 16,
+                        15000, 30000)
     body += struct.pack(">H", len(blob)) + blob + b"\x00"  # no extensions
     return frame(HELLO, body)
 
@@ -194,6 +205,183 @@ class Connection:
         return self.ws.close_rcvd.code if self.ws.close_rcvd else None
 
 
+class ServerConnection(Connection):
+    """The listener's side: TLS server requiring (and not verifying) a client certificate,
+    then the WebSocket upgrade answered with the clipsync.v1 subprotocol (PROTOCOL.md §1)."""
+
+    def __init__(self, sock):
+        cert, key = client_certificate()
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(key)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *a: True)
+        sock.settimeout(None)
+        self.tls = SSL.Connection(ctx, sock)
+        self.tls.set_accept_state()
+        self.tls.do_handshake()
+        self.binding = self.tls.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+        self.ws = ServerProtocol(subprotocols=[Subprotocol("clipsync.v1")])
+        request = None
+        while request is None:
+            self.pump()
+            for event in self.ws.events_received():
+                request = event
+        self.ws.send_response(self.ws.accept(request))
+        self.flush()
+        self.pending = []
+
+    def send(self, payload):
+        """Sends, unless the peer already closed (then what we would say no longer matters)."""
+        if self.ws.state.name == "OPEN":
+            super().send(payload)
+
+
+def listener_role(binary, workdir, check):
+    """Plays the listener that `clipsync send` dials: handshake in the listener role, then the
+    receiver's duties — ACK every sequenced frame, grant CREDIT as the stream is consumed,
+    verify the stream's BLAKE3 and answer STREAM_RESULT, answer PING (PROTOCOL.md §3–§6)."""
+    import threading
+    import blake3
+
+    own_key = ed25519.Ed25519PrivateKey.generate()
+    dialer_key = ed25519.Ed25519PrivateKey.generate()
+    own_blob, dialer_blob = key_blob(own_key.public_key()), key_blob(dialer_key.public_key())
+    key_file = os.path.join(workdir, "dialer")
+    with open(key_file, "wb") as f:
+        f.write(dialer_key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.OpenSSH,
+                                         serialization.NoEncryption()))
+    os.chmod(key_file, 0o600)
+    trusted = os.path.join(workdir, "dialer_trusts")
+    with open(trusted, "wb") as f:
+        f.write(own_key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                  serialization.PublicFormat.OpenSSH) + b" py\n")
+    payload = os.urandom(3 << 20)  # 3 MiB: more than our 256 KiB window, so credit must flow
+    data_file = os.path.join(workdir, "payload")
+    with open(data_file, "wb") as f:
+        f.write(payload)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(1)
+    port = listening.getsockname()[1]
+    sender = subprocess.Popen([binary, "send", "--connect", f"127.0.0.1:{port}", "--identity",
+                               key_file, "--authorized-keys", trusted, "--messages", "3",
+                               "--interval-ms", "10", data_file],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = {}
+    reader = threading.Thread(target=lambda: out.update(
+        zip(("stdout", "stderr"), sender.communicate())), daemon=True)
+    reader.start()
+    sock, _ = listening.accept()
+    c = ServerConnection(sock)
+    check("listener: the upgrade selects clipsync.v1",
+          c.ws.state.name == "OPEN", c.ws.state.name)
+
+    # Handshake, listener role: both HELLOs, then both AUTHs, then both AUTH_RESULTs.
+    window, conn_window = 256 * 1024, 512 * 1024
+    own_hello = hello(1, os.urandom(32), own_blob, CAP_STREAMS | CAP_RESUME, window, conn_window)
+    c.send(own_hello)
+    peer_hello = c.recv()
+    ftype, body = parse(peer_hello)
+    # version 1, role 1, nonce 32, capabilities 4, five limits 4+4+4+4+2, two timers 4+4: the
+    # public key's bytes16 starts at body offset 64.
+    (blen,) = struct.unpack(">H", body[64:66])
+    peer_blob = body[66:66 + blen]
+    check("listener: the dialer's HELLO says dialer, with our expected key",
+          ftype == HELLO and body[1] == 0 and peer_blob == dialer_blob)
+    ours = transcript(1, peer_hello, own_hello, c.binding)
+    theirs = transcript(0, peer_hello, own_hello, c.binding)
+    sig = sshsig(own_key, ours)
+    c.send(frame(AUTH, struct.pack(">H", len(sig)) + sig))
+    ftype, body = parse(c.recv())
+    try:
+        (n,) = struct.unpack(">H", body[:2])
+        verify_sshsig(body[2:2 + n], dialer_blob, theirs)
+        check("listener: the dialer's AUTH verifies over this TLS session", ftype == AUTH)
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        check("listener: the dialer's AUTH verifies over this TLS session", False, repr(e))
+    c.send(frame(AUTH_RESULT, struct.pack(">HH", 0, 0)))
+    ftype, body = parse(c.recv())
+    check("listener: our AUTH accepted (AUTH_RESULT 0)",
+          ftype == AUTH_RESULT and body[:2] == b"\x00\x00", body[:2].hex())
+    ftype, body = parse(c.recv())
+    check("listener: the dialer asks RESUME for a new session",
+          ftype == RESUME and body[:16] == b"\x00" * 16, f"type {ftype}")
+    c.send(frame(RESUMED, os.urandom(16) + struct.pack(">Q", 0)))
+
+    # The receiver's duties until the dialer says GOAWAY.
+    received, own_seq = 0, 0
+    messages, streams = [], {}
+    conn_received = conn_granted = 0
+    conn_granted = conn_window
+    credits, overruns = 0, []
+    while True:
+        msg = c.recv()
+        if msg is None:
+            break
+        ftype, body = parse(msg)
+        if ftype in (MESSAGE, STREAM_OPEN, STREAM_RESULT):
+            (seq,) = struct.unpack(">Q", body[:8])
+            if seq != received + 1:
+                check("listener: sequence numbers without gaps", False, f"{seq} after {received}")
+            received = seq
+            c.send(frame(ACK, struct.pack(">Q", received)))
+        if ftype == MESSAGE:
+            n = body[8]
+            messages.append(body[9 + n:].decode(errors="replace"))
+        elif ftype == STREAM_OPEN:
+            (sid, total) = struct.unpack(">QQ", body[8:24])
+            streams[sid] = {"data": bytearray(), "total": total, "granted": window,
+                            "hasher": blake3.blake3()}
+        elif ftype == STREAM_CHUNK:
+            (sid, offset) = struct.unpack(">QQ", body[:16])
+            data = body[16:]
+            st = streams[sid]
+            assert offset == len(st["data"]), f"chunk at {offset}, have {len(st['data'])}"
+            if offset + len(data) > st["granted"] or conn_received + len(data) > conn_granted:
+                overruns.append(f"stream {offset + len(data)} > {st['granted']}")
+            st["data"] += data
+            st["hasher"].update(data)
+            conn_received += len(data)
+            # We consume at once; grant more when a quarter window was used.
+            if len(st["data"]) + window - st["granted"] >= window // 4:
+                st["granted"] = len(st["data"]) + window
+                c.send(frame(CREDIT, struct.pack(">QQQ", sid, len(st["data"]), st["granted"])))
+                credits += 1
+            if conn_received + conn_window - conn_granted >= conn_window // 4:
+                conn_granted = conn_received + conn_window
+                c.send(frame(CREDIT, struct.pack(">QQQ", 0, conn_received, conn_granted)))
+        elif ftype == STREAM_END:
+            (sid, total) = struct.unpack(">QQ", body[:16])
+            st = streams[sid]
+            ok = total == len(st["data"]) and st["hasher"].digest() == body[16:48]
+            st["verified"] = ok
+            own_seq += 1
+            c.send(frame(STREAM_RESULT, struct.pack(">QQHH", own_seq, sid, 0 if ok else 14, 0)))
+        elif ftype == PING:
+            c.send(frame(PONG, body))
+        elif ftype == GOAWAY:
+            # The dialer is done: answer with the close (PROTOCOL.md §6.4).
+            if c.ws.state.name == "OPEN":
+                c.ws.send_close(4000, "normal")
+                c.flush()
+            break
+    reader.join(timeout=30)
+    check("listener: the dialer stayed within the credit granted, which had to flow",
+          not overruns and credits >= 8, f"{credits} stream CREDITs, overruns {overruns[:3]}")
+    stdout = out.get("stdout", "")
+    check("listener: the three probe messages arrived in order",
+          messages == ["probe 1", "probe 2", "probe 3"], repr(messages))
+    verified = [s for s in streams.values() if s.get("verified")]
+    check("listener: the 3 MiB stream arrived whole, under credit, and verified",
+          len(verified) == 1 and bytes(verified[0]["data"]) == payload,
+          f"{len(streams)} streams")
+    check("listener: clipsync send says the file and the probes were delivered",
+          sender.returncode == 0 and "delivered file (3145728 bytes)" in stdout
+          and stdout.count("delivered probe") == 3, stdout + out.get("stderr", ""))
+
+
 def main():
     binary = sys.argv[1]
     signal.alarm(120)  # a hung peer fails the run instead of hanging CI
@@ -291,6 +479,10 @@ def main():
     finally:
         server.kill()
         server.wait()
+    try:
+        listener_role(binary, workdir, check)
+    except Exception as e:  # noqa: BLE001 - a crash of the role is a failed check
+        check("listener role ran to its end", False, repr(e))
     failed = results.count(False)
     print(f"{len(results) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
