@@ -77,12 +77,13 @@ def key_blob(public_key):
     return ssh_string(b"ssh-ed25519") + ssh_string(raw)
 
 
-def hello(role, nonce, blob, capabilities=0, stream_window=2097152, connection_window=8388608):
+def hello(role, nonce, blob, capabilities=0, stream_window=2097152, connection_window=8388608,
+          heartbeat_ms=15000, idle_ms=30000):
     body = struct.pack(">BB", 1, role) + nonce + struct.pack(">I", capabilities)
     # max_frame_size, max_message_size, stream_window, connection_window, max_streams,
     # heartbeat_interval_ms, idle_timeout_ms
     body += struct.pack(">IIIIHII", 1049600, 1048576, stream_window, connection_window, 16,
-                        15000, 30000)
+                        heartbeat_ms, idle_ms)
     body += struct.pack(">H", len(blob)) + blob + b"\x00"  # no extensions
     return frame(HELLO, body)
 
@@ -203,6 +204,57 @@ class Connection:
         while self.recv() is not None:
             pass
         return self.ws.close_rcvd.code if self.ws.close_rcvd else None
+
+
+def open_session(port, client_key):
+    """Dials `clipsync serve` and completes the handshake (STREAMS and RESUME announced) up to
+    RESUMED; returns the connection."""
+    c = Connection(port)
+    mine = hello(0, os.urandom(32), key_blob(client_key.public_key()), CAP_STREAMS | CAP_RESUME)
+    c.send(mine)
+    theirs = c.recv()
+    sig = sshsig(client_key, transcript(0, mine, theirs, c.binding))
+    c.send(frame(AUTH, struct.pack(">H", len(sig)) + sig))
+    assert parse(c.recv())[0] == AUTH
+    assert parse(c.recv())[0] == AUTH_RESULT
+    c.send(frame(AUTH_RESULT, struct.pack(">HH", 0, 0)))
+    c.send(frame(RESUME, b"\x00" * 16 + struct.pack(">Q", 0)))
+    assert parse(c.recv())[0] == RESUMED
+    return c
+
+
+def item_checks(port, client_key, check):
+    """One check per PROTOCOL.md rule an outside implementation can provoke (issue 12)."""
+    # §2: the IGNORABLE bit on a known type changes nothing: a PING with it gets its PONG.
+    c = open_session(port, client_key)
+    c.send(frame(PING, struct.pack(">Q", 424242), flags=0x8000))
+    pong = None
+    while pong is None:
+        msg = c.recv()
+        if msg is None:
+            break
+        ftype, body = parse(msg)
+        if ftype == PONG:
+            pong = struct.unpack(">Q", body)[0]
+    check("§2: a PING with the IGNORABLE bit is answered", pong == 424242, str(pong))
+    # §5.1: a MESSAGE over the receiver's max_message_size (1 MiB) closes with 4011.
+    c = open_session(port, client_key)
+    c.send(frame(MESSAGE, struct.pack(">Q", 1) + b"\x01a" + b"x" * (1048576 + 1)))
+    code = c.close_code()
+    check("§5.1: a MESSAGE over max_message_size closes with 4011", code == 4011, str(code))
+    # §5.5: STREAM_ABORT with reason 0 is malformed: 4001.
+    c = open_session(port, client_key)
+    ct = b"a/b"
+    c.send(frame(STREAM_OPEN, struct.pack(">QQQ", 1, 1, 0) + b"\x00" * 32 + bytes([len(ct)]) + ct))
+    c.send(frame(STREAM_ABORT, struct.pack(">QHH", 1, 0, 0)))
+    code = c.close_code()
+    check("§5.5: STREAM_ABORT with reason 0 closes with 4001", code == 4001, str(code))
+    # §3.1: a HELLO outside the ranges (heartbeat 1 ms, idle 2 ms) is refused with 4001.
+    c = Connection(port)
+    c.send(hello(0, os.urandom(32), key_blob(client_key.public_key()), CAP_STREAMS | CAP_RESUME,
+                 heartbeat_ms=1, idle_ms=2))
+    code = c.close_code()
+    check("§3.1: a HELLO with heartbeat 1 ms is refused with 4001", code == 4001, str(code))
 
 
 class ServerConnection(Connection):
@@ -476,6 +528,7 @@ def main():
                 printed = True
                 break
         check("clipsync serve printed the message", printed)
+        item_checks(port, client_key, check)
     finally:
         server.kill()
         server.wait()
