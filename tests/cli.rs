@@ -91,7 +91,7 @@ mod serve_send {
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
 
-    use super::cli_common::{Server, fixture};
+    use super::cli_common::{Server, assert_success, fixture};
 
     fn send(addr: &str, identity: &str, trusted: &str, input: &[u8]) -> std::process::Output {
         let mut child = Command::new(env!("CARGO_BIN_EXE_clipsync"))
@@ -197,11 +197,7 @@ mod serve_send {
             "ed25519_test_key.pub",
             b"hello from the cli",
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         let line = server.line_with("message from");
         assert!(line.contains("text=\"hello from the cli\""), "{line}");
         assert!(line.contains("size=18"), "{line}");
@@ -253,11 +249,7 @@ mod serve_send {
             child.wait_with_output().unwrap()
         };
         let out = run(&[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         assert!(server.line_with("message from").contains("from the file"));
         // The flag's identity (not trusted by the server) overrides the file's.
         let id = fixture("ed25519_test_key");
@@ -289,11 +281,7 @@ mod serve_send {
             "ed25519_test_key.pub",
             b"via unix",
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         assert!(server.line_with("message from").contains("via unix"));
         drop(server);
         let _ = std::fs::remove_file(&path);

@@ -5,7 +5,7 @@
 
 mod cli_common;
 
-use cli_common::{Server, fixture};
+use cli_common::{Server, assert_success, fixture};
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -171,11 +171,7 @@ fn an_rsa_identity_sends() {
         .arg(fixture("ed25519_test_key.pub"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let line = server.line_with("message from");
     assert!(line.contains("probe 1"), "{line}");
     drop(server);
@@ -193,11 +189,7 @@ fn clipsync_at(home: &std::path::Path, args: &[&str]) -> Output {
 }
 
 fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(out);
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -342,11 +334,7 @@ fn a_passphrase_protected_key_is_decrypted() {
         c.output().unwrap()
     };
     let out = id(&[("CLIPSYNC_PASSPHRASE_FILE", &right)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&public));
     refused(
         &id(&[("CLIPSYNC_PASSPHRASE_FILE", &wrong)]),
@@ -364,11 +352,7 @@ fn a_passphrase_protected_key_is_decrypted() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&public));
 }
 
@@ -415,11 +399,7 @@ fn an_identity_held_by_ssh_agent_signs_without_its_private_file() {
         .env("SSH_AUTH_SOCK", &sock)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(public.trim()));
     // serve signs with the agent; send (the ECDSA fixture) trusts the agent's key.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clipsync"));
@@ -450,11 +430,7 @@ fn an_identity_held_by_ssh_agent_signs_without_its_private_file() {
         .write_all(b"signed by the agent")
         .unwrap();
     let out = send.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let line = server.line_with("message from");
     assert!(line.contains("signed by the agent"), "{line}");
     drop(server);

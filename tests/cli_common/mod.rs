@@ -22,6 +22,15 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// Asserts that a finished `clipsync` child succeeded, showing its stderr if not.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `clipsync serve` as a child, its stdout lines on a channel (drained, so the server never
 /// writes into a closed pipe). Killed when dropped.
 pub struct Server {
