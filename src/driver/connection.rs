@@ -25,7 +25,7 @@ use crate::core::{
 };
 use crate::error::{ConnectError, SendError};
 use crate::secure::Channel;
-use crate::secure::handshake::{self, LINGER, ResumeAnswer, close_frame};
+use crate::secure::handshake::{self, ResumeAnswer, close_frame, drain, finish};
 use crate::secure::ws::Ws;
 use crate::wire::{Frame, PeerLimits, ReasonCode, SessionId};
 
@@ -519,18 +519,23 @@ impl Driver {
         }
         drop((bulk_tx, urgent_tx));
         self.chunk_permit = None;
-        let _ = timeout(self.write_timeout, writer).await;
-        if matches!(cause, Some(CloseCause::Local(..))) {
-            // Let the peer read our GOAWAY and close frame before the socket goes (see
-            // `handshake::LINGER`): read until its close, bounded.
-            let _ = timeout(LINGER, async {
-                while let Some(Ok(m)) = stream.next().await {
-                    if matches!(m, WsMessage::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
+        let sink = timeout(self.write_timeout, writer)
+            .await
+            .ok()
+            .and_then(|r| r.ok().flatten());
+        // A closed connection (not one the network broke) ends cleanly: the closing handshake,
+        // TLS close_notify and FIN here, so the peer has read our close before we move on; then
+        // reading until the peer's end in the background, so unread input never turns into a
+        // reset (PROTOCOL.md §6.4). A replaced connection does all of it in the background: the
+        // new one must not wait for a half-open socket.
+        let closed = matches!(cause, Some(CloseCause::Local(..) | CloseCause::Peer(..)));
+        if let Some(ws) = sink.and_then(|s| s.reunite(stream).ok()) {
+            if replacement.is_some() {
+                tokio::spawn(async move { drain(finish(ws).await).await }.in_current_span());
+            } else if closed {
+                let ws = finish(ws).await;
+                tokio::spawn(drain(ws).in_current_span());
+            }
         }
         replacement
     }

@@ -23,7 +23,9 @@ pub(crate) enum WriterCmd {
 }
 
 /// Writes queued frames, flushing when both queues run dry; each write is bounded by
-/// `write_timeout`, and a failure is reported once through `failed`.
+/// `write_timeout`, and a failure is reported once through `failed`. Gives the sink back when
+/// both queues closed without a failure, so the connection can be shut down cleanly
+/// ([`crate::secure::handshake::finish`]).
 ///
 /// Frames in `urgent` (messages, acks, credit, pings, stream opens and results) go out before
 /// anything waiting in `bulk` (stream data, `STREAM_END`, `STREAM_ABORT`, `GOAWAY`, the close),
@@ -35,7 +37,7 @@ pub(crate) async fn write_loop(
     mut bulk: mpsc::Receiver<WriterCmd>,
     write_timeout: Duration,
     failed: oneshot::Sender<String>,
-) {
+) -> Option<SplitSink<Ws, WsMessage>> {
     let result: Result<(), String> = async {
         loop {
             let cmd = tokio::select! {
@@ -70,8 +72,12 @@ pub(crate) async fn write_loop(
         Ok(())
     }
     .await;
-    if let Err(e) = result {
-        let _ = failed.send(e);
+    match result {
+        Ok(()) => Some(sink),
+        Err(e) => {
+            let _ = failed.send(e);
+            None
+        }
     }
 }
 

@@ -387,6 +387,40 @@ pub async fn linger(ws: &mut Ws) {
     .await;
 }
 
+/// Ends a connection after our WebSocket close frame went out (PROTOCOL.md §1, §6.4):
+/// completes the closing handshake (reads until the peer's close, or an error), then shuts the
+/// socket down cleanly — TLS `close_notify`, then a TCP FIN. Bounded by [`LINGER`]. Returns the
+/// stream for [`drain`].
+pub async fn finish(mut ws: Ws) -> Ws {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, WsMessage::Close(_)) {
+                break;
+            }
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(ws.get_mut()).await;
+    })
+    .await;
+    ws
+}
+
+/// The lingering half of a clean close: reads and discards what the peer still sends until its
+/// end of stream, bounded by [`LINGER`] and one fixed buffer. Closing a socket with unread input
+/// makes the kernel send a reset, which can destroy our close frame before the peer reads it —
+/// for example at a peer still writing a whole frame over the limit, which must read
+/// `frame too large` (PROTOCOL.md §8), not a reset.
+pub async fn drain(mut ws: Ws) {
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(ws.get_mut(), &mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// A WebSocket close frame carrying `reason` (code `4000 + reason`, text at most 123 bytes).
 pub fn close_frame(reason: ReasonCode, detail: &str) -> CloseFrame {
     let text = if detail.is_empty() {
