@@ -145,12 +145,13 @@ def client_certificate():
 class Connection:
     """TLS (pyOpenSSL) + WebSocket (websockets, sans-I/O) on a blocking socket."""
 
-    def __init__(self, port, path="/clipsync", deflate=False):
-        cert, key = client_certificate()
+    def __init__(self, port, path="/clipsync", deflate=False, certificate=True):
         ctx = SSL.Context(SSL.TLS_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-        ctx.use_certificate(cert)
-        ctx.use_privatekey(key)
+        if certificate:
+            cert, key = client_certificate()
+            ctx.use_certificate(cert)
+            ctx.use_privatekey(key)
         ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         # pyOpenSSL wants a blocking socket; main() bounds the whole run with an alarm.
@@ -173,7 +174,7 @@ class Connection:
         while self.ws.handshake_exc is None and self.ws.state.name == "CONNECTING":
             self.pump()
         if self.ws.handshake_exc is not None:
-            raise self.ws.handshake_exc
+            raise ConnectionError(f"upgrade failed: {self.ws.handshake_exc!r}; TLS: {self.eof}")
         self.response, self.pending = None, []
         for event in self.ws.events_received():
             if hasattr(event, "status_code"):
@@ -627,6 +628,14 @@ def item_checks(port, client_key, check):
     c.send(bytes(h))
     code = c.close_code()
     check("§2: a header version other than 1 closes with 4004", code == 4004, str(code))
+    # §1 (item 6): TLS is mutual: a dialer without a certificate is refused by the TLS layer.
+    try:
+        Connection(port, certificate=False)
+        refused = "the connection was accepted"
+    except Exception as e:  # noqa: BLE001 - the refusal is what we want to see
+        refused = repr(e)
+    check("§1: a dialer without a TLS certificate is refused (certificate required)",
+          "certificate required" in refused, refused)
     # §3, §2 (item 7): an unknown IGNORABLE frame before authentication is skipped; §1 (item
     # 18): any request path, a permessage-deflate offer left unanswered, a fragmented message.
     c = Connection(port, path="/any/path", deflate=True)
