@@ -15,6 +15,9 @@ use crate::wire::{ReasonCode, SessionId};
 /// How many ended sessions are remembered (about 40 bytes each).
 const ENDED: usize = 4096;
 
+/// The smallest `live` size at which `insert` prunes.
+const PRUNE_MIN: usize = 64;
+
 /// A session that may be resumed.
 struct Live {
     /// The key that created it: only that key may resume it.
@@ -26,10 +29,23 @@ struct Live {
 }
 
 /// See the [module docs](self).
-#[derive(Default)]
 pub(super) struct Sessions {
     live: BTreeMap<SessionId, Live>,
     ended: VecDeque<(SessionId, ReasonCode)>,
+    /// `insert` prunes ended sessions once `live` reaches this size, then sets it to twice what
+    /// is left: amortized O(1) per insert, and `live` never holds more than twice the sessions
+    /// that are still running.
+    prune_at: usize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            live: BTreeMap::new(),
+            ended: VecDeque::new(),
+            prune_at: PRUNE_MIN,
+        }
+    }
 }
 
 impl Sessions {
@@ -41,7 +57,17 @@ impl Sessions {
         tx: mpsc::Sender<Channel>,
         state: watch::Receiver<ConnectionState>,
     ) {
+        if self.live.len() >= self.prune_at {
+            self.prune();
+            self.prune_at = (2 * self.live.len()).max(PRUNE_MIN);
+        }
         self.live.insert(id, Live { key, tx, state });
+    }
+
+    /// How many sessions are kept (running, or ended and not yet pruned).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.live.len()
     }
 
     /// Moves the sessions whose task ended to the memory of ended ones.
@@ -150,5 +176,27 @@ mod tests {
             s.resumer(session(9), &key).err(),
             Some(ReasonCode::SessionUnknown)
         );
+    }
+
+    /// Sessions that ended are dropped as new ones arrive, without any resume: the map holds
+    /// at most about twice the sessions still running.
+    #[test]
+    fn ended_sessions_are_pruned_as_new_ones_arrive() {
+        let mut s = Sessions::default();
+        let key = Bytes::from_static(b"key");
+        let (_state_tx, state) = watch::channel(ConnectionState::Connected);
+        let mut running = Vec::new();
+        for n in 0..10_000u32 {
+            let (tx, rx) = mpsc::channel(1);
+            let mut id = [0; 16];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            s.insert(SessionId(id), key.clone(), tx, state.clone());
+            // One session in a hundred keeps running; the others end at once.
+            if n % 100 == 0 {
+                running.push(rx);
+            }
+            assert!(s.len() <= 2 * running.len() + PRUNE_MIN, "{} kept", s.len());
+        }
+        assert!(s.ended.len() <= ENDED);
     }
 }
