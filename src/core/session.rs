@@ -197,6 +197,9 @@ pub struct Session {
     /// bytes (bounded by `replay_buffer_bytes`; payloads are shared `Bytes`, not copies).
     unacked: VecDeque<(u64, usize, Frame)>,
     unacked_bytes: u64,
+    /// What the replay buffer costs: every retained frame's encoded size, header included, and
+    /// its bookkeeping ([`retained_cost`]); bounded by `replay_buffer_bytes`.
+    retained: u64,
     /// Highest sequence number received in order.
     received: u64,
     /// Sequenced frames received since the last `ACK` we sent.
@@ -264,6 +267,7 @@ impl Session {
             peer_acked: 0,
             unacked: VecDeque::new(),
             unacked_bytes: 0,
+            retained: 0,
             received: 0,
             unacked_received: 0,
             ack_due: None,
@@ -386,8 +390,8 @@ impl Session {
         }
         let size = payload.len();
         // One message always fits, however large, so the bound can never wedge the sender.
-        if !self.unacked.is_empty() && self.unacked_bytes + size as u64 > self.p.replay_buffer_bytes
-        {
+        let cost = (RETAINED_OVERHEAD + 17 + content_type.len() + size) as u64;
+        if !self.unacked.is_empty() && !self.has_room(cost) {
             return Err(SendRefusal::Blocked);
         }
         let seq = self.next_seq();
@@ -563,7 +567,9 @@ impl Session {
         if !self.p.streams {
             return Err(SendRefusal::StreamsUnsupported);
         }
-        if !self.streams.can_open() {
+        if !self.streams.can_open()
+            || !self.has_room((RETAINED_OVERHEAD + 65 + content_type.len()) as u64)
+        {
             return Err(SendRefusal::Blocked);
         }
         let seq = self.next_seq();
@@ -684,9 +690,18 @@ impl Session {
         self.sent_seq
     }
 
+    /// Whether a frame costing `cost` fits in the replay buffer now: within
+    /// `replay_buffer_bytes` and [`MAX_RETAINED_FRAMES`].
+    fn has_room(&self, cost: u64) -> bool {
+        self.retained + cost <= self.p.replay_buffer_bytes
+            && self.unacked.len() < MAX_RETAINED_FRAMES
+    }
+
     /// Sends a sequenced frame and keeps it in the replay buffer until acknowledged, counting
-    /// `size` payload bytes against the replay bound.
+    /// `size` payload bytes (for the retransmission figures) and its [`retained_cost`]
+    /// against the replay bound.
     fn sequenced(&mut self, size: usize, frame: Frame) {
+        self.retained += retained_cost(&frame);
         self.unacked.push_back((self.sent_seq, size, frame.clone()));
         self.unacked_bytes += size as u64;
         self.outbox.push_back(frame);
@@ -742,6 +757,21 @@ impl Session {
                 text,
             }),
         );
+        // A STREAM_RESULT is owed, not chosen: the peer's streams force it into the replay
+        // buffer. A peer that lets the buffer overflow (it opens streams and acknowledges
+        // nothing) ends the session rather than grow our memory (PROTOCOL.md §8).
+        if self.retained > self.p.replay_buffer_bytes + FORCED_HEADROOM
+            || self.unacked.len() > MAX_RETAINED_FRAMES + FORCED_FRAMES
+        {
+            self.close(
+                ReasonCode::ReplayOverflow,
+                format!(
+                    "the peer acknowledged nothing of {} sequenced frames ({} bytes retained)",
+                    self.unacked.len(),
+                    self.retained
+                ),
+            );
+        }
     }
 
     /// The connection broke but the session is to be kept for resumption (PROTOCOL.md §4):
@@ -860,6 +890,7 @@ impl Session {
             .collect();
         out.in_streams = self.streams.incoming.keys().copied().collect();
         self.unacked_bytes = 0;
+        self.retained = 0;
         self.outbox.clear();
         self.suspended = false;
         self.closed = true;
@@ -1058,12 +1089,38 @@ impl Session {
         }
         self.peer_acked = last_seq;
         while self.unacked.front().is_some_and(|(s, _, _)| *s <= last_seq) {
-            if let Some((_, size, _)) = self.unacked.pop_front() {
+            if let Some((_, size, f)) = self.unacked.pop_front() {
                 self.unacked_bytes -= size as u64;
+                self.retained -= retained_cost(&f);
             }
         }
         self.events.push_back(Event::Acked { up_to: last_seq });
     }
+}
+
+/// Bookkeeping of one retained frame beyond its encoding: its entry in the replay buffer.
+const RETAINED_OVERHEAD: usize = std::mem::size_of::<(u64, usize, Frame)>();
+
+/// Most sequenced frames kept unacknowledged; sends beyond wait for an `ACK`.
+const MAX_RETAINED_FRAMES: usize = 4096;
+
+/// How far frames the peer forces on us (`STREAM_RESULT`s) may take the replay buffer beyond
+/// its bounds before the session ends with `replay overflow`: a correct peer acknowledges
+/// within `ack_delay`, and while disconnected at most its `max_streams` results wait.
+const FORCED_HEADROOM: u64 = 256 * 1024;
+const FORCED_FRAMES: usize = 1024;
+
+/// What retaining `frame` in the replay buffer costs: its encoded size (header included) and
+/// its bookkeeping. Only sequenced frames are retained.
+fn retained_cost(frame: &Frame) -> u64 {
+    let encoded = crate::wire::HEADER_LEN
+        + match frame {
+            Frame::Message(m) => 9 + m.content_type.len() + m.payload.len(),
+            Frame::StreamOpen(o) => 57 + o.content_type.len(),
+            Frame::StreamResult(r) => 20 + r.text.len(),
+            _ => 0,
+        };
+    (encoded + RETAINED_OVERHEAD) as u64
 }
 
 fn micros(d: Duration) -> u64 {
@@ -1085,7 +1142,7 @@ mod tests {
             heartbeat_interval: 1000 * MS,
             idle_timeout: 3000 * MS,
             degraded_rtt: 500 * MS,
-            replay_buffer_bytes: 10,
+            replay_buffer_bytes: 64 * 1024,
             peer_limits: example_limits(),
             streams: true,
             chunk_size: 64 * 1024,
@@ -1240,7 +1297,12 @@ mod tests {
 
     #[test]
     fn the_replay_bound_blocks_then_releases() {
-        let mut a = Session::new(params(), Duration::ZERO);
+        // Room for an 8-byte and a 2-byte message of type "a/b", each charged its encoded
+        // size and bookkeeping.
+        let cost = |n: usize| (RETAINED_OVERHEAD + 17 + 3 + n) as u64;
+        let mut p = params();
+        p.replay_buffer_bytes = cost(8) + cost(2);
+        let mut a = Session::new(p, Duration::ZERO);
         let send = |a: &mut Session, n: usize| {
             a.send_message("a/b".into(), Bytes::from(vec![0; n]), Duration::ZERO)
         };
@@ -1254,6 +1316,56 @@ mod tests {
             send(&mut a, too_big),
             Err(SendRefusal::TooLarge { .. })
         ));
+    }
+
+    /// A peer that opens and aborts streams and never acknowledges forces a STREAM_RESULT
+    /// into our replay buffer each time: the session ends with `replay overflow` instead of
+    /// growing (it grew by 184 MiB in 10 s before the bound counted such frames).
+    #[test]
+    fn a_peer_that_acknowledges_nothing_overflows_the_replay_buffer() {
+        let mut p = params();
+        p.replay_buffer_bytes = 1 << 20;
+        let mut s = Session::new(p.clone(), Duration::ZERO);
+        for id in 1..=100_000u64 {
+            // One STREAM_OPEN per stream: its sequence number is its id.
+            let seq = id;
+            s.handle_frame(
+                Frame::StreamOpen(StreamOpen {
+                    seq,
+                    stream_id: id,
+                    total_len: None,
+                    hash: None,
+                    content_type: "a/b".into(),
+                }),
+                MS,
+            );
+            s.handle_frame(
+                Frame::StreamAbort(crate::wire::StreamAbort {
+                    stream_id: id,
+                    reason: ReasonCode::Cancelled,
+                    text: String::new(),
+                }),
+                MS,
+            );
+            drain(&mut s, MS);
+            assert!(
+                s.retained <= p.replay_buffer_bytes + FORCED_HEADROOM + 1024,
+                "{} bytes retained",
+                s.retained
+            );
+            if s.is_closed() {
+                break;
+            }
+        }
+        assert!(
+            matches!(
+                &s.last_cause,
+                Some(CloseCause::Local(ReasonCode::ReplayOverflow, _))
+            ),
+            "{:?} after {} frames",
+            s.last_cause,
+            s.unacked_frames()
+        );
     }
 
     #[test]

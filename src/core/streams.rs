@@ -468,11 +468,17 @@ impl Streams {
             ));
         }
         self.last_in_id = id;
-        if self.incoming.values().filter(|s| !s.ended).count() >= self.max_incoming {
-            return Err(Inbound::Ended(Err((
+        // A sender counts a stream as open until its STREAM_RESULT arrives, the receiver only
+        // until its STREAM_END: a correct sender never opens more than we announced.
+        let open = self.incoming.values().filter(|s| !s.ended).count();
+        if open >= self.max_incoming {
+            return Err(Inbound::Fatal(
                 ReasonCode::LimitExceeded,
-                format!("{} streams open", self.incoming.len()),
-            ))));
+                format!(
+                    "STREAM_OPEN beyond the max_streams we announced ({} open)",
+                    self.max_incoming
+                ),
+            ));
         }
         self.incoming.insert(
             id,
@@ -885,15 +891,14 @@ mod tests {
     }
 
     #[test]
-    fn too_many_incoming_streams_are_refused_alone() {
+    fn a_stream_beyond_max_streams_is_a_violation() {
         let mut r = Streams::new(params());
         r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
         r.on_open(2, None, None).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(matches!(
             r.on_open(3, None, None),
-            Err(Inbound::Ended(Err((ReasonCode::LimitExceeded, _))))
+            Err(Inbound::Fatal(ReasonCode::LimitExceeded, _))
         ));
-        assert!(matches!(r.on_open(3, None, None), Err(Inbound::Fatal(..))));
     }
 }
 
