@@ -144,9 +144,30 @@ pub struct TransportConfig {
     /// Default 30 s. TOML key `write_timeout_ms`; 1 ms to 10 min.
     #[serde(rename = "write_timeout_ms", with = "ms")]
     pub write_timeout: Duration,
-    /// Most simultaneous connections a listener accepts, authenticated or not. Default 64
-    /// (a person has a handful of machines; the rest is headroom against floods). 1 to 65536.
+    /// Most authenticated sessions a listener holds at once, live or waiting for their peer to
+    /// resume; a session's resumes use its own place. Connections still in setup do not count
+    /// here (see `max_startups`). Default 64 (a person has a handful of machines; the rest is
+    /// headroom). 1 to 65536.
     pub max_connections: u32,
+    /// Most connections a listener has in setup (TLS, upgrade, authentication) at once,
+    /// OpenSSH's `MaxStartups` "full". A newcomer beyond it evicts the oldest one in setup for
+    /// at least a second, or is refused. Default 100 (OpenSSH's). `max_startups_start` to 65536.
+    pub max_startups: u32,
+    /// Connections in setup at which random early drop begins (OpenSSH's `MaxStartups`
+    /// "start"). Default 10 (OpenSSH's). 1 to `max_startups`.
+    pub max_startups_start: u32,
+    /// Drop probability at `max_startups_start`, in percent, growing linearly to 100 at
+    /// `max_startups` (OpenSSH's "rate"). Default 30 (OpenSSH's). 0 to 100.
+    pub max_startups_rate: u32,
+    /// Most connections in setup from one source address (OpenSSH's `PerSourceMaxStartups`);
+    /// a newcomer beyond it evicts that address's oldest one in setup for at least a second, or
+    /// is refused. Default 10. 1 to `max_startups`.
+    pub per_source_max_startups: u32,
+    /// An accepted socket that sends no byte within this is closed (a client starts the TLS
+    /// handshake at once). Default 2 s. TOML key `first_byte_timeout_ms`; 1 ms to
+    /// `handshake_timeout_ms`.
+    #[serde(rename = "first_byte_timeout_ms", with = "ms")]
+    pub first_byte_timeout: Duration,
     /// Root seed of every random draw (backoff jitter, nonces, session ids). Unset: drawn
     /// from the operating system once at start. The simulator always sets it.
     pub rng_seed: Option<u64>,
@@ -185,6 +206,11 @@ impl Default for TransportConfig {
             auth_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             max_connections: 64,
+            max_startups: 100,
+            max_startups_start: 10,
+            max_startups_rate: 30,
+            per_source_max_startups: 10,
+            first_byte_timeout: Duration::from_secs(2),
             rng_seed: None,
             allow_plaintext: false,
         }
@@ -331,6 +357,31 @@ impl TransportConfig {
         duration("auth_timeout_ms", self.auth_timeout, MS, 10 * MINUTE)?;
         duration("write_timeout_ms", self.write_timeout, MS, 10 * MINUTE)?;
         range("max_connections", self.max_connections, 1, 65_536)?;
+        range(
+            "max_startups",
+            self.max_startups,
+            self.max_startups_start,
+            65_536,
+        )?;
+        range(
+            "max_startups_start",
+            self.max_startups_start,
+            1,
+            self.max_startups,
+        )?;
+        range("max_startups_rate", self.max_startups_rate, 0, 100)?;
+        range(
+            "per_source_max_startups",
+            self.per_source_max_startups,
+            1,
+            self.max_startups,
+        )?;
+        duration(
+            "first_byte_timeout_ms",
+            self.first_byte_timeout,
+            MS,
+            self.handshake_timeout,
+        )?;
         Ok(())
     }
 

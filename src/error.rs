@@ -99,6 +99,14 @@ pub enum ConnectError {
     /// The connection ended during setup without a reason.
     #[error("connection ended during setup: {0}")]
     Closed(String),
+    /// `allow_plaintext` with an address that leaves this machine: without TLS the channel
+    /// binding is all zeros, so anyone on the path could relay one peer's authentication into
+    /// another connection.
+    #[error(
+        "allow_plaintext is only for Unix sockets and loopback addresses, not {0}: without TLS \
+         anyone on the path could relay the authentication"
+    )]
+    PlaintextNotLocal(String),
     /// A bug or resource failure on this side.
     #[error("internal error: {0}")]
     Internal(String),

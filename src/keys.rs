@@ -264,6 +264,23 @@ fn key_of(line: &str) -> Option<PublicKey> {
         .map(|e| e.public_key().clone())
 }
 
+/// `send --peer-key KEY|PUBFILE|FINGERPRINT`: the one key the server must have, among the
+/// `trusted` ones. Without a pin, every trusted key is accepted as the server.
+pub(crate) fn pin_peer(arg: &str, trusted: &[PublicKey]) -> Result<PublicKey, String> {
+    let found = if arg.trim().starts_with("SHA256:") {
+        trusted.iter().find(|k| fingerprint(k) == arg.trim())
+    } else {
+        let key = parse_key(arg).map_err(|e| format!("--peer-key: {e}"))?;
+        trusted.iter().find(|k| k.key_data() == key.key_data())
+    };
+    found.cloned().ok_or_else(|| {
+        format!(
+            "--peer-key {}: no such key in the trusted keys; trust it first (`clipsync trust`)",
+            arg.trim()
+        )
+    })
+}
+
 /// `clipsync trust KEY|PUBFILE`: adds the key to `file` (created if missing); says what it did.
 pub(crate) fn trust(file: &Path, arg: &str) -> Result<String, String> {
     let key = parse_key(arg)?;

@@ -109,6 +109,11 @@ enum Command {
         file: Option<PathBuf>,
         #[command(flatten)]
         probes: Probes,
+        /// The server's key: a public key line, a .pub file or a fingerprint (`SHA256:…`) of a
+        /// trusted key (or `peer_key` in the configuration file). Without it, any key in the
+        /// trusted keys is accepted as the server.
+        #[arg(long)]
+        peer_key: Option<String>,
     },
     /// Encode, print and decode one example of every wire frame (the codec round trip).
     Frames,
@@ -228,8 +233,12 @@ fn main() -> ExitCode {
             content_type,
             file,
             probes,
+            peer_key,
         } => match Resolved::new(&common, connect, "connect") {
-            Ok(r) => run(send(r, content_type, file, probes)),
+            Ok(r) => {
+                let peer_key = peer_key.or(r.tool.peer_key.clone());
+                run(send(r, content_type, file, probes, peer_key))
+            }
             Err(e) => fail(2, &e),
         },
     }
@@ -276,10 +285,19 @@ struct ToolConfig {
     connect: Option<String>,
     /// `serve`: where to write received streams.
     out: Option<PathBuf>,
+    /// `send`: the one key the server must have.
+    peer_key: Option<String>,
 }
 
 impl ToolConfig {
-    const KEYS: [&str; 5] = ["identity", "authorized_keys", "listen", "connect", "out"];
+    const KEYS: [&str; 6] = [
+        "identity",
+        "authorized_keys",
+        "listen",
+        "connect",
+        "out",
+        "peer_key",
+    ];
 
     fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
@@ -414,6 +432,13 @@ impl Resolved {
         if common.plaintext {
             cfg.allow_plaintext = true;
         }
+        if cfg.rng_seed.is_some() {
+            return Err(
+                "rng_seed makes nonces and session ids predictable: it is for tests and \
+                        the simulator, not for this tool; remove it from the configuration"
+                    .into(),
+            );
+        }
         let missing = |k: &str| {
             format!(
                 "missing --{} (or `{k}` in the configuration file)",
@@ -480,8 +505,12 @@ async fn serve(r: Resolved, out: Option<PathBuf>) -> ExitCode {
     };
     let mut listener = match transport.listen(&listen, auth).await {
         Ok(l) => l,
+        Err(e @ clipsync::error::ConnectError::PlaintextNotLocal(_)) => return fail(2, &e),
         Err(e) => return fail(1, &e),
     };
+    if let Some(warning) = descriptor_shortage(&r.cfg, out.is_some()) {
+        eprintln!("clipsync: warning: {warning}");
+    }
     // Created only once everything else stood: a failed start leaves nothing behind.
     if let Some(dir) = &out {
         if let Err(e) = std::fs::create_dir_all(dir) {
@@ -534,6 +563,40 @@ async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A warning if this process may open more files than its descriptor limit allows at the
+/// configured limits: one socket per session and per connection in setup, plus, with `--out`,
+/// one file per incoming stream (Linux: the soft limit from `/proc/self/limits`).
+fn descriptor_shortage(cfg: &TransportConfig, files: bool) -> Option<String> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    let sessions = u64::from(cfg.max_connections);
+    let streams = if files {
+        sessions * u64::from(cfg.max_streams)
+    } else {
+        0
+    };
+    let need = sessions + u64::from(cfg.max_startups) + streams + 32;
+    (soft < need).then(|| {
+        format!(
+            "the open-file limit is {soft}, but max_connections ({sessions}) sessions, \
+             max_startups ({}) connections in setup{} may need {need}: raise it (ulimit -n) or \
+             lower those settings",
+            cfg.max_startups,
+            if files {
+                format!(" and max_streams ({}) files per session", cfg.max_streams)
+            } else {
+                String::new()
+            }
+        )
+    })
 }
 
 /// One accepted connection of `serve`: prints what arrives, saves streams, and closes with
@@ -685,13 +748,20 @@ async fn send(
     content_type: Option<String>,
     file: Option<PathBuf>,
     probes: Probes,
+    peer_key: Option<String>,
 ) -> ExitCode {
     let (transport, auth) = match r.setup() {
         Ok(x) => x,
         Err(e) => return fail(2, &e),
     };
     let connect = r.address.clone();
-    let peer = PeerInfo::new(connect.to_string(), vec![connect]);
+    let mut peer = PeerInfo::new(connect.to_string(), vec![connect]);
+    if let Some(pin) = peer_key {
+        match keys::pin_peer(&pin, auth.trusted_keys()) {
+            Ok(key) => peer = peer.with_key(key),
+            Err(e) => return fail(2, &e),
+        }
+    }
     let file = file.filter(|f| f.as_os_str() != "-");
     if let Some(problem) = content_type
         .as_deref()
@@ -722,6 +792,7 @@ async fn send(
     let threshold = transport.config().stream_threshold as u64;
     let conn = match transport.connect(&peer, auth).await {
         Ok(c) => c,
+        Err(e @ clipsync::error::ConnectError::PlaintextNotLocal(_)) => return fail(2, &e),
         Err(e) => return fail(1, &e),
     };
     let started = tokio::time::Instant::now();

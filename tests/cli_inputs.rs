@@ -726,3 +726,134 @@ fn serve_closes_with_going_away_on_sigterm() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Issue 16 item 5: `send --peer-key` pins the server. With two trusted keys, `send` accepts
+/// either as the server unless pinned; pinned to the other one, it refuses the server that
+/// answers, and sends nothing.
+#[test]
+fn send_peer_key_pins_the_server() {
+    let dir = tmp("peer-key");
+    // The sender trusts the server's key (ed25519) and another key (RSA).
+    let trusted = dir.join("trusted");
+    let mut text = std::fs::read_to_string(fixture("ed25519_test_key.pub")).unwrap();
+    text.push_str(&std::fs::read_to_string(fixture("rsa_test_key.pub")).unwrap());
+    std::fs::write(&trusted, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&trusted, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let server = Server::start("127.0.0.1:0");
+    let send = |pin: Option<&str>, text: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_clipsync"));
+        c.args(["send", "--connect", &server.addr, "--identity"])
+            .arg(fixture("ecdsa_test_key"))
+            .arg("--authorized-keys")
+            .arg(&trusted);
+        if let Some(p) = pin {
+            c.args(["--peer-key", p]);
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // Pinned to the RSA key: the ed25519 server is refused.
+    let rsa_pub = fixture("rsa_test_key.pub").display().to_string();
+    let out = send(Some(&rsa_pub), "secret meant for the RSA peer");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("key"), "{err}");
+    // Pinned by fingerprint to the server's own key: delivered.
+    let id = clipsync(&[
+        "id",
+        "--identity",
+        &fixture("ed25519_test_key").display().to_string(),
+    ]);
+    let fp = String::from_utf8_lossy(&id.stdout)
+        .lines()
+        .find(|l| l.starts_with("SHA256:"))
+        .unwrap()
+        .to_string();
+    assert_success(&send(Some(&fp), "pinned by fingerprint"));
+    // Everything the server printed up to it: the refused secret is not there.
+    let mut seen = Vec::new();
+    while !seen
+        .last()
+        .is_some_and(|l: &String| l.contains("pinned by fingerprint"))
+    {
+        seen.push(server.lines.recv_timeout(Duration::from_secs(20)).unwrap());
+    }
+    assert!(!seen.iter().any(|l| l.contains("secret meant")), "{seen:?}");
+    // A pin that is not a trusted key is a usage error.
+    let ecdsa_pub = fixture("ecdsa_test_key.pub").display().to_string();
+    let out = send(Some(&ecdsa_pub), "never sent");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such key in the trusted keys"));
+    // No pin: any trusted key is accepted as the server (documented).
+    assert_success(&send(None, "unpinned"));
+    server.line_with("unpinned");
+}
+
+/// Issue 16 item 6: settings that would quietly weaken the tool are refused or warned about.
+#[test]
+fn dangerous_settings_are_refused_or_warned_about() {
+    let dir = tmp("dangerous");
+    // Plaintext on an address that leaves the machine: refused before anything is sent.
+    let mut args: Vec<String> = ["send", "--plaintext", "--connect", "192.0.2.1:7070"]
+        .map(String::from)
+        .to_vec();
+    args.extend(keys());
+    let out = Command::new(env!("CARGO_BIN_EXE_clipsync"))
+        .args(&args)
+        .stdin(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("allow_plaintext is only for Unix sockets and loopback"),
+        "{err}"
+    );
+    let mut args: Vec<String> = ["serve", "--plaintext", "--listen", "0.0.0.0:0"]
+        .map(String::from)
+        .to_vec();
+    args.extend(keys());
+    let out = clipsync(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A fixed RNG seed (predictable nonces and session ids) in the tool's configuration.
+    let config = dir.join("seeded.toml");
+    std::fs::write(&config, "rng_seed = 7\n").unwrap();
+    let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--config"]
+        .map(String::from)
+        .to_vec();
+    args.push(config.display().to_string());
+    args.extend(keys());
+    let out = clipsync(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rng_seed makes nonces"));
+    // More descriptors needed than the limit allows: a loud warning at start.
+    let config = dir.join("many.toml");
+    std::fs::write(&config, "max_connections = 65536\nmax_streams = 1024\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clipsync"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--out"])
+        .arg(dir.join("out"))
+        .arg("--config")
+        .arg(&config)
+        .args(keys())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.starts_with("listening on"), "{first}");
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: the open-file limit is"), "{err}");
+}

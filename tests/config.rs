@@ -120,6 +120,12 @@ fn each_invalid_value_names_its_field() {
         ("auth_timeout_ms = 0", "auth_timeout_ms"),
         ("write_timeout_ms = 0", "write_timeout_ms"),
         ("max_connections = 0", "max_connections"),
+        ("max_startups = 5", "max_startups"),
+        ("max_startups_start = 0", "max_startups_start"),
+        ("max_startups_rate = 101", "max_startups_rate"),
+        ("per_source_max_startups = 101", "per_source_max_startups"),
+        ("first_byte_timeout_ms = 0", "first_byte_timeout_ms"),
+        ("first_byte_timeout_ms = 20000", "first_byte_timeout_ms"),
     ];
     for (toml, field) in cases {
         let err = TransportConfig::from_toml_str(toml).unwrap_err();

@@ -673,6 +673,57 @@ def item_checks(port, client_key, check):
           f"close {code} {text!r}, end {c.eof}")
 
 
+def concurrent_resume_checks(port, client_key, check):
+    """§4 (issue 16 item 4): several connections RESUME one session at once. Each is answered —
+    RESUMED (then replaced by the next, 4012) or refused — none is left hanging, and one holds
+    the session. Eight: more than `per_source_max_startups` (10) in setup at once from one
+    address would be turned away by design."""
+    d = Dialer(port, client_key)
+    d.message("before the storm")
+    d.wait(lambda: not d.unacked, "the ACK of the message")
+    conns = []
+    for _ in range(8):
+        c = Connection(port)
+        mine = hello(0, os.urandom(32), key_blob(client_key.public_key()), CAP_STREAMS | CAP_RESUME)
+        c.send(mine)
+        theirs = c.recv()
+        sig = sshsig(client_key, transcript(0, mine, theirs, c.binding))
+        c.send(frame(AUTH, struct.pack(">H", len(sig)) + sig))
+        c.recv()
+        c.recv()
+        c.send(frame(AUTH_RESULT, struct.pack(">HH", 0, 0)))
+        c.send(frame(RESUME, d.session + struct.pack(">Q", d.received)))
+        conns.append(c)
+    firsts = []
+    for c in conns:
+        first = c.recv()
+        firsts.append(parse(first)[0] if first else None)
+    # Every connection but the one that holds the session in the end is closed.
+    open_ = set(range(len(conns)))
+    codes = []
+    while len(open_) > 1:
+        for i in sorted(open_):
+            if conns[i].poll(0.05) is None:
+                codes.append(conns[i].ws.close_rcvd.code if conns[i].ws.close_rcvd else None)
+                open_.discard(i)
+    holder = conns[open_.pop()]
+    ct = b"text/plain"
+    holder.send(frame(MESSAGE, struct.pack(">Q", d.next_seq) + bytes([len(ct)]) + ct + b"after"))
+    acked = None
+    while acked is None:
+        msg = holder.recv()
+        if msg is None:
+            break
+        ftype, body = parse(msg)
+        if ftype == ACK:
+            acked = struct.unpack(">Q", body)[0]
+    check("§4: 8 RESUMEs of one session at once are each answered; one holds the session",
+          all(f in (RESUMED, GOAWAY) for f in firsts) and acked == d.next_seq
+          and all(c in (4012, 4007) for c in codes),
+          f"first frames {sorted(set(firsts), key=str)}, closes {sorted(set(codes), key=str)}, "
+          f"ack {acked}")
+
+
 def expiry_checks(binary, workdir, client_key, check):
     """§4 (item 4): a session whose resume window ran out is answered SESSION_LOST with
     `session expired` (17), by a `clipsync serve` whose resume window is 300 ms."""
@@ -1048,6 +1099,7 @@ def main():
         check("clipsync serve printed the message", printed is not None)
         item_checks(port, client_key, check)
         resume_checks(port, client_key, out, check)
+        concurrent_resume_checks(port, client_key, check)
     finally:
         server.kill()
         server.wait()

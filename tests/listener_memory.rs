@@ -35,7 +35,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -91,7 +94,10 @@ async fn thousands_of_sessions_leave_the_listener_at_its_baseline() {
             baseline = LIVE_BYTES.load(Ordering::SeqCst);
         }
         if i % 1000 == 0 {
-            println!("after {i} sessions: {} bytes", LIVE_BYTES.load(Ordering::SeqCst));
+            println!(
+                "after {i} sessions: {} bytes",
+                LIVE_BYTES.load(Ordering::SeqCst)
+            );
         }
     }
     let after = LIVE_BYTES.load(Ordering::SeqCst);

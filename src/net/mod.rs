@@ -62,6 +62,27 @@ impl FromStr for Address {
     }
 }
 
+impl Address {
+    /// Whether the address stays on this machine: a Unix socket, or TCP to a loopback address
+    /// or `localhost`. Plaintext (`allow_plaintext`) is allowed only there.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Self::Unix(_) => true,
+            Self::Tcp(hostport) => {
+                let host = hostport
+                    .rsplit_once(':')
+                    .map_or(hostport.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -182,6 +182,11 @@ pub enum KeyError {
 }
 
 impl SshAuthenticator {
+    /// The keys this authenticator trusts.
+    pub fn trusted_keys(&self) -> &[PublicKey] {
+        &self.trusted
+    }
+
     /// An authenticator signing with `key` and trusting exactly `trusted`.
     ///
     /// Signs a test message once, so a key that cannot sign is refused here, at start-up,

@@ -29,7 +29,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rustls::crypto::CryptoProvider;
 use rustls::time_provider::TimeProvider;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::config::TransportConfig;
@@ -51,6 +51,7 @@ use crate::wire::{ReasonCode, SessionId};
 
 mod sender;
 mod sessions;
+mod startups;
 pub use sender::ConnectionSender;
 
 /// A peer as the discovery component hands it in: a name, where it can be reached, and
@@ -227,6 +228,16 @@ impl Transport {
         b
     }
 
+    /// Refuses plaintext (`allow_plaintext`) on an address that leaves this machine.
+    fn check_plaintext(&self, addresses: &[Address]) -> Result<(), ConnectError> {
+        match addresses.iter().find(|a| !a.is_local()) {
+            Some(a) if self.inner.cfg.allow_plaintext => {
+                Err(ConnectError::PlaintextNotLocal(a.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Connects to `peer`, trying its addresses in order, and authenticates with `auth`.
     ///
     /// A refusal (untrusted key, bad signature) ends the attempt at once: another address of
@@ -236,6 +247,7 @@ impl Transport {
         peer: &PeerInfo,
         auth: Arc<dyn Authenticator>,
     ) -> Result<Connection, ConnectError> {
+        self.check_plaintext(&peer.addresses)?;
         let span = tracing::info_span!("connection", peer = %peer.id, role = "dialer");
         async {
             let expected_key = match &peer.key {
@@ -457,6 +469,7 @@ impl Transport {
         if peer.addresses.is_empty() {
             return Err(ConnectError::NoAddress);
         }
+        self.check_plaintext(&peer.addresses)?;
         let peer_key = Bytes::from(
             key.to_bytes()
                 .map_err(|e| ConnectError::Internal(e.to_string()))?,
@@ -484,13 +497,24 @@ impl Transport {
     }
 
     /// Listens on `addr`; incoming connections authenticate with `auth` and come out of
-    /// [`Listener::accept`]. At most `max_connections` are open (or in setup) at once; more
-    /// are closed on arrival.
+    /// [`Listener::accept`].
+    ///
+    /// Resources are bounded in two separate budgets. Connections still in setup (TLS,
+    /// upgrade, authentication) share a pool of `max_startups`, at most
+    /// `per_source_max_startups` from one address, with random early drop from
+    /// `max_startups_start` on; a newcomer evicts the oldest connection in setup for over a
+    /// second rather than be refused, and a socket silent for `first_byte_timeout` is closed.
+    /// Authenticated sessions — live, or waiting for their peer to resume — are at most
+    /// `max_connections`; a resume uses its session's place, and a new session beyond the
+    /// limit is refused with `limit exceeded` (a restarted peer's fresh session first replaces
+    /// its old one). A flood of unauthenticated sockets therefore never locks out a peer that
+    /// can authenticate, nor a session that resumes.
     pub async fn listen(
         &self,
         addr: &Address,
         auth: Arc<dyn Authenticator>,
     ) -> Result<Listener, ConnectError> {
+        self.check_plaintext(std::slice::from_ref(addr))?;
         let mut listener =
             self.inner
                 .network
@@ -508,10 +532,17 @@ impl Transport {
         let (tx, rx) = mpsc::channel(16);
         let transport = self.clone();
         let limit = Arc::new(Semaphore::new(self.inner.cfg.max_connections as usize));
+        let cfg = &self.inner.cfg;
+        let startups = Arc::new(Mutex::new(startups::Startups::new(startups::Limits {
+            start: cfg.max_startups_start,
+            rate: cfg.max_startups_rate,
+            full: cfg.max_startups,
+            per_source: cfg.per_source_max_startups,
+        })));
         let task = tokio::spawn(
             async move {
                 transport
-                    .accept_loop(listener.as_mut(), auth, limit, tx)
+                    .accept_loop(listener.as_mut(), auth, limit, startups, tx)
                     .await
             }
             .in_current_span(),
@@ -528,6 +559,7 @@ impl Transport {
         listener: &mut dyn NetListener,
         auth: Arc<dyn Authenticator>,
         limit: Arc<Semaphore>,
+        startups: Arc<Mutex<startups::Startups<oneshot::Sender<()>>>>,
         tx: mpsc::Sender<Result<Connection, AcceptError>>,
     ) {
         // The live connection of each peer key: a new authenticated connection from the same
@@ -552,11 +584,34 @@ impl Transport {
                     continue;
                 }
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer_addr, "connection limit reached; closing");
-                drop(stream);
-                continue;
+            // A place in the pool of connections in setup, or an immediate close.
+            let (evict_tx, evicted) = oneshot::channel();
+            let draw = f64::from(u32::from_be_bytes(self.random())) / (f64::from(u32::MAX) + 1.0);
+            let (stream, first_byte) = FirstByte::new(stream);
+            let admission = startups.lock().unwrap_or_else(|p| p.into_inner()).admit(
+                startups::source_of(&peer_addr),
+                tokio::time::Instant::now(),
+                draw,
+                first_byte.clone(),
+                evict_tx,
+            );
+            let in_setup = match admission {
+                startups::Admission::Refuse(why) => {
+                    tracing::info!(%peer_addr, "connection closed on arrival: {why}");
+                    drop(stream);
+                    continue;
+                }
+                startups::Admission::Admit { id, evicted } => {
+                    if let Some(evict) = evicted {
+                        let _ = evict.send(());
+                    }
+                    InSetup {
+                        startups: startups.clone(),
+                        id,
+                    }
+                }
             };
+            let limit = limit.clone();
             let this = self.clone();
             let auth = auth.clone();
             let tx = tx.clone();
@@ -575,7 +630,34 @@ impl Transport {
                         resume: (SessionId::NONE, 0),
                     };
                     let new_session = params.new_session;
-                    let result = match secure::accept(stream, params).await {
+                    let cfg = &this.inner.cfg;
+                    let setup = secure::accept(Box::new(stream), params);
+                    let setup = async {
+                        tokio::pin!(setup);
+                        tokio::select! {
+                            biased;
+                            r = &mut setup => return Some(r),
+                            () = tokio::time::sleep(cfg.first_byte_timeout) => {}
+                        }
+                        if first_byte.load(std::sync::atomic::Ordering::Relaxed) {
+                            Some(setup.await)
+                        } else {
+                            tracing::info!("no byte within first_byte_timeout; closed");
+                            None
+                        }
+                    };
+                    let accepted = tokio::select! {
+                        biased;
+                        _ = evicted => {
+                            tracing::info!("evicted from setup by a newer connection");
+                            return;
+                        }
+                        r = setup => match r {
+                            Some(r) => r,
+                            None => return,
+                        },
+                    };
+                    let result = match accepted {
                         Ok(mut channel) => {
                             let asked = match channel.handshake.resume {
                                 ResumeAnswer::Asked(r) => r.session,
@@ -593,11 +675,75 @@ impl Transport {
                                 _ => ReasonCode::SessionUnknown,
                             };
                             if let Some(Ok(tx)) = resumer {
+                                // The session's task takes the connection (its own place in
+                                // `max_connections` covers it), within the handshake deadline;
+                                // meanwhile this connection keeps its place in setup.
                                 tracing::info!("session resumes on a new connection");
-                                drop(permit);
-                                let _ = tx.send(channel).await;
+                                match tokio::time::timeout(cfg.handshake_timeout, tx.reserve()).await {
+                                    Ok(Ok(slot)) => slot.send(channel),
+                                    _ => {
+                                        secure::handshake::refuse_resume(
+                                            &mut channel.ws,
+                                            ReasonCode::HandshakeTimeout,
+                                            "the session did not take the connection in time".into(),
+                                        )
+                                        .await;
+                                    }
+                                }
+                                drop(in_setup);
                                 return;
                             }
+                            // A new session needs a place among the authenticated ones. A
+                            // restarted peer's old session gives its place to the new one.
+                            let permit = match limit.clone().try_acquire_owned() {
+                                Ok(p) => Some(p),
+                                Err(_) => {
+                                    let old = live
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .get(&channel.handshake.peer_key)
+                                        .and_then(mpsc::WeakSender::upgrade);
+                                    match old {
+                                        Some(old) => {
+                                            let _ = old
+                                                .send(Command::Close {
+                                                    reason: ReasonCode::Replaced,
+                                                    detail: "a new session from the same peer".into(),
+                                                })
+                                                .await;
+                                            tokio::time::timeout(
+                                                cfg.handshake_timeout,
+                                                limit.clone().acquire_owned(),
+                                            )
+                                            .await
+                                            .ok()
+                                            .and_then(Result::ok)
+                                        }
+                                        None => None,
+                                    }
+                                }
+                            };
+                            let Some(permit) = permit else {
+                                let detail = format!(
+                                    "the listener holds its limit of {} sessions",
+                                    cfg.max_connections
+                                );
+                                tracing::warn!("{detail}; new session refused");
+                                secure::handshake::refuse_resume(
+                                    &mut channel.ws,
+                                    ReasonCode::LimitExceeded,
+                                    detail.clone(),
+                                )
+                                .await;
+                                let error = ConnectError::Refused {
+                                    reason: ReasonCode::LimitExceeded,
+                                    by_peer: false,
+                                    detail,
+                                };
+                                let _ = tx.send(Err(AcceptError::Handshake { peer_addr, error })).await;
+                                return;
+                            };
+                            drop(in_setup);
                             let answer = if asked.is_none() {
                                 Frame::Resumed(crate::wire::Resumed {
                                     session: new_session,
@@ -921,5 +1067,87 @@ impl Incoming {
                 })
             }
         }
+    }
+}
+
+/// A connection's place in the listener's pool of connections in setup; leaving setup (or
+/// ending) frees it.
+struct InSetup {
+    startups: Arc<Mutex<startups::Startups<oneshot::Sender<()>>>>,
+    id: u64,
+}
+
+impl Drop for InSetup {
+    fn drop(&mut self) {
+        self.startups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.id);
+    }
+}
+
+/// An accepted socket that notes whether any byte arrived (for `first_byte_timeout`).
+struct FirstByte {
+    inner: crate::net::BoxStream,
+    seen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FirstByte {
+    fn new(inner: crate::net::BoxStream) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                seen: seen.clone(),
+            },
+            seen,
+        )
+    }
+}
+
+impl tokio::io::AsyncRead for FirstByte {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstByte {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
