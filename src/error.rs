@@ -78,6 +78,14 @@ pub enum ConnectError {
     /// signature is invalid.
     #[error("TLS failure: {0}")]
     Tls(String),
+    /// The listener closed the connection before TLS completed: it is shedding load (its
+    /// pool of connections in setup is full), restarting, or not a TLS listener (a plaintext
+    /// one). [`crate::transport::Transport::connect`] tries again twice before it reports this.
+    #[error(
+        "the listener closed the connection during the TLS handshake ({0}): it is busy, \
+         restarting, or does not speak TLS"
+    )]
+    ClosedDuringTls(String),
     /// The WebSocket upgrade failed.
     #[error("WebSocket upgrade failed: {0}")]
     Upgrade(String),

@@ -526,6 +526,9 @@ async fn serve(r: Resolved, out: Option<PathBuf>) -> ExitCode {
         let accepted = tokio::select! {
             biased;
             () = shutdown_signal() => break,
+            // Reap ended connections: a JoinSet keeps every finished task until it is joined
+            // (the soak measured 1.6 KB kept per session, linearly, without this).
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             a = listener.accept() => a,
         };
         match accepted {

@@ -358,8 +358,14 @@ pub fn read_trusted_keys(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
         path: path.display().to_string(),
         source,
     })?;
+    parse_trusted_keys(&path.display().to_string(), &text)
+}
+
+/// Parses the text of a trusted-keys file named `name` (for the errors); see
+/// [`read_trusted_keys`].
+pub fn parse_trusted_keys(name: &str, text: &str) -> Result<Vec<PublicKey>, KeyError> {
     let parse = |detail: String| KeyError::Parse {
-        path: path.display().to_string(),
+        path: name.to_string(),
         detail,
     };
     let mut keys = Vec::new();

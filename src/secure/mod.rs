@@ -108,6 +108,19 @@ async fn setup(
         };
         match tls {
             Err(_) => return Err(timed_out(Stage::Tls, cfg.handshake_timeout)),
+            // The listener closed the socket before TLS completed: it sheds load (its pool of
+            // connections in setup is full), restarts, or does not speak TLS.
+            Ok(Err(e))
+                if role == Role::Dialer
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                    ) =>
+            {
+                return Err(ConnectError::ClosedDuringTls(e.to_string()));
+            }
             Ok(Err(e)) => return Err(ConnectError::Tls(e.to_string())),
             Ok(Ok(s)) => s,
         }

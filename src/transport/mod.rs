@@ -240,6 +240,9 @@ impl Transport {
 
     /// Connects to `peer`, trying its addresses in order, and authenticates with `auth`.
     ///
+    /// A listener that closes the connection during TLS (it sheds load under a flood of
+    /// connections in setup) is dialled again twice, 50 and 100 ms later.
+    ///
     /// A refusal (untrusted key, bad signature) ends the attempt at once: another address of
     /// the same peer would give the same answer.
     pub async fn connect(
@@ -257,14 +260,25 @@ impl Transport {
                 )),
                 None => None,
             };
-            let channel = self
-                .dial_any(
-                    peer,
-                    auth.as_ref(),
-                    expected_key.clone(),
-                    (SessionId::NONE, 0),
-                )
-                .await?;
+            // A listener that sheds load closes new connections during TLS: try again, briefly.
+            let mut attempt = 0;
+            let channel = loop {
+                let dialled = self
+                    .dial_any(
+                        peer,
+                        auth.as_ref(),
+                        expected_key.clone(),
+                        (SessionId::NONE, 0),
+                    )
+                    .await;
+                match dialled {
+                    Err(ConnectError::ClosedDuringTls(_)) if attempt < SHED_RETRIES => {
+                        attempt += 1;
+                        tokio::time::sleep(SHED_PAUSE * (1 << (attempt - 1))).await;
+                    }
+                    other => break other?,
+                }
+            };
             let reconnect = self.redialer(peer, &auth, expected_key);
             let mut conn = Connection::start(
                 channel,
@@ -639,7 +653,7 @@ impl Transport {
                             r = &mut setup => return Some(r),
                             () = tokio::time::sleep(cfg.first_byte_timeout) => {}
                         }
-                        if first_byte.load(std::sync::atomic::Ordering::Relaxed) {
+                        if first_byte.has_spoken() {
                             Some(setup.await)
                         } else {
                             tracing::info!("no byte within first_byte_timeout; closed");
@@ -825,9 +839,18 @@ impl Transport {
                 }
                 .instrument(span),
             );
+            // Let the new connection's task read its socket before the next accept: under a
+            // flood the accept loop would otherwise outrun the setup tasks, and connections
+            // whose task has not read yet can be neither heard nor taken for silent.
+            tokio::task::yield_now().await;
         }
     }
 }
+
+/// How often [`Transport::connect`] dials again after the listener closed the connection during
+/// TLS (it sheds load), and the pause before the first retry (doubled for the next).
+const SHED_RETRIES: u32 = 2;
+const SHED_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why [`Listener::accept`] returned no connection this time. The listener keeps running
 /// after a [`AcceptError::Handshake`].
@@ -1086,21 +1109,22 @@ impl Drop for InSetup {
     }
 }
 
-/// An accepted socket that notes whether any byte arrived (for `first_byte_timeout`).
+/// An accepted socket that tells the setup pool what it has heard: nothing yet, a read that
+/// found nothing, or a first byte (for eviction and `first_byte_timeout`).
 struct FirstByte {
     inner: crate::net::BoxStream,
-    seen: Arc<std::sync::atomic::AtomicBool>,
+    hearing: startups::Hearing,
 }
 
 impl FirstByte {
-    fn new(inner: crate::net::BoxStream) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
-        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    fn new(inner: crate::net::BoxStream) -> (Self, startups::Hearing) {
+        let hearing = startups::Hearing::default();
         (
             Self {
                 inner,
-                seen: seen.clone(),
+                hearing: hearing.clone(),
             },
-            seen,
+            hearing,
         )
     }
 }
@@ -1114,7 +1138,9 @@ impl tokio::io::AsyncRead for FirstByte {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.hearing.spoke();
+        } else if r.is_pending() {
+            self.hearing.read_nothing();
         }
         r
     }

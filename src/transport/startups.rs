@@ -12,8 +12,11 @@
 //! for [`GRACE`] is stalling — so a legitimate peer still gets in while the pool is full of
 //! idle sockets.
 //!
-//! The connection to evict ("a stale one") is the oldest that has sent no byte for
-//! [`SILENT_GRACE`], else the oldest in setup for [`GRACE`]. For a new connection from `source`
+//! The connection to evict ("a stale one") is the oldest that is silent — its setup task read
+//! the socket and found not a byte — for [`SILENT_GRACE`], else the oldest in setup for
+//! [`GRACE`]. One whose task has not read it yet is never taken for silent: under a flood that
+//! reconnects thousands of times a second, a newcomer would otherwise be evicted before its
+//! task had even looked at the ClientHello waiting in its socket. For a new connection from `source`
 //! while `n` connections are in setup:
 //! 1. if `source` already has `per_source` of them: evict a stale one of `source`, else refuse;
 //! 2. if `n ≥ full`: evict a stale one, else refuse;
@@ -25,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,6 +44,42 @@ pub(crate) const GRACE: Duration = Duration::from_secs(1);
 /// and turns the newcomer away: measured on loopback, a new peer then could not get in at all
 /// within 10 s against 1,000 such sockets.)
 pub(crate) const SILENT_GRACE: Duration = Duration::ZERO;
+
+/// What a connection in setup has said so far, shared between its setup task (which reads
+/// the socket) and the pool (which picks whom to evict).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hearing(Arc<AtomicU8>);
+
+impl Hearing {
+    const UNHEARD: u8 = 0;
+    const SILENT: u8 = 1;
+    const SPOKE: u8 = 2;
+
+    /// A read found no byte (before any arrived): the socket is silent, not merely unread.
+    pub(crate) fn read_nothing(&self) {
+        let _ = self.0.compare_exchange(
+            Self::UNHEARD,
+            Self::SILENT,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A byte arrived.
+    pub(crate) fn spoke(&self) {
+        self.0.store(Self::SPOKE, Ordering::Relaxed);
+    }
+
+    pub(crate) fn has_spoken(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::SPOKE
+    }
+
+    /// Its task read the socket and found nothing yet. A connection whose task has not read
+    /// it yet is not silent: its ClientHello may be waiting in the socket.
+    fn is_silent(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::SILENT
+    }
+}
 
 /// The pool's limits (from `TransportConfig`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +106,8 @@ pub(crate) enum Admission<T> {
 struct Entry<T> {
     source: String,
     since: Instant,
-    /// Set once the connection's first byte arrived.
-    spoke: Arc<AtomicBool>,
+    /// What the connection has said so far.
+    hearing: Hearing,
     handle: T,
 }
 
@@ -95,14 +134,14 @@ impl<T> Startups<T> {
     }
 
     /// Decides on a new connection from `source` at `now`; `draw` is uniform in `[0, 1)`.
-    /// `spoke` is set once its first byte arrives; `handle` ends its setup if a later
-    /// connection evicts it.
+    /// `hearing` follows what it says; `handle` ends its setup if a later connection evicts
+    /// it.
     pub(crate) fn admit(
         &mut self,
         source: &str,
         now: Instant,
         draw: f64,
-        spoke: Arc<AtomicBool>,
+        hearing: Hearing,
         handle: T,
     ) -> Admission<T> {
         let Limits {
@@ -149,7 +188,7 @@ impl<T> Startups<T> {
             Entry {
                 source: source.to_string(),
                 since: now,
-                spoke,
+                hearing,
                 handle,
             },
         );
@@ -168,9 +207,9 @@ impl<T> Startups<T> {
             .entries
             .iter()
             .filter(|(_, e)| source.is_none_or(|s| e.source == s));
-        let silent = candidates.clone().find(|(_, e)| {
-            !e.spoke.load(Ordering::Relaxed) && now.duration_since(e.since) >= SILENT_GRACE
-        });
+        let silent = candidates
+            .clone()
+            .find(|(_, e)| e.hearing.is_silent() && now.duration_since(e.since) >= SILENT_GRACE);
         let id = silent
             .or_else(|| candidates.find(|(_, e)| now.duration_since(e.since) >= GRACE))
             .map(|(id, _)| *id)?;
@@ -208,7 +247,9 @@ mod tests {
         draw: f64,
         h: u32,
     ) -> Admission<u32> {
-        s.admit(source, now, draw, Arc::new(AtomicBool::new(true)), h)
+        let hearing = Hearing::default();
+        hearing.spoke();
+        s.admit(source, now, draw, hearing, h)
     }
 
     fn admitted(a: &Admission<u32>) -> bool {
@@ -320,7 +361,8 @@ mod tests {
     fn a_silent_socket_is_evicted_before_a_talking_one() {
         let mut s = Startups::new(LIMITS);
         let t = Instant::now();
-        let silent = Arc::new(AtomicBool::new(false));
+        let silent = Hearing::default();
+        silent.read_nothing();
         assert!(admitted(&admit(&mut s, "a", t, 0.99, 0)));
         assert!(admitted(&s.admit("b", t, 0.99, silent.clone(), 1)));
         assert!(admitted(&admit(&mut s, "c", t, 0.99, 2)));
