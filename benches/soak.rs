@@ -13,7 +13,10 @@
 //!    and latency (connect, authenticate, deliver).
 //! 3. `sessions`: thousands of sequential sessions (connect, one message, close): the server's
 //!    memory after them against a baseline taken after the first 500.
-//! 4. `no-ack`: an authorized peer that opens and aborts streams and never acknowledges: the
+//! 4. `resume`: 200 connections resume one session at once and never read: every one is
+//!    answered (resumed, or refused or shed) within the handshake deadline, and the server's
+//!    open descriptors stay bounded.
+//! 5. `no-ack`: an authorized peer that opens and aborts streams and never acknowledges: the
 //!    server must close it with `replay overflow` (4018) before its memory grows by more than a
 //!    few MiB.
 
@@ -356,14 +359,93 @@ async fn sessions(server: &Server, report: &mut Report) {
     );
 }
 
-async fn no_ack(server: &Server, report: &mut Report) {
-    let (rss0, _) = server.usage();
+/// Dials the server with key `i` as a raw channel (TLS, WebSocket, authentication), resuming
+/// `resume` (`NONE` for a new session).
+async fn raw_dial(
+    server: &Server,
+    i: usize,
+    resume: (SessionId, u64),
+) -> Result<secure::Channel, clipsync::error::ConnectError> {
+    let target = ServerRef {
+        addr: server.addr.clone(),
+        key: server.key.clone(),
+    };
+    raw_dial_ref(&target, i, resume).await
+}
+
+/// Open file descriptors of the server process.
+fn fds(server: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.child.id())).map_or(0, |d| d.count())
+}
+
+/// 200 connections resume one session at once and never read: each must be answered (or shed)
+/// within the handshake deadline, none left hanging, and the server's descriptors bounded.
+async fn resume_storm(server: &Server, report: &mut Report) {
+    let first = raw_dial(server, 2, (SessionId::NONE, 0)).await.unwrap();
+    let session = first.handshake.session;
+    let fds0 = fds(server);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (addr, key) = (server.addr.clone(), server.key.clone());
+        tasks.spawn(async move {
+            let server = ServerRef { addr, key };
+            let t = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(15),
+                raw_dial_ref(&server, 2, (session, 0)),
+            )
+            .await;
+            // Held open (not read) until every resumer is answered.
+            (t.elapsed(), r.map(|r| r.map(|c| c.handshake.session == session)))
+        });
+    }
+    let mut peak_fds = fds0;
+    let (mut resumed, mut refused, mut hung) = (0, 0, 0);
+    let mut slowest = Duration::ZERO;
+    while let Some(r) = tasks.join_next().await {
+        peak_fds = peak_fds.max(fds(server));
+        let Ok((took, r)) = r else { continue };
+        slowest = slowest.max(took);
+        match r {
+            Ok(Ok(true)) => resumed += 1,
+            Ok(_) => refused += 1,
+            Err(_) => hung += 1,
+        }
+    }
+    drop(first);
+    report.case(
+        "resume",
+        hung == 0 && slowest < Duration::from_secs(11) && peak_fds < fds0 + 100,
+        format!(
+            "200 connections resuming one session at once: {resumed} resumed, {refused} refused \
+             or shed, {hung} unanswered after 15 s; slowest answer {} ms; server descriptors \
+             {fds0} → peak {peak_fds}; {:.1} s in all",
+            slowest.as_millis(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+}
+
+/// What a task needs of [`Server`] to dial it.
+struct ServerRef {
+    addr: String,
+    key: PrivateKey,
+}
+
+/// See [`raw_dial`].
+async fn raw_dial_ref(
+    server: &ServerRef,
+    i: usize,
+    resume: (SessionId, u64),
+) -> Result<secure::Channel, clipsync::error::ConnectError> {
     let cfg = TransportConfig::default();
     let tls = TlsSetup::with_defaults().unwrap();
-    let auth = server.auth(1);
+    let auth = Arc::new(SshAuthenticator::new(key(i), vec![server.key.public_key().clone()]).unwrap());
     let mut nonce = [0u8; 32];
-    nonce[0] = 9;
-    let channel = secure::dial(
+    nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    nonce[8] = 2;
+    secure::dial(
         &TokioNet,
         &server.addr.parse::<Address>().unwrap(),
         ChannelParams {
@@ -373,11 +455,15 @@ async fn no_ack(server: &Server, report: &mut Report) {
             nonce,
             new_session: SessionId::NONE,
             expected_key: None,
-            resume: (SessionId::NONE, 0),
+            resume,
         },
     )
     .await
-    .unwrap();
+}
+
+async fn no_ack(server: &Server, report: &mut Report) {
+    let (rss0, _) = server.usage();
+    let channel = raw_dial(server, 1, (SessionId::NONE, 0)).await.unwrap();
     let (mut sink, mut stream) = channel.ws.split();
     // Read (and never acknowledge) what the server sends, until its close.
     let reader = tokio::spawn(async move {
@@ -466,6 +552,9 @@ fn main() {
         drop(server);
         let server = Server::start(&dir);
         sessions(&server, &mut report).await;
+        drop(server);
+        let server = Server::start(&dir);
+        resume_storm(&server, &mut report).await;
         drop(server);
         let server = Server::start(&dir);
         no_ack(&server, &mut report).await;
