@@ -36,6 +36,19 @@ fn refused(out: &Output, needle: &str) {
     assert!(err.contains(needle), "{needle:?} not in {err:?}");
 }
 
+/// Runs `cmd` with `input` on its standard input (a writer that stops early is fine) and
+/// collects its output.
+fn with_input(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input);
+    child.wait_with_output().unwrap()
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("clipsync-inputs-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -537,20 +550,12 @@ fn send_says_what_it_delivered() {
     let server = Server::start("127.0.0.1:0");
     let addr = server.addr.clone();
     let send = |input: &[u8], file: Option<&PathBuf>| {
-        use std::io::Write;
         let mut c = Command::new(env!("CARGO_BIN_EXE_clipsync"));
         c.args(["send", "--connect", &addr]).args(keys());
         if let Some(f) = file {
             c.arg(f);
         }
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = child.stdin.take().unwrap().write_all(input);
-        let o = child.wait_with_output().unwrap();
+        let o = with_input(c, input);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).to_string()
     };
@@ -753,14 +758,7 @@ fn send_peer_key_pins_the_server() {
         if let Some(p) = pin {
             c.args(["--peer-key", p]);
         }
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        with_input(c, text.as_bytes())
     };
     // Pinned to the RSA key: the ed25519 server is refused.
     let rsa_pub = fixture("rsa_test_key.pub").display().to_string();

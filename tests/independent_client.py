@@ -526,19 +526,25 @@ def resume_checks(port, client_key, out, check):
           f"type {ftype} reason {reason}")
 
 
+def first_of(c, wanted):
+    """The body of the next frame of type `wanted` on `c` (others are read past), or None once
+    the peer closed."""
+    while True:
+        msg = c.recv()
+        if msg is None:
+            return None
+        ftype, body = parse(msg)
+        if ftype == wanted:
+            return body
+
+
 def item_checks(port, client_key, check):
     """One check per PROTOCOL.md rule an outside implementation can provoke (issue 12)."""
     # §2: the IGNORABLE bit on a known type changes nothing: a PING with it gets its PONG.
     c = open_session(port, client_key)
     c.send(frame(PING, struct.pack(">Q", 424242), flags=0x8000))
-    pong = None
-    while pong is None:
-        msg = c.recv()
-        if msg is None:
-            break
-        ftype, body = parse(msg)
-        if ftype == PONG:
-            pong = struct.unpack(">Q", body)[0]
+    body = first_of(c, PONG)
+    pong = struct.unpack(">Q", body)[0] if body else None
     check("§2: a PING with the IGNORABLE bit is answered", pong == 424242, str(pong))
     # §5.1: a MESSAGE over the receiver's max_message_size (1 MiB) closes with 4011.
     c = open_session(port, client_key)
@@ -709,14 +715,8 @@ def concurrent_resume_checks(port, client_key, check):
     holder = conns[open_.pop()]
     ct = b"text/plain"
     holder.send(frame(MESSAGE, struct.pack(">Q", d.next_seq) + bytes([len(ct)]) + ct + b"after"))
-    acked = None
-    while acked is None:
-        msg = holder.recv()
-        if msg is None:
-            break
-        ftype, body = parse(msg)
-        if ftype == ACK:
-            acked = struct.unpack(">Q", body)[0]
+    body = first_of(holder, ACK)
+    acked = struct.unpack(">Q", body)[0] if body else None
     check("§4: 8 RESUMEs of one session at once are each answered; one holds the session",
           all(f in (RESUMED, GOAWAY) for f in firsts) and acked == d.next_seq
           and all(c in (4012, 4007) for c in codes),
