@@ -349,3 +349,65 @@ async fn dropping_an_unread_stream_after_a_resume_keeps_the_windows() {
         ConnectionState::Closed(_)
     ));
 }
+
+/// Issue 16 item 4: the half-open connection was carrying a stream to the client when the
+/// client vanished, so the server's writer is stuck on a socket nobody reads. The client's
+/// resume is still answered at once and the stream finishes on the new connection (before: the
+/// hand-off waited for the stuck writer, up to write_timeout, here 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_is_not_held_behind_a_writer_stuck_on_the_half_open_connection() {
+    let slow_server = TransportConfig {
+        heartbeat_interval: Duration::from_secs(10),
+        heartbeat_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(60),
+        ..cfg()
+    };
+    let (_server, mut listener) = server(slow_server).await;
+    let proxy = Proxy::start(tcp_addr(listener.local_addr())).await;
+    // The client grants windows far beyond what the sockets between can buffer, so the
+    // server's writer blocks when the link goes half-open.
+    let wide = TransportConfig {
+        stream_window: 256 << 20,
+        connection_window: 256 << 20,
+        ..fast()
+    };
+    let client_transport = transport(wide);
+    let peer = proxy.peer("server");
+    let (c, s) = tokio::join!(
+        client_transport.connect(&peer, auth(&key(2), &[&key(1)])),
+        listener.accept()
+    );
+    let (mut client, server_conn) = (c.unwrap(), s.unwrap());
+    // The server streams 256 MiB to the client; the client reads it as it comes.
+    let size: u64 = 256 << 20;
+    let sending = tokio::spawn(async move {
+        let mut source = tokio::io::AsyncReadExt::take(tokio::io::repeat(7), size);
+        let r = server_conn
+            .send_stream("a/b", Some(size), &mut source)
+            .await;
+        (server_conn, r.map(|_| ()))
+    });
+    let mut incoming = next_stream(&mut client).await;
+    let mut got = 0u64;
+    // Some of it arrives, then the link goes half-open under the stream.
+    while got < 4 << 20 {
+        got += timeout(BOUND, incoming.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .len() as u64;
+    }
+    proxy.freeze();
+    while let Some(b) = timeout(BOUND, incoming.chunk())
+        .await
+        .expect("the stream stalled: the resume waited behind the stuck writer")
+        .unwrap()
+    {
+        got += b.len() as u64;
+    }
+    assert_eq!(got, size);
+    let (_conn, sent) = timeout(BOUND, sending).await.unwrap().unwrap();
+    sent.unwrap();
+    assert!(client.health().borrow().reconnects >= 1);
+}

@@ -207,6 +207,7 @@ struct Driver {
     signals_tx: mpsc::UnboundedSender<StreamSignal>,
     out: BTreeMap<StreamKey, OutHandle>,
     incoming_streams: BTreeMap<StreamKey, InHandle>,
+    /// Chunks the current connection's writer may have queued (renewed per connection).
     chunk_slots: Arc<Semaphore>,
     chunk_permit: Option<OwnedSemaphorePermit>,
     /// Bytes per chunk on the current connection.
@@ -442,6 +443,10 @@ impl Driver {
     /// resuming dialer came back while this one still looked alive.
     async fn run_connection(&mut self, ws: Ws) -> Option<Channel> {
         let (sink, mut stream) = ws.split();
+        // The chunk slots are this connection's writer's: a replaced connection's writer may
+        // hold its slots until write_timeout, and the new connection must not wait for them.
+        self.chunk_slots = Arc::new(Semaphore::new(CHUNK_SLOTS));
+        self.chunk_permit = None;
         let (bulk_tx, bulk_rx) = mpsc::channel::<WriterCmd>(OUTGOING);
         let (urgent_tx, urgent_rx) = mpsc::channel::<WriterCmd>(OUTGOING);
         let (failed_tx, mut failed_rx) = oneshot::channel::<String>();
@@ -519,25 +524,40 @@ impl Driver {
         }
         drop((bulk_tx, urgent_tx));
         self.chunk_permit = None;
-        let sink = timeout(self.write_timeout, writer)
-            .await
-            .ok()
-            .and_then(|r| r.ok().flatten());
+        let write_timeout = self.write_timeout;
+        let writer_done = async move {
+            timeout(write_timeout, writer)
+                .await
+                .ok()
+                .and_then(|r| r.ok().flatten())
+                .and_then(|sink| sink.reunite(stream).ok())
+        };
+        if replacement.is_some() {
+            // A replaced connection is half-open: its writer may be stuck on a peer that no
+            // longer reads (a stream was flowing when the laptop slept) until write_timeout.
+            // Its teardown happens in the background; the new connection takes over now.
+            tokio::spawn(
+                async move {
+                    if let Some(ws) = writer_done.await {
+                        drain(finish(ws).await).await;
+                    }
+                }
+                .in_current_span(),
+            );
+            return replacement;
+        }
         // A closed connection (not one the network broke) ends cleanly: the closing handshake,
         // TLS close_notify and FIN here, so the peer has read our close before we move on; then
         // reading until the peer's end in the background, so unread input never turns into a
-        // reset (PROTOCOL.md §6.4). A replaced connection does all of it in the background: the
-        // new one must not wait for a half-open socket.
+        // reset (PROTOCOL.md §6.4).
         let closed = matches!(cause, Some(CloseCause::Local(..) | CloseCause::Peer(..)));
-        if let Some(ws) = sink.and_then(|s| s.reunite(stream).ok()) {
-            if replacement.is_some() {
-                tokio::spawn(async move { drain(finish(ws).await).await }.in_current_span());
-            } else if closed {
+        if let Some(ws) = writer_done.await {
+            if closed {
                 let ws = finish(ws).await;
                 tokio::spawn(drain(ws).in_current_span());
             }
         }
-        replacement
+        None
     }
 
     /// Writes what the core has for the wire, each frame on its lane.
