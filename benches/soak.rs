@@ -336,7 +336,7 @@ async fn sessions(server: &Server, report: &mut Report) {
             baseline = server.usage().0;
         }
         if i % 2500 == 0 {
-            samples.push(format!("{}k: {}", i / 1000, mib(server.usage().0 as i64)));
+            samples.push(format!("{i}: {}", mib(server.usage().0 as i64)));
         }
     }
     // The server ends each session after our close; give it its last ones' lingering closes.
