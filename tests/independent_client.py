@@ -255,11 +255,10 @@ class Connection:
         return self.ws.close_rcvd.code if self.ws.close_rcvd else None
 
 
-def open_session(port, client_key):
-    """Dials `clipsync serve` and completes the handshake (STREAMS and RESUME announced) up to
-    RESUMED; returns the connection."""
-    c = Connection(port)
-    mine = hello(0, os.urandom(32), key_blob(client_key.public_key()), CAP_STREAMS | CAP_RESUME)
+def authenticate(c, client_key, capabilities=CAP_STREAMS | CAP_RESUME):
+    """The dialer's side of §3 on connection `c`: both HELLOs, both AUTHs, both AUTH_RESULTs.
+    Returns the listener's HELLO."""
+    mine = hello(0, os.urandom(32), key_blob(client_key.public_key()), capabilities)
     c.send(mine)
     theirs = c.recv()
     sig = sshsig(client_key, transcript(0, mine, theirs, c.binding))
@@ -267,6 +266,14 @@ def open_session(port, client_key):
     assert parse(c.recv())[0] == AUTH
     assert parse(c.recv())[0] == AUTH_RESULT
     c.send(frame(AUTH_RESULT, struct.pack(">HH", 0, 0)))
+    return theirs
+
+
+def open_session(port, client_key):
+    """Dials `clipsync serve` and completes the handshake (STREAMS and RESUME announced) up to
+    RESUMED; returns the connection."""
+    c = Connection(port)
+    authenticate(c, client_key)
     c.send(frame(RESUME, b"\x00" * 16 + struct.pack(">Q", 0)))
     assert parse(c.recv())[0] == RESUMED
     return c
@@ -303,15 +310,7 @@ class Dialer:
         """A new connection: handshake, RESUME, then what §4 says follows RESUMED. Returns the
         RESUMED/SESSION_LOST frame type and body."""
         c = Connection(self.port)
-        mine = hello(0, os.urandom(32), key_blob(self.key.public_key()), self.capabilities)
-        c.send(mine)
-        theirs = c.recv()
-        self.limits = hello_limits(theirs)
-        sig = sshsig(self.key, transcript(0, mine, theirs, c.binding))
-        c.send(frame(AUTH, struct.pack(">H", len(sig)) + sig))
-        assert parse(c.recv())[0] == AUTH
-        assert parse(c.recv())[0] == AUTH_RESULT
-        c.send(frame(AUTH_RESULT, struct.pack(">HH", 0, 0)))
+        self.limits = hello_limits(authenticate(c, self.key, self.capabilities))
         last = self.received if resume_point is None else resume_point
         c.send(frame(RESUME, self.session + struct.pack(">Q", last)))
         msg = c.recv()
@@ -690,14 +689,7 @@ def concurrent_resume_checks(port, client_key, check):
     conns = []
     for _ in range(8):
         c = Connection(port)
-        mine = hello(0, os.urandom(32), key_blob(client_key.public_key()), CAP_STREAMS | CAP_RESUME)
-        c.send(mine)
-        theirs = c.recv()
-        sig = sshsig(client_key, transcript(0, mine, theirs, c.binding))
-        c.send(frame(AUTH, struct.pack(">H", len(sig)) + sig))
-        c.recv()
-        c.recv()
-        c.send(frame(AUTH_RESULT, struct.pack(">HH", 0, 0)))
+        authenticate(c, client_key)
         c.send(frame(RESUME, d.session + struct.pack(">Q", d.received)))
         conns.append(c)
     firsts = []
