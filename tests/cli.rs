@@ -175,8 +175,16 @@ mod serve_send {
             server.line_with("saved=");
         }
         for (_, data) in &files {
-            let saved = std::fs::read(out.join(blake3::hash(data).to_hex().as_str())).unwrap();
+            let path = out.join(blake3::hash(data).to_hex().as_str());
+            let saved = std::fs::read(&path).unwrap();
             assert!(saved == *data, "a saved file differs from what was sent");
+            // Clipboard data is readable by its owner only, whatever the directory allows.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", path.display());
+            }
         }
         let left: Vec<_> = std::fs::read_dir(&out)
             .unwrap()
