@@ -473,11 +473,8 @@ impl Session {
                         total_len: o.total_len,
                         hash: o.hash,
                     }),
-                    // Refused alone (too many streams), or a fatal id.
-                    Err(Inbound::Ended(Err(refusal))) => {
-                        self.settle_incoming(o.stream_id, Err(refusal));
-                    }
-                    Err(other) => self.inbound(o.stream_id, other),
+                    // A violation (an id not above the last, more than max_streams): fatal.
+                    Err(fatal) => self.inbound(o.stream_id, fatal),
                 }
             }
             Frame::StreamChunk(c) => {

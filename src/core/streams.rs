@@ -453,8 +453,9 @@ impl Streams {
 
     // ----- receiving -----
 
-    /// A `STREAM_OPEN` arrived. `Err` carries the reason to refuse it with (`STREAM_RESULT`)
-    /// or, for an id that does not increase, a fatal protocol error.
+    /// A `STREAM_OPEN` arrived. `Err` is a violation that closes the connection: an id that
+    /// does not increase (`protocol error`), or a stream beyond our `max_streams`
+    /// (`limit exceeded`).
     pub(crate) fn on_open(
         &mut self,
         id: u64,
