@@ -601,7 +601,7 @@ impl Transport {
             // A place in the pool of connections in setup, or an immediate close.
             let (evict_tx, evicted) = oneshot::channel();
             let draw = f64::from(u32::from_be_bytes(self.random())) / (f64::from(u32::MAX) + 1.0);
-            let (stream, first_byte) = FirstByte::new(stream);
+            let (stream, first_byte) = startups::FirstByte::new(stream);
             let admission = startups.lock().unwrap_or_else(|p| p.into_inner()).admit(
                 startups::source_of(&peer_addr),
                 tokio::time::Instant::now(),
@@ -619,7 +619,7 @@ impl Transport {
                     if let Some(evict) = evicted {
                         let _ = evict.send(());
                     }
-                    InSetup {
+                    startups::InSetup {
                         startups: startups.clone(),
                         id,
                     }
@@ -1090,90 +1090,5 @@ impl Incoming {
                 })
             }
         }
-    }
-}
-
-/// A connection's place in the listener's pool of connections in setup; leaving setup (or
-/// ending) frees it.
-struct InSetup {
-    startups: Arc<Mutex<startups::Startups<oneshot::Sender<()>>>>,
-    id: u64,
-}
-
-impl Drop for InSetup {
-    fn drop(&mut self) {
-        self.startups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(self.id);
-    }
-}
-
-/// An accepted socket that tells the setup pool what it has heard: nothing yet, a read that
-/// found nothing, or a first byte (for eviction and `first_byte_timeout`).
-struct FirstByte {
-    inner: crate::net::BoxStream,
-    hearing: startups::Hearing,
-}
-
-impl FirstByte {
-    fn new(inner: crate::net::BoxStream) -> (Self, startups::Hearing) {
-        let hearing = startups::Hearing::default();
-        (
-            Self {
-                inner,
-                hearing: hearing.clone(),
-            },
-            hearing,
-        )
-    }
-}
-
-impl tokio::io::AsyncRead for FirstByte {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.hearing.spoke();
-        } else if r.is_pending() {
-            self.hearing.read_nothing();
-        }
-        r
-    }
-}
-
-impl tokio::io::AsyncWrite for FirstByte {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }

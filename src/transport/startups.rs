@@ -24,7 +24,10 @@
 //!    (random early drop), evict a stale one, else refuse;
 //! 4. otherwise admit.
 //!
-//! Pure: time and the random draw are arguments, so the simulator replays it.
+//! Pure: time and the random draw are arguments, so the simulator replays it. Beside it live
+//! the two pieces the accept loop puts around each connection: [`FirstByte`], the socket
+//! wrapper that reports what the connection has said ([`Hearing`]), and [`InSetup`], the
+//! place in the pool that leaving setup frees.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -225,6 +228,91 @@ pub(crate) fn source_of(peer_addr: &str) -> &str {
             host.trim_start_matches('[').trim_end_matches(']')
         }
         _ => peer_addr,
+    }
+}
+
+/// A connection's place in the listener's pool of connections in setup; leaving setup (or
+/// ending) frees it.
+pub(crate) struct InSetup {
+    pub(crate) startups: Arc<std::sync::Mutex<Startups<tokio::sync::oneshot::Sender<()>>>>,
+    pub(crate) id: u64,
+}
+
+impl Drop for InSetup {
+    fn drop(&mut self) {
+        self.startups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.id);
+    }
+}
+
+/// An accepted socket that tells the setup pool what it has heard: nothing yet, a read that
+/// found nothing, or a first byte (for eviction and `first_byte_timeout`).
+pub(crate) struct FirstByte {
+    inner: crate::net::BoxStream,
+    hearing: Hearing,
+}
+
+impl FirstByte {
+    pub(crate) fn new(inner: crate::net::BoxStream) -> (Self, Hearing) {
+        let hearing = Hearing::default();
+        (
+            Self {
+                inner,
+                hearing: hearing.clone(),
+            },
+            hearing,
+        )
+    }
+}
+
+impl tokio::io::AsyncRead for FirstByte {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.hearing.spoke();
+        } else if r.is_pending() {
+            self.hearing.read_nothing();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstByte {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
