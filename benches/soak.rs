@@ -173,7 +173,11 @@ fn mib(b: i64) -> String {
     format!("{:.1} MiB", b as f64 / 1048576.0)
 }
 
-async fn idle(server: &Server, report: &mut Report) -> Vec<clipsync::transport::Connection> {
+/// Returns the connections with their transport, which owns them.
+async fn idle(
+    server: &Server,
+    report: &mut Report,
+) -> (Transport, Vec<clipsync::transport::Connection>) {
     let (rss0, _) = server.usage();
     let transport = Transport::new(TransportConfig::default()).unwrap();
     let mut conns = Vec::new();
@@ -213,7 +217,7 @@ async fn idle(server: &Server, report: &mut Report) -> Vec<clipsync::transport::
             per / 1024
         ),
     );
-    conns
+    (transport, conns)
 }
 
 /// `PEERS` sockets that never speak, each reopened as soon as the server closes it, from

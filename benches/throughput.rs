@@ -185,8 +185,10 @@ async fn clipsync_pair() -> Connection {
     let client = Transport::new(bench_config()).unwrap();
     let (c, s) = tokio::join!(client.connect(&peer, ca), listener.accept());
     let mut s = s.unwrap();
+    // The transports own the connections: they live with the server side's task.
+    let transports = (server, client);
     tokio::spawn(async move {
-        let _keep = listener;
+        let _keep = (listener, transports);
         let echo = Arc::new(tokio::sync::Mutex::new(()));
         loop {
             match s.receive().await {

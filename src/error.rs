@@ -46,6 +46,9 @@ pub enum ConnectError {
     /// The peer has no address to dial.
     #[error("no address to dial")]
     NoAddress,
+    /// The transport was shut down (`Transport::shutdown`, or its last clone dropped).
+    #[error("the transport is shut down")]
+    ShutDown,
     /// `Transport::open` needs the peer's key ([`crate::transport::PeerInfo::with_key`]):
     /// the connection stands for that peer before any handshake tells who answers.
     #[error("the peer's key is not known; open needs PeerInfo::with_key")]
@@ -157,6 +160,9 @@ pub enum SendError {
     /// The connection had already ended; the message was not sent.
     #[error("not sent: {0}")]
     Closed(CloseCause),
+    /// The peer has no link now (`Peers::broadcast`, `Peer::try_send`); nothing was sent.
+    #[error("the peer is not connected")]
+    NotConnected,
     /// The receiver failed the stream (it was cancelled, refused, or did not verify); the
     /// connection is unaffected.
     #[error("stream failed at the receiver with {reason}: {detail}")]

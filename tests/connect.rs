@@ -128,10 +128,8 @@ async fn dropping_a_connection_settles_unacknowledged_sends() {
 #[tokio::test]
 async fn a_second_address_is_tried_when_the_first_is_unreachable() {
     let (ka, kb) = (key(1), key(2));
-    let mut listener = transport(cfg())
-        .listen(&loopback(), auth(&ka, &[&kb]))
-        .await
-        .unwrap();
+    let server = transport(cfg());
+    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
     // A port nobody listens on: bind one, learn its number, close it.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr: Address = dead.local_addr().unwrap().to_string().parse().unwrap();

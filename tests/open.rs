@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clipsync::error::{CloseCause, ConnectError, SendError};
-use clipsync::transport::{Address, Connection, ConnectionState, Message, PeerInfo};
+use clipsync::transport::{Address, Connection, ConnectionState, Message, PeerInfo, Transport};
 use clipsync::wire::ReasonCode;
 use common::*;
 
@@ -30,12 +30,15 @@ fn fast_backoff() -> clipsync::config::TransportConfig {
     }
 }
 
-/// A connection opened, with `cfg`, to a socket nobody listens on.
-fn open_to_nobody(name: &str, cfg: clipsync::config::TransportConfig) -> Connection {
+/// A connection opened, with `cfg`, to a socket nobody listens on, and its transport (which
+/// must live as long as the connection is used).
+fn open_to_nobody(name: &str, cfg: clipsync::config::TransportConfig) -> (Transport, Connection) {
     let (ka, kb) = (key(1), key(2));
     let peer = PeerInfo::new("nobody", vec![Address::Unix(socket(name))])
         .with_key(ka.public_key().clone());
-    transport(cfg).open(&peer, auth(&kb, &[&ka])).unwrap()
+    let t = transport(cfg);
+    let conn = t.open(&peer, auth(&kb, &[&ka])).unwrap();
+    (t, conn)
 }
 
 /// Waits until the state satisfies `f`; returns it.
@@ -91,7 +94,7 @@ async fn sends_queue_while_connecting_and_go_out_in_order_once_connected() {
 
 #[tokio::test]
 async fn gives_up_after_max_attempts_and_fails_the_queued_sends_as_not_sent() {
-    let conn = open_to_nobody(
+    let (_transport, conn) = open_to_nobody(
         "never.sock",
         clipsync::config::TransportConfig {
             max_reconnect_attempts: 3,
@@ -109,7 +112,7 @@ async fn gives_up_after_max_attempts_and_fails_the_queued_sends_as_not_sent() {
 
 #[tokio::test]
 async fn closing_while_connecting_stops_at_once_even_with_a_full_queue() {
-    let conn = open_to_nobody(
+    let (_transport, conn) = open_to_nobody(
         "closed.sock",
         clipsync::config::TransportConfig {
             send_queue: 2,
@@ -149,9 +152,8 @@ async fn a_peer_that_refuses_our_key_ends_it() {
     let _listener = server.listen(&loopback(), auth(&ka, &[&kc])).await.unwrap();
     let addr = _listener.local_addr().clone();
     let peer = PeerInfo::new("server", vec![addr]).with_key(ka.public_key().clone());
-    let conn = transport(fast_backoff())
-        .open(&peer, auth(&kb, &[&ka]))
-        .unwrap();
+    let client = transport(fast_backoff());
+    let conn = client.open(&peer, auth(&kb, &[&ka])).unwrap();
     let end = state_until(&conn, |s| matches!(s, ConnectionState::Closed(_))).await;
     assert!(
         matches!(

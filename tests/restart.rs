@@ -30,14 +30,19 @@ async fn server(cfg: TransportConfig) -> (Transport, Listener) {
     (t, l)
 }
 
-async fn client_through(proxy: &Proxy, listener: &mut Listener) -> (Connection, Connection) {
+/// A client connected through `proxy`: (client, server side, the client's transport, which
+/// owns the connection and must live as long).
+async fn client_through(
+    proxy: &Proxy,
+    listener: &mut Listener,
+) -> (Connection, Connection, Transport) {
     let client = transport(fast());
     let peer = proxy.peer("server");
     let (c, s) = tokio::join!(
         client.connect(&peer, auth(&key(2), &[&key(1)])),
         listener.accept()
     );
-    (c.unwrap(), s.unwrap())
+    (c.unwrap(), s.unwrap(), client)
 }
 
 async fn next_stream(conn: &mut Connection) -> IncomingStream {
@@ -59,7 +64,8 @@ async fn next_stream(conn: &mut Connection) -> IncomingStream {
 async fn a_restarted_peer_streams_again_on_a_clean_session() {
     let (server_a, mut listener_a) = server(fast()).await;
     let proxy = Proxy::start(tcp_addr(listener_a.local_addr())).await;
-    let (mut client, server_conn) = client_through(&proxy, &mut listener_a).await;
+    let (mut client, server_conn, _client_transport) =
+        client_through(&proxy, &mut listener_a).await;
     // Server → client: a stream half sent.
     let mut out = server_conn
         .open_stream("test/a", Some(1 << 20))
@@ -152,7 +158,7 @@ async fn an_invalid_content_type_is_refused_alone() {
 async fn sends_queued_while_the_peer_was_away_are_delivered_to_its_new_session() {
     let (server_a, mut listener_a) = server(fast()).await;
     let proxy = Proxy::start(tcp_addr(listener_a.local_addr())).await;
-    let (client, server_conn) = client_through(&proxy, &mut listener_a).await;
+    let (client, server_conn, _client_transport) = client_through(&proxy, &mut listener_a).await;
     client.send(Message::text("before")).await.unwrap();
     // The server dies; the client notices and reconnects with backoff, in vain for now.
     proxy.retarget("127.0.0.1:9".parse().unwrap());
@@ -197,7 +203,7 @@ async fn a_resume_replaces_a_half_open_connection_at_once() {
     };
     let (_server, mut listener) = server(slow_server).await;
     let proxy = Proxy::start(tcp_addr(listener.local_addr())).await;
-    let (client, mut server_conn) = client_through(&proxy, &mut listener).await;
+    let (client, mut server_conn, _client_transport) = client_through(&proxy, &mut listener).await;
     client.send(Message::text("one")).await.unwrap();
     proxy.freeze();
     let mut state = client.state();
@@ -304,7 +310,7 @@ async fn a_restarted_peer_links_again_at_once() {
 async fn dropping_an_unread_stream_after_a_resume_keeps_the_windows() {
     let (_server, mut listener) = server(fast()).await;
     let proxy = Proxy::start(tcp_addr(listener.local_addr())).await;
-    let (client, mut server_conn) = client_through(&proxy, &mut listener).await;
+    let (client, mut server_conn, _client_transport) = client_through(&proxy, &mut listener).await;
     let mut first = client.open_stream("test/first", None).await.unwrap();
     first.write(vec![7u8; 3 << 20].into()).await.unwrap();
     let unread = next_stream(&mut server_conn).await;

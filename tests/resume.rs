@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clipsync::error::SendError;
-use clipsync::transport::{Connection, ConnectionState, Incoming, Message, PeerInfo};
+use clipsync::transport::{Connection, ConnectionState, Incoming, Message, PeerInfo, Transport};
 use common::*;
 use tokio::task::JoinHandle;
 
@@ -29,9 +29,18 @@ fn collect(mut conn: Connection, got: Arc<Mutex<Vec<u32>>>) -> JoinHandle<()> {
     })
 }
 
+/// The transports of a test: they own their connections, so they must live as long.
+type Transports = (Transport, Transport);
+
 /// A client connected to a server through a cuttable proxy: (client, server side, proxy,
-/// listener). The listener must live on: it holds the sessions waiting to resume.
-async fn through_proxy() -> (Connection, Connection, Proxy, clipsync::transport::Listener) {
+/// listener, transports). The listener must live on: it holds the sessions waiting to resume.
+async fn through_proxy() -> (
+    Connection,
+    Connection,
+    Proxy,
+    clipsync::transport::Listener,
+    Transports,
+) {
     let (ka, kb) = (key(1), key(2));
     let server = transport(fast());
     let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
@@ -39,12 +48,12 @@ async fn through_proxy() -> (Connection, Connection, Proxy, clipsync::transport:
     let peer = PeerInfo::new("server", vec![proxy.addr.to_string().parse().unwrap()]);
     let client = transport(fast());
     let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
-    (c.unwrap(), s.unwrap(), proxy, listener)
+    (c.unwrap(), s.unwrap(), proxy, listener, (server, client))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_connection_resumes_without_loss_or_duplicates() {
-    let (c, s, proxy, mut listener) = through_proxy().await;
+    let (c, s, proxy, mut listener, _transports) = through_proxy().await;
     let c = Arc::new(c);
     let got: Arc<Mutex<Vec<u32>>> = Arc::default();
     let receiver = collect(s, got.clone());
@@ -188,7 +197,7 @@ async fn a_restarted_server_loses_the_session_and_every_send_settles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_in_the_middle_resumes_and_verifies() {
     const LEN: usize = 48 << 20;
-    let (c, s, proxy, _listener) = through_proxy().await;
+    let (c, s, proxy, _listener, _transports) = through_proxy().await;
     let mut s = s;
     let payload = bytes::Bytes::from((0..LEN).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let expected = blake3::hash(&payload);

@@ -9,20 +9,21 @@ mod common;
 use bytes::Bytes;
 use clipsync::config::TransportConfig;
 use clipsync::error::SendError;
-use clipsync::transport::{Connection, Incoming, IncomingStream, Message, PeerInfo};
+use clipsync::transport::{Connection, Incoming, IncomingStream, Message, PeerInfo, Transport};
 use clipsync::wire::ReasonCode;
 use common::*;
 use sha2::{Digest, Sha256};
 
-/// A connected pair over loopback TCP with TLS: (client, server).
-async fn pair(cfg: TransportConfig) -> (Connection, Connection) {
+/// A connected pair over loopback TCP with TLS: (client, server, their transports, which own
+/// the connections and must live as long).
+async fn pair(cfg: TransportConfig) -> (Connection, Connection, (Transport, Transport)) {
     let (ka, kb) = (key(1), key(2));
     let server = transport(cfg.clone());
     let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
     let peer = PeerInfo::new("server", vec![listener.local_addr().clone()]);
     let client = transport(cfg);
     let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
-    (c.unwrap(), s.unwrap())
+    (c.unwrap(), s.unwrap(), (client, server))
 }
 
 /// Deterministic payload bytes: byte `i` of stream `tag` (cheap to check without storing).
@@ -70,7 +71,7 @@ async fn expect_stream(conn: &mut Connection) -> IncomingStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_256_mib_stream_arrives_whole_and_verified() {
     const LEN: u64 = 256 << 20;
-    let (client, mut server) = pair(cfg()).await;
+    let (client, mut server, _transports) = pair(cfg()).await;
     let sender = tokio::spawn(async move {
         let mut s = client
             .open_stream("application/octet-stream", Some(LEN))
@@ -114,7 +115,7 @@ async fn a_slow_reader_keeps_the_sender_within_the_window() {
     };
     let window = u64::from(cfg.stream_window);
     let chunk = u64::from(cfg.chunk_size);
-    let (client, mut server) = pair(cfg).await;
+    let (client, mut server, _transports) = pair(cfg).await;
     let s = client
         .open_stream("application/octet-stream", Some(LEN))
         .await
@@ -157,7 +158,7 @@ async fn concurrent_streams_and_messages_all_arrive_intact() {
     const STREAMS: u8 = 4;
     const LEN: u64 = 6 << 20;
     const MESSAGES: usize = 200;
-    let (client, mut server) = pair(cfg()).await;
+    let (client, mut server, _transports) = pair(cfg()).await;
     let client = std::sync::Arc::new(client);
     let mut tasks = Vec::new();
     for tag in 0..STREAMS {
@@ -234,7 +235,7 @@ async fn concurrent_streams_and_messages_all_arrive_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_message_overtakes_a_large_stream() {
     const LEN: u64 = 64 << 20;
-    let (client, mut server) = pair(cfg()).await;
+    let (client, mut server, _transports) = pair(cfg()).await;
     let client = std::sync::Arc::new(client);
     let s = client
         .open_stream("application/octet-stream", Some(LEN))
@@ -281,7 +282,7 @@ async fn a_small_message_overtakes_a_large_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_an_incoming_stream_cancels_it_for_the_sender() {
-    let (client, mut server) = pair(cfg()).await;
+    let (client, mut server, _transports) = pair(cfg()).await;
     let mut s = client
         .open_stream("application/octet-stream", None)
         .await
@@ -319,7 +320,7 @@ async fn dropping_an_incoming_stream_cancels_it_for_the_sender() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_shorter_than_announced_fails_alone() {
-    let (client, mut server) = pair(cfg()).await;
+    let (client, mut server, _transports) = pair(cfg()).await;
     let mut s = client
         .open_stream("application/octet-stream", Some(1000))
         .await
@@ -345,7 +346,7 @@ async fn a_stream_shorter_than_announced_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_streams_large_payloads_automatically() {
-    let (client, mut server) = pair(cfg()).await;
+    let (client, mut server, _transports) = pair(cfg()).await;
     let big = piece(4, 0, 3 << 20);
     let c = tokio::spawn(async move {
         client.send(Message::new("image/png", big)).await.unwrap();

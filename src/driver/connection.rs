@@ -133,8 +133,9 @@ pub(crate) fn spawn(
     span: tracing::Span,
     permit: Option<OwnedSemaphorePermit>,
     reconnect: Reconnect,
+    stop: watch::Receiver<bool>,
 ) -> Handles {
-    let (driver, handles) = Driver::new(cfg, ConnectionState::Connected, reconnect, None);
+    let (driver, handles) = Driver::new(cfg, ConnectionState::Connected, reconnect, stop);
     spawn_task(handles, span, async move {
         driver.run(Some(channel)).await;
         drop(permit);
@@ -147,11 +148,12 @@ pub(crate) fn spawn_pending(
     cfg: &TransportConfig,
     span: tracing::Span,
     pending: Pending,
+    stop: watch::Receiver<bool>,
 ) -> Handles {
     let mut cfg = cfg.clone();
     cfg.reconnect = pending.reconnect;
     let (mut driver, mut handles) =
-        Driver::new(&cfg, ConnectionState::Connecting, pending.dial, None);
+        Driver::new(&cfg, ConnectionState::Connecting, pending.dial, stop);
     let (closer, closer_rx) = oneshot::channel();
     handles.closer = Some(closer);
     driver.closer = Some(closer_rx);
@@ -217,10 +219,32 @@ struct Driver {
     reconnect: Reconnect,
     /// While connecting: the application's immediate close.
     closer: Option<oneshot::Receiver<(ReasonCode, String)>>,
+    /// The transport's shutdown (true, or its sender dropped with the last `Transport`);
+    /// `None` once acted on.
+    stop: Option<watch::Receiver<bool>>,
     /// The simultaneous-dial registration, at the first connection of `Transport::open`.
     register: Option<Box<dyn FnOnce() -> bool + Send>>,
     connections: u32,
     closed: Option<CloseCause>,
+}
+
+/// Resolves when the transport shuts down: its flag turns true, or its sender is gone (the
+/// last `Transport` was dropped).
+async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What the driver does when the transport shuts down: close with `going away`.
+fn shutdown_close() -> Input {
+    Input::Command(Some(Command::Close {
+        reason: ReasonCode::GoingAway,
+        detail: "the transport shuts down".into(),
+    }))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -232,7 +256,7 @@ impl Driver {
         cfg: &TransportConfig,
         initial: ConnectionState,
         reconnect: Reconnect,
-        closer: Option<oneshot::Receiver<(ReasonCode, String)>>,
+        stop: watch::Receiver<bool>,
     ) -> (Self, Handles) {
         let (commands, command_rx) = mpsc::channel(cfg.send_queue as usize);
         let (incoming_tx, incoming) = mpsc::channel(INCOMING);
@@ -282,7 +306,8 @@ impl Driver {
             encode_buf: bytes::BytesMut::new(),
             session_id: SessionId::NONE,
             reconnect,
-            closer,
+            closer: None,
+            stop: Some(stop),
             register: None,
             connections: 0,
             closed: None,
@@ -359,6 +384,10 @@ impl Driver {
                     reason: c.as_ref().map_or(ReasonCode::Normal, |c| c.0),
                     detail: c.map_or_else(|| "connection dropped by the application".into(), |c| c.1),
                 }))),
+                () = stopped(&mut self.stop), if self.stop.is_some() => {
+                    self.stop = None;
+                    Some(shutdown_close())
+                }
                 () = async { if let Some(d) = deadline { sleep_until(d).await } }, if deadline.is_some() => Some(Input::Timer),
                 cmd = self.commands.recv(), if can_take => Some(Input::Command(cmd)),
                 signal = self.signals.recv() => Some(Input::Signal(signal)),
@@ -407,7 +436,11 @@ impl Driver {
             self.session_id = channel.handshake.session;
         }
         if !first {
-            self.health.send_modify(|h| h.reconnects += 1);
+            let lost = u32::from(session == Resumption::Lost);
+            self.health.send_modify(|h| {
+                h.reconnects += 1;
+                h.sessions_lost += lost;
+            });
         }
         let limits: PeerLimits = channel.handshake.peer_limits;
         self.chunk = self
@@ -481,6 +514,10 @@ impl Driver {
                 biased;
                 reason = &mut failed_rx => {
                     Input::WriterFailed(reason.unwrap_or_else(|_| "writer stopped".into()))
+                }
+                () = stopped(&mut self.stop), if self.stop.is_some() => {
+                    self.stop = None;
+                    shutdown_close()
                 }
                 () = async { if let Some(d) = deadline { sleep_until(d).await } }, if deadline.is_some() => Input::Timer,
                 Some(ch) = resumptions => Input::Replaced(Box::new(ch)),

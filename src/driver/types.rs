@@ -63,6 +63,10 @@ pub struct Health {
     pub degraded: bool,
     /// New connections the session has taken after its first one (resumed or not).
     pub reconnects: u32,
+    /// Of those, the ones on which the peer had lost the session (it restarted, or the session
+    /// expired or ended there): a fresh session replaced it, and sends of the old one settled
+    /// (those on the wire as of unknown fate). Anything sent before may be missing at the peer.
+    pub sessions_lost: u32,
     /// Payload bytes sent again because of resumes: replayed messages and stream data beyond
     /// the receiver's offset. Compare with the windows: a resume retransmits at most what was
     /// in flight.

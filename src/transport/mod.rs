@@ -49,9 +49,11 @@ use crate::secure::{self, Authenticator, ChannelParams, TlsSetup};
 use crate::wire::Frame;
 use crate::wire::{ReasonCode, SessionId};
 
+mod peers;
 mod sender;
 mod sessions;
 mod startups;
+pub use peers::{Peer, PeerEvent, PeerEvents, Peers};
 pub use sender::ConnectionSender;
 
 /// A peer as the discovery component hands it in: a name, where it can be reached, and
@@ -137,24 +139,65 @@ impl TransportBuilder {
             Some(seed) => ChaCha20Rng::seed_from_u64(seed),
             None => ChaCha20Rng::from_os_rng(),
         };
+        let inner = Arc::new(Inner {
+            cfg: self.cfg,
+            network: self.network,
+            tls,
+            rng: Mutex::new(rng),
+            links: Mutex::default(),
+            stop: watch::channel(false).0,
+            tracked: Mutex::default(),
+            listeners: Mutex::default(),
+        });
         Ok(Transport {
-            inner: Arc::new(Inner {
-                cfg: self.cfg,
-                network: self.network,
-                tls,
-                rng: Mutex::new(rng),
-                links: Mutex::default(),
-            }),
+            _owner: Some(Arc::new(Owner(inner.clone()))),
+            inner,
         })
     }
 }
 
 /// The entry point: dials peers and listens for them.
 ///
-/// Cheap to clone; clones share the configuration, the TLS certificate and the RNG.
+/// Cheap to clone; clones share the configuration, the TLS certificate, the RNG and the
+/// connections. The transport owns its connections, listeners and dials: when the last clone
+/// is dropped (or on [`Transport::shutdown`]) every connection closes with `going away`, every
+/// pending send settles and every dial and listener stops. Keep it alive as long as you use
+/// its connections.
 #[derive(Clone, Debug)]
 pub struct Transport {
     inner: Arc<Inner>,
+    /// Held by the application's clones only (internal tasks hold `inner` alone): its drop is
+    /// the transport's.
+    _owner: Option<Arc<Owner>>,
+}
+
+/// Shuts the transport down when the application's last [`Transport`] goes.
+#[derive(Debug)]
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.stop.send_replace(true);
+    }
+}
+
+/// Every connection's state, to wait for at shutdown; ended ones are pruned as it grows.
+#[derive(Default)]
+struct Tracked {
+    states: Vec<watch::Receiver<ConnectionState>>,
+    prune_at: usize,
+}
+
+impl Tracked {
+    fn push(&mut self, state: watch::Receiver<ConnectionState>) {
+        if self.states.len() >= self.prune_at {
+            self.states.retain(|s| {
+                s.has_changed().is_ok() && !matches!(*s.borrow(), ConnectionState::Closed(_))
+            });
+            self.prune_at = (2 * self.states.len()).max(64);
+        }
+        self.states.push(state);
+    }
 }
 
 struct Inner {
@@ -164,6 +207,12 @@ struct Inner {
     rng: Mutex<ChaCha20Rng>,
     /// Live connections by peer key, both directions, for the simultaneous-dial tie-break.
     links: Mutex<BTreeMap<Bytes, Vec<Link>>>,
+    /// True once shut down: every connection task and accept loop watches it.
+    stop: watch::Sender<bool>,
+    /// Every connection started, for shutdown to wait on.
+    tracked: Mutex<Tracked>,
+    /// The listeners' accept tasks, for shutdown to wait on (their sockets close with them).
+    listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A live connection as the tie-break sees it.
@@ -220,6 +269,75 @@ impl Transport {
         &self.inner.cfg
     }
 
+    /// A handle for the transport's own tasks: it does not keep the transport alive.
+    fn internal(&self) -> Transport {
+        Transport {
+            inner: self.inner.clone(),
+            _owner: None,
+        }
+    }
+
+    fn track(&self, state: &watch::Receiver<ConnectionState>) {
+        self.inner
+            .tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state.clone());
+    }
+
+    /// Whether the transport has shut down (see [`Transport::shutdown`]).
+    pub fn is_shut_down(&self) -> bool {
+        *self.inner.stop.borrow()
+    }
+
+    fn check_running(&self) -> Result<(), ConnectError> {
+        if self.is_shut_down() {
+            return Err(ConnectError::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// Shuts the transport down and returns when it is done: every connection says `GOAWAY`
+    /// with `going away` (9) and closes, every pending send and stream settles (as delivered,
+    /// or failed, or of unknown fate), every dial and redial stops, every listener stops
+    /// accepting. Later `connect`, `open` and `listen` fail with [`ConnectError::ShutDown`].
+    ///
+    /// Each connection's close is bounded by `write_timeout` (a peer that reads nothing cannot
+    /// hold it). Dropping the last clone of the transport does the same without waiting.
+    ///
+    /// ```no_run
+    /// # async fn demo(transport: clipsync::transport::Transport) {
+    /// transport.shutdown().await;
+    /// assert!(transport.is_shut_down());
+    /// # }
+    /// ```
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let listeners = std::mem::take(
+            &mut *self
+                .inner
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for task in listeners {
+            let _ = task.await;
+        }
+        let states = std::mem::take(
+            &mut self
+                .inner
+                .tracked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .states,
+        );
+        for mut state in states {
+            let _ = state
+                .wait_for(|s| matches!(s, ConnectionState::Closed(_)))
+                .await;
+        }
+    }
+
     fn random<const N: usize>(&self) -> [u8; N] {
         let mut b = [0u8; N];
         // A poisoned lock only means another thread panicked mid-draw; the RNG is still fine.
@@ -250,6 +368,7 @@ impl Transport {
         peer: &PeerInfo,
         auth: Arc<dyn Authenticator>,
     ) -> Result<Connection, ConnectError> {
+        self.check_running()?;
         self.check_plaintext(&peer.addresses)?;
         let span = tracing::info_span!("connection", peer = %peer.id, role = "dialer");
         async {
@@ -280,13 +399,8 @@ impl Transport {
                 }
             };
             let reconnect = self.redialer(peer, &auth, expected_key);
-            let mut conn = Connection::start(
-                channel,
-                &self.inner.cfg,
-                tracing::Span::current(),
-                None,
-                reconnect,
-            );
+            let mut conn =
+                Connection::start(channel, self, tracing::Span::current(), None, reconnect);
             if !self.tie_break(&mut conn, &auth.public_key(), true) {
                 let detail = "the peer dialled us too and its connection wins the tie-break";
                 conn.close_with(ReasonCode::DuplicateConnection, detail.into())
@@ -423,23 +537,26 @@ impl Transport {
         if !self.inner.cfg.reconnect {
             return Reconnect::Never;
         }
-        self.dialer(peer, auth, expected_key)
+        self.dialer(Arc::new(Mutex::new(peer.clone())), auth, expected_key)
     }
 
     /// Dials `peer` (all its addresses) with the per-peer backoff, asking to resume the
     /// session it is given.
+    ///
+    /// Each attempt reads `peer` afresh, so new addresses (a peer that moved) count from the
+    /// next attempt on.
     fn dialer(
         &self,
-        peer: &PeerInfo,
+        peer: Arc<Mutex<PeerInfo>>,
         auth: &Arc<dyn Authenticator>,
         expected_key: Option<Bytes>,
     ) -> Reconnect {
         let cfg = &self.inner.cfg;
-        let (this, peer, auth) = (self.clone(), peer.clone(), auth.clone());
+        let (this, auth) = (self.internal(), auth.clone());
         let redial: Redial = Box::new(move |session, received| {
             let (this, peer, auth, expected_key) = (
                 this.clone(),
-                peer.clone(),
+                peer.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 auth.clone(),
                 expected_key.clone(),
             );
@@ -448,7 +565,7 @@ impl Transport {
                     .await
             })
         });
-        let rng = self.clone();
+        let rng = self.internal();
         let mut policy = RedialPolicy::new(cfg.backoff_policy(), cfg.max_reconnect_attempts);
         policy.connected(std::time::Duration::ZERO);
         Reconnect::Dial {
@@ -479,10 +596,25 @@ impl Transport {
         peer: &PeerInfo,
         auth: Arc<dyn Authenticator>,
     ) -> Result<Connection, ConnectError> {
-        let key = peer.key.as_ref().ok_or(ConnectError::KeyRequired)?;
+        self.check_running()?;
+        if peer.key.is_none() {
+            return Err(ConnectError::KeyRequired);
+        }
         if peer.addresses.is_empty() {
             return Err(ConnectError::NoAddress);
         }
+        self.open_shared(Arc::new(Mutex::new(peer.clone())), auth)
+    }
+
+    /// [`Transport::open`] of a peer whose addresses may change: each attempt reads them.
+    pub(crate) fn open_shared(
+        &self,
+        info: Arc<Mutex<PeerInfo>>,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Connection, ConnectError> {
+        self.check_running()?;
+        let peer = info.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let key = peer.key.as_ref().ok_or(ConnectError::KeyRequired)?;
         self.check_plaintext(&peer.addresses)?;
         let peer_key = Bytes::from(
             key.to_bytes()
@@ -491,16 +623,18 @@ impl Transport {
         let own_key = auth.public_key();
         let peer_fingerprint = fingerprint_of_blob(&peer_key);
         let span = tracing::info_span!("connection", peer = %peer.id, role = "dialer");
-        let this = self.clone();
+        let this = self.internal();
         let (pk, ok) = (peer_key.clone(), own_key.clone());
         let pending = driver::Pending {
-            dial: self.dialer(peer, &auth, Some(peer_key.clone())),
+            dial: self.dialer(info, &auth, Some(peer_key.clone())),
             reconnect: self.inner.cfg.reconnect,
             register: Box::new(move |commands, state| {
                 this.register_link(&pk, &ok, true, commands, state)
             }),
         };
-        let handles = driver::spawn_pending(&self.inner.cfg, span, pending);
+        let handles =
+            driver::spawn_pending(&self.inner.cfg, span, pending, self.inner.stop.subscribe());
+        self.track(&handles.state);
         Ok(Connection {
             sender: ConnectionSender::new(&handles, &self.inner.cfg),
             handles,
@@ -528,6 +662,7 @@ impl Transport {
         addr: &Address,
         auth: Arc<dyn Authenticator>,
     ) -> Result<Listener, ConnectError> {
+        self.check_running()?;
         self.check_plaintext(std::slice::from_ref(addr))?;
         let mut listener =
             self.inner
@@ -544,7 +679,7 @@ impl Transport {
         })?;
         tracing::info!(%local, "listening");
         let (tx, rx) = mpsc::channel(16);
-        let transport = self.clone();
+        let transport = self.internal();
         let limit = Arc::new(Semaphore::new(self.inner.cfg.max_connections as usize));
         let cfg = &self.inner.cfg;
         let startups = Arc::new(Mutex::new(startups::Startups::new(startups::Limits {
@@ -553,18 +688,31 @@ impl Transport {
             full: cfg.max_startups,
             per_source: cfg.per_source_max_startups,
         })));
+        let mut stop = self.inner.stop.subscribe();
         let task = tokio::spawn(
             async move {
-                transport
-                    .accept_loop(listener.as_mut(), auth, limit, startups, tx)
-                    .await
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => tracing::info!("the transport shuts down; listener stops"),
+                    () = transport.accept_loop(listener.as_mut(), auth, limit, startups, tx) => {}
+                }
             }
             .in_current_span(),
         );
+        let abort = task.abort_handle();
+        {
+            let mut listeners = self
+                .inner
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            listeners.retain(|t| !t.is_finished());
+            listeners.push(task);
+        }
         Ok(Listener {
             rx,
             local,
-            task: task.abort_handle(),
+            task: abort,
         })
     }
 
@@ -626,7 +774,7 @@ impl Transport {
                 }
             };
             let limit = limit.clone();
-            let this = self.clone();
+            let this = self.internal();
             let auth = auth.clone();
             let tx = tx.clone();
             let live = live.clone();
@@ -792,7 +940,7 @@ impl Transport {
                             };
                             let mut conn = Connection::start(
                                 channel,
-                                &this.inner.cfg,
+                                &this,
                                 tracing::Span::current(),
                                 Some(permit),
                                 reconnect,
@@ -915,7 +1063,7 @@ pub struct Connection {
 impl Connection {
     fn start(
         channel: secure::Channel,
-        cfg: &TransportConfig,
+        transport: &Transport,
         span: tracing::Span,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
         reconnect: Reconnect,
@@ -923,7 +1071,10 @@ impl Connection {
         let peer_key = channel.handshake.peer_key.clone();
         let peer_fingerprint = fingerprint_of_blob(&peer_key);
         span.record("peer_key", peer_fingerprint.as_str());
-        let handles = driver::spawn(channel, cfg, span, permit, reconnect);
+        let cfg = &transport.inner.cfg;
+        let stop = transport.inner.stop.subscribe();
+        let handles = driver::spawn(channel, cfg, span, permit, reconnect, stop);
+        transport.track(&handles.state);
         Self {
             sender: ConnectionSender::new(&handles, cfg),
             handles,
@@ -948,6 +1099,25 @@ impl Connection {
     /// ```
     pub fn sender(&self) -> ConnectionSender {
         self.sender.clone()
+    }
+
+    /// Splits the connection into a cloneable sending half and the receiving half, to send
+    /// and receive from different tasks at the same time.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: clipsync::transport::Connection) {
+    /// use clipsync::transport::{Incoming, Message};
+    /// let (tx, mut rx) = conn.split();
+    /// tokio::spawn(async move { tx.send(Message::text("hello")).await });
+    /// while let Ok(incoming) = rx.receive().await {
+    ///     if let Incoming::Message(m) = incoming {
+    ///         println!("{} bytes of {}", m.payload.len(), m.content_type);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn split(self) -> (ConnectionSender, ConnectionReceiver) {
+        (self.sender(), ConnectionReceiver { conn: self })
     }
 
     /// See [`ConnectionSender::send`].
@@ -1065,6 +1235,51 @@ impl Connection {
 
     fn cause(&self) -> CloseCause {
         cause_of(&self.handles.state)
+    }
+}
+
+/// The receiving half of a [`Connection`], from [`Connection::split`]: receive in one task
+/// while [`ConnectionSender`]s send from others. Dropping it closes the connection for all of
+/// them, as dropping the `Connection` would.
+#[derive(Debug)]
+pub struct ConnectionReceiver {
+    conn: Connection,
+}
+
+impl ConnectionReceiver {
+    /// See [`Connection::receive`].
+    pub async fn receive(&mut self) -> Result<Incoming, ConnectionClosed> {
+        self.conn.receive().await
+    }
+
+    /// See [`Connection::state`].
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.conn.state()
+    }
+
+    /// See [`Connection::health`].
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.conn.health()
+    }
+
+    /// See [`Connection::peer_key`].
+    pub fn peer_key(&self) -> &Bytes {
+        self.conn.peer_key()
+    }
+
+    /// See [`Connection::peer_fingerprint`].
+    pub fn peer_fingerprint(&self) -> &str {
+        self.conn.peer_fingerprint()
+    }
+
+    /// See [`Connection::close`].
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+
+    /// See [`Connection::close_with`].
+    pub async fn close_with(self, reason: ReasonCode, detail: String) {
+        self.conn.close_with(reason, detail).await;
     }
 }
 

@@ -68,25 +68,51 @@ impl ConnectionSender {
             .unwrap_or_else(|_| Err(SendError::Unknown(self.cause())))
     }
 
-    /// Like [`ConnectionSender::send`], but fails with [`SendError::Full`] at once instead of
-    /// waiting for room in the send queue. The returned future still resolves on the
-    /// acknowledgement.
+    /// Like [`ConnectionSender::send`] (a payload above `stream_threshold` goes as a stream),
+    /// but fails with [`SendError::Full`] at once instead of waiting for room in the send
+    /// queue. The returned future still resolves when the peer has the payload; for a stream
+    /// it also carries the bytes, so keep polling it (spawn it) until it resolves.
     pub fn try_send(
         &self,
         message: Message,
     ) -> Result<impl Future<Output = Result<(), SendError>> + use<>, SendError> {
-        let (done, rx) = oneshot::channel();
-        match self.commands.try_send(Command::Send { message, done }) {
+        let streamed = message.payload.len() > self.stream_threshold;
+        let (done, done_rx) = oneshot::channel();
+        let (reply, reply_rx) = oneshot::channel();
+        let cmd = if streamed {
+            Command::OpenStream {
+                content_type: message.content_type.clone(),
+                total_len: Some(message.payload.len() as u64),
+                reply,
+            }
+        } else {
+            Command::Send {
+                message: message.clone(),
+                done,
+            }
+        };
+        match self.commands.try_send(cmd) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::Full),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return Err(SendError::Closed(self.cause()));
             }
         }
-        let state = self.state.clone();
+        let this = self.clone();
         Ok(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(SendError::Unknown(cause_of(&state))))
+            if !streamed {
+                return done_rx
+                    .await
+                    .unwrap_or_else(|_| Err(SendError::Unknown(this.cause())));
+            }
+            let mut stream = match reply_rx.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(SendError::StreamsUnsupported)) => return this.send_message(message).await,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(SendError::Closed(this.cause())),
+            };
+            stream.write(message.payload).await?;
+            stream.finish().await
         })
     }
 

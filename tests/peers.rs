@@ -1,0 +1,364 @@
+//! The peer-level API ([`Peers`]) as a sync engine uses it: every peer listens and dials
+//! every other, both send at once, a peer restarts, a peer is removed, the transport shuts
+//! down.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod common;
+
+use std::time::{Duration, Instant};
+
+use clipsync::config::TransportConfig;
+use clipsync::error::{ConnectError, SendError};
+use clipsync::transport::{
+    Address, ConnectionState, Incoming, Message, PeerEvent, PeerEvents, PeerInfo, Peers, Transport,
+};
+use common::*;
+use ssh_key::PrivateKey;
+
+/// One machine: its transport, its set of peers, their events.
+struct Node {
+    name: String,
+    key: PrivateKey,
+    transport: Transport,
+    peers: Peers,
+    events: PeerEvents,
+    addr: Address,
+}
+
+/// Starts a node with key `seed` trusting `others`, listening on `addr` (port 0: any).
+async fn node(name: &str, seed: u8, others: &[u8], addr: Address) -> Node {
+    let key = key(seed);
+    let trusted: Vec<PrivateKey> = others.iter().map(|s| common::key(*s)).collect();
+    let trusted: Vec<&PrivateKey> = trusted.iter().collect();
+    let transport = transport(config());
+    let (peers, events) = transport.peers(auth(&key, &trusted));
+    let addr = peers.listen(&addr).await.unwrap();
+    Node {
+        name: name.into(),
+        key,
+        transport,
+        peers,
+        events,
+        addr,
+    }
+}
+
+fn config() -> TransportConfig {
+    fast()
+}
+
+impl Node {
+    fn info(&self) -> PeerInfo {
+        PeerInfo::new(self.name.clone(), vec![self.addr.clone()])
+            .with_key(self.key.public_key().clone())
+    }
+
+    fn wire_key(&self) -> Vec<u8> {
+        self.key.public_key().to_bytes().unwrap()
+    }
+
+    /// The next event that `pick` takes (others are kept in `seen`), within 10 s.
+    async fn until<T>(
+        &mut self,
+        seen: &mut Vec<String>,
+        mut pick: impl FnMut(&PeerEvent) -> Option<T>,
+    ) -> (T, PeerEvent) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{}: no such event within 10 s; saw {seen:?}", self.name)
+                })
+                .expect("events ended");
+            seen.push(describe(&event));
+            if let Some(t) = pick(&event) {
+                return (t, event);
+            }
+        }
+    }
+}
+
+fn describe(e: &PeerEvent) -> String {
+    let what = match e {
+        PeerEvent::Received { .. } => "received",
+        PeerEvent::Connected(_) => "connected",
+        PeerEvent::Resumed(_) => "resumed",
+        PeerEvent::SessionLost(_) => "session lost",
+        PeerEvent::Disconnected { .. } => "disconnected",
+        PeerEvent::Removed(_) => "removed",
+        _ => "other",
+    };
+    format!("{what} {}", e.peer().id())
+}
+
+/// Three nodes, each knowing the other two.
+async fn three() -> Vec<Node> {
+    let mut nodes = vec![
+        node("a", 1, &[2, 3], loopback()).await,
+        node("b", 2, &[1, 3], loopback()).await,
+        node("c", 3, &[1, 2], loopback()).await,
+    ];
+    let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        for (j, info) in infos.iter().enumerate() {
+            if i != j {
+                n.peers.add(info.clone()).unwrap();
+            }
+        }
+    }
+    nodes
+}
+
+/// Reads `n`'s events until it has seen `Connected` from every id in `ids`.
+async fn connected_to(n: &mut Node, ids: &[&str], seen: &mut Vec<String>) {
+    let mut missing: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    while !missing.is_empty() {
+        let (id, _) = n
+            .until(seen, |e| match e {
+                PeerEvent::Connected(p) => Some(p.id().to_string()),
+                _ => None,
+            })
+            .await;
+        missing.retain(|m| *m != id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_link_once_and_a_broadcast_arrives_exactly_once_everywhere() {
+    let mut nodes = three().await;
+    let names = ["a", "b", "c"];
+    let mut logs = [Vec::new(), Vec::new(), Vec::new()];
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let others: Vec<&str> = names.iter().copied().filter(|x| *x != names[i]).collect();
+        connected_to(n, &others, &mut logs[i]).await;
+    }
+    // Everyone sends at once.
+    let sends = nodes.iter().map(|n| {
+        let peers = n.peers.clone();
+        let text = format!("clip from {}", n.name);
+        async move { peers.broadcast(Message::text(text)).await }
+    });
+    for outcomes in futures_util::future::join_all(sends).await {
+        assert_eq!(outcomes.len(), 2);
+        for (peer, outcome) in outcomes {
+            assert!(outcome.is_ok(), "to {}: {outcome:?}", peer.id());
+        }
+    }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let (text, _) = n
+                .until(&mut logs[i], |e| match e {
+                    PeerEvent::Received {
+                        peer,
+                        incoming: Incoming::Message(m),
+                    } => Some(format!(
+                        "{}:{}",
+                        peer.id(),
+                        String::from_utf8_lossy(&m.payload)
+                    )),
+                    _ => None,
+                })
+                .await;
+            got.push(text);
+        }
+        got.sort();
+        let mut want: Vec<String> = names
+            .iter()
+            .filter(|x| **x != n.name)
+            .map(|x| format!("{x}:clip from {x}"))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{}", n.name);
+        // One session per pair: nothing was lost, nothing reconnected.
+        assert!(
+            logs[i]
+                .iter()
+                .all(|e| e.starts_with("connected") || e.starts_with("received")),
+            "{}: {:?}",
+            n.name,
+            logs[i]
+        );
+        for p in n.peers.list() {
+            assert_eq!(
+                *p.state().borrow(),
+                ConnectionState::Connected,
+                "{}",
+                p.id()
+            );
+            assert_eq!(p.health().borrow().reconnects, 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_is_linked_again_at_once_and_reported_as_session_lost() {
+    let mut a = node("a", 1, &[2], loopback()).await;
+    let mut b = node("b", 2, &[1], loopback()).await;
+    a.peers.add(b.info()).unwrap();
+    b.peers.add(a.info()).unwrap();
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    connected_to(&mut a, &["b"], &mut la).await;
+    connected_to(&mut b, &["a"], &mut lb).await;
+
+    // b goes away (its process ends: the transport shuts down) and comes back on its address.
+    let b_addr = b.addr.clone();
+    b.transport.shutdown().await;
+    drop(b);
+    a.until(&mut la, |e| {
+        matches!(e, PeerEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
+    let restarted = Instant::now();
+    let mut b = node("b", 2, &[1], b_addr).await;
+    b.peers.add(a.info()).unwrap();
+    // a had a session with b: the new one is a loss (b may have missed things); b starts
+    // afresh.
+    a.until(&mut la, |e| {
+        matches!(e, PeerEvent::SessionLost(_)).then_some(())
+    })
+    .await;
+    let relinked = restarted.elapsed();
+    connected_to(&mut b, &["a"], &mut lb).await;
+    eprintln!("restarted peer linked again {relinked:?} after it started");
+    // And the link carries.
+    let peer_a = b.peers.get(&a.wire_key()).unwrap();
+    peer_a.send(Message::text("back")).await.unwrap();
+    let (text, _) = a
+        .until(&mut la, |e| match e {
+            PeerEvent::Received {
+                incoming: Incoming::Message(m),
+                ..
+            } => Some(m.payload.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(&text[..], b"back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_peer_is_closed_told_last_and_refused() {
+    let mut a = node("a", 1, &[2], loopback()).await;
+    let mut b = node("b", 2, &[1], loopback()).await;
+    a.peers.add(b.info()).unwrap();
+    b.peers.add(a.info()).unwrap();
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    connected_to(&mut a, &["b"], &mut la).await;
+    connected_to(&mut b, &["a"], &mut lb).await;
+    assert!(a.peers.remove(&b.wire_key()));
+    assert!(!a.peers.remove(&b.wire_key()), "removed twice");
+    a.until(&mut la, |e| {
+        matches!(e, PeerEvent::Removed(_)).then_some(())
+    })
+    .await;
+    assert!(a.peers.get(&b.wire_key()).is_none());
+    let (cause, _) = b
+        .until(&mut lb, |e| match e {
+            PeerEvent::Disconnected { cause, .. } => Some(cause.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(cause.contains("normal"), "{cause}");
+    // b's connections are refused now; once a adds b again, the two are linked again, and b
+    // learns that its session with a was lost.
+    a.peers.add(b.info()).unwrap();
+    connected_to(&mut a, &["b"], &mut la).await;
+    b.until(&mut lb, |e| {
+        matches!(e, PeerEvent::SessionLost(_)).then_some(())
+    })
+    .await;
+    let to_b = a.peers.get(&b.wire_key()).unwrap();
+    to_b.send(Message::text("welcome back")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_settles_every_send_and_tells_the_peers_going_away() {
+    let mut a = node("a", 1, &[2], loopback()).await;
+    let mut b = node("b", 2, &[1], loopback()).await;
+    a.peers.add(b.info()).unwrap();
+    b.peers.add(a.info()).unwrap();
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    connected_to(&mut a, &["b"], &mut la).await;
+    connected_to(&mut b, &["a"], &mut lb).await;
+    let to_b = a.peers.get(&b.wire_key()).unwrap();
+    // b reads nothing from now on; a queues sends until the queue is full.
+    let mut pending = Vec::new();
+    while let Ok(f) = to_b.try_send(Message::text("x".repeat(1000))) {
+        pending.push(tokio::spawn(f));
+        assert!(pending.len() < 100_000, "the queue never filled");
+    }
+    a.transport.shutdown().await;
+    assert!(a.transport.is_shut_down());
+    for p in pending {
+        let outcome = tokio::time::timeout(Duration::from_secs(5), p)
+            .await
+            .expect("a send did not settle at shutdown")
+            .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Ok(()) | Err(SendError::Unknown(_) | SendError::Closed(_))
+            ),
+            "{outcome:?}"
+        );
+    }
+    let (cause, _) = b
+        .until(&mut lb, |e| match e {
+            PeerEvent::Disconnected { cause, .. } => Some(cause.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(cause.contains("going away"), "{cause}");
+    let e = a
+        .transport
+        .connect(&b.info(), auth(&a.key, &[&b.key]))
+        .await;
+    assert!(matches!(e, Err(ConnectError::ShutDown)), "{e:?}");
+    assert!(matches!(a.peers.add(b.info()), Err(ConnectError::ShutDown)));
+}
+
+#[tokio::test]
+async fn dropping_the_transport_closes_its_connections_with_going_away() {
+    let (ka, kb) = (key(1), key(2));
+    let server = transport(cfg());
+    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
+    let peer = PeerInfo::new("server", vec![listener.local_addr().clone()]);
+    let client = transport(cfg());
+    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    let (c, mut s) = (c.unwrap(), s.unwrap());
+    drop(client);
+    let mut state = s.state();
+    wait_state(&mut state, |st| matches!(st, ConnectionState::Closed(_))).await;
+    assert!(s.receive().await.is_err());
+    let ConnectionState::Closed(cause) = state.borrow().clone() else {
+        unreachable!()
+    };
+    assert!(cause.to_string().contains("going away"), "{cause}");
+    assert!(matches!(
+        c.send(Message::text("late")).await,
+        Err(SendError::Closed(_) | SendError::Unknown(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_unknown_but_trusted_key_is_refused_by_a_peer_set() {
+    // a trusts b's key, but b is not a peer of a's set.
+    let a = node("a", 1, &[2], loopback()).await;
+    let b_key = key(2);
+    let stranger = transport(cfg());
+    let e = stranger
+        .connect(&a.info(), auth(&b_key, &[&a.key]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConnectError::Refused {
+                reason: clipsync::wire::ReasonCode::KeyNotAuthorized,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
