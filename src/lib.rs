@@ -72,3 +72,7 @@ pub mod net;
 pub mod secure;
 pub mod transport;
 pub mod wire;
+
+/// The SSH key types used in this crate's signatures (`PeerInfo::with_key`, `SshAuthenticator`),
+/// so an engine needs no `ssh-key` dependency of its own (and never a mismatched version).
+pub use ssh_key;
