@@ -228,6 +228,17 @@ impl StreamSender {
         }
     }
 
+    /// Writes everything `reader` yields, then finishes: the bytes sent once the peer has
+    /// verified them.
+    pub(crate) async fn send_all<R: AsyncRead + Unpin>(
+        mut self,
+        reader: &mut R,
+    ) -> Result<u64, SendError> {
+        let n = self.copy_from(reader).await?;
+        self.finish().await?;
+        Ok(n)
+    }
+
     /// Ends the stream and waits until the receiver has verified it (length and BLAKE3), or
     /// failed it (then [`SendError::Stream`] says why), or the connection ended (delivery
     /// unknown).

@@ -146,9 +146,7 @@ impl ConnectionSender {
         total_len: Option<u64>,
         reader: &mut R,
     ) -> Result<u64, SendError> {
-        let mut s = self.open_stream(content_type, total_len).await?;
-        let n = s.copy_from(reader).await?;
-        s.finish().await?;
-        Ok(n)
+        let s = self.open_stream(content_type, total_len).await?;
+        s.send_all(reader).await
     }
 }
