@@ -124,6 +124,18 @@ async fn connected_to(n: &mut Node, ids: &[&str], seen: &mut Vec<String>) {
     }
 }
 
+/// Two nodes that know each other, linked; with the events each saw so far.
+async fn linked_pair() -> (Node, Node, Vec<String>, Vec<String>) {
+    let mut a = node("a", 1, &[2], loopback()).await;
+    let mut b = node("b", 2, &[1], loopback()).await;
+    a.peers.add(b.info()).unwrap();
+    b.peers.add(a.info()).unwrap();
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    connected_to(&mut a, &["b"], &mut la).await;
+    connected_to(&mut b, &["a"], &mut lb).await;
+    (a, b, la, lb)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_link_once_and_a_broadcast_arrives_exactly_once_everywhere() {
     let mut nodes = three().await;
@@ -194,13 +206,7 @@ async fn three_peers_link_once_and_a_broadcast_arrives_exactly_once_everywhere()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_peer_is_linked_again_at_once_and_reported_as_session_lost() {
-    let mut a = node("a", 1, &[2], loopback()).await;
-    let mut b = node("b", 2, &[1], loopback()).await;
-    a.peers.add(b.info()).unwrap();
-    b.peers.add(a.info()).unwrap();
-    let (mut la, mut lb) = (Vec::new(), Vec::new());
-    connected_to(&mut a, &["b"], &mut la).await;
-    connected_to(&mut b, &["a"], &mut lb).await;
+    let (mut a, b, mut la, mut lb) = linked_pair().await;
 
     // b goes away (its process ends: the transport shuts down) and comes back on its address.
     let b_addr = b.addr.clone();
@@ -239,13 +245,7 @@ async fn a_restarted_peer_is_linked_again_at_once_and_reported_as_session_lost()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_peer_is_closed_told_last_and_refused() {
-    let mut a = node("a", 1, &[2], loopback()).await;
-    let mut b = node("b", 2, &[1], loopback()).await;
-    a.peers.add(b.info()).unwrap();
-    b.peers.add(a.info()).unwrap();
-    let (mut la, mut lb) = (Vec::new(), Vec::new());
-    connected_to(&mut a, &["b"], &mut la).await;
-    connected_to(&mut b, &["a"], &mut lb).await;
+    let (mut a, mut b, mut la, mut lb) = linked_pair().await;
     assert!(a.peers.remove(&b.wire_key()));
     assert!(!a.peers.remove(&b.wire_key()), "removed twice");
     a.until(&mut la, |e| {
@@ -274,48 +274,67 @@ async fn a_removed_peer_is_closed_told_last_and_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_settles_every_send_and_tells_the_peers_going_away() {
-    let mut a = node("a", 1, &[2], loopback()).await;
-    let mut b = node("b", 2, &[1], loopback()).await;
-    a.peers.add(b.info()).unwrap();
-    b.peers.add(a.info()).unwrap();
-    let (mut la, mut lb) = (Vec::new(), Vec::new());
-    connected_to(&mut a, &["b"], &mut la).await;
-    connected_to(&mut b, &["a"], &mut lb).await;
-    let to_b = a.peers.get(&b.wire_key()).unwrap();
-    // b reads nothing from now on; a queues sends until the queue is full.
+    let (a, mut b, _la, mut lb) = linked_pair().await;
+    let b_key = b.wire_key();
+    let b_info = b.info();
+    let to_b = a.peers.get(&b_key).unwrap();
+    // b's engine reads all the time, as a sync engine does: what it received, and why a left.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let (cause, _) = b
+            .until(&mut lb, |e| match e {
+                PeerEvent::Received {
+                    incoming: Incoming::Message(m),
+                    ..
+                } => {
+                    got.push(m.payload.clone());
+                    None
+                }
+                PeerEvent::Disconnected { cause, .. } => Some(cause.clone()),
+                _ => None,
+            })
+            .await;
+        (got, cause, b)
+    });
+    // a queues sends faster than they can go until its queue is full, then shuts down.
     let mut pending = Vec::new();
-    while let Ok(f) = to_b.try_send(Message::text("x".repeat(1000))) {
-        pending.push(tokio::spawn(f));
+    for i in 0.. {
+        let payload = format!("{i:08}").repeat(125);
+        match to_b.try_send(Message::text(payload.clone())) {
+            Ok(f) => pending.push((payload, tokio::spawn(f))),
+            Err(_) => break,
+        }
         assert!(pending.len() < 100_000, "the queue never filled");
     }
     a.transport.shutdown().await;
     assert!(a.transport.is_shut_down());
-    for p in pending {
+    let mut delivered = Vec::new();
+    for (payload, p) in pending {
         let outcome = tokio::time::timeout(Duration::from_secs(5), p)
             .await
             .expect("a send did not settle at shutdown")
             .unwrap();
-        assert!(
-            matches!(
-                outcome,
-                Ok(()) | Err(SendError::Unknown(_) | SendError::Closed(_))
-            ),
-            "{outcome:?}"
-        );
+        match outcome {
+            Ok(()) => delivered.push(payload),
+            Err(SendError::Unknown(_) | SendError::Closed(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
     }
-    let (cause, _) = b
-        .until(&mut lb, |e| match e {
-            PeerEvent::Disconnected { cause, .. } => Some(cause.clone()),
-            _ => None,
-        })
-        .await;
+    let (got, cause, _b) = reader.await.unwrap();
     assert!(cause.contains("going away"), "{cause}");
-    let e = a
-        .transport
-        .connect(&b.info(), auth(&a.key, &[&b.key]))
-        .await;
+    // Nothing duplicated, and what a calls delivered, b has.
+    let got: Vec<String> = got
+        .iter()
+        .map(|p| String::from_utf8(p.to_vec()).unwrap())
+        .collect();
+    // In the order sent (the payloads sort as they were numbered), none twice.
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order or twice");
+    for d in &delivered {
+        assert!(got.binary_search(d).is_ok(), "delivered but never received");
+    }
+    let e = a.transport.connect(&b_info, auth(&a.key, &[&key(2)])).await;
     assert!(matches!(e, Err(ConnectError::ShutDown)), "{e:?}");
-    assert!(matches!(a.peers.add(b.info()), Err(ConnectError::ShutDown)));
+    assert!(matches!(a.peers.add(b_info), Err(ConnectError::ShutDown)));
 }
 
 #[tokio::test]

@@ -14,16 +14,22 @@ use clipsync::wire::ReasonCode;
 use common::*;
 use sha2::{Digest, Sha256};
 
-/// A connected pair over loopback TCP with TLS: (client, server, their transports, which own
-/// the connections and must live as long).
-async fn pair(cfg: TransportConfig) -> (Connection, Connection, (Transport, Transport)) {
+/// A connected pair over loopback TCP with TLS: (client, server, what must live as long: the
+/// transports, which own the connections, and the listener, which takes the client's resumes).
+async fn pair(
+    cfg: TransportConfig,
+) -> (
+    Connection,
+    Connection,
+    (Transport, Transport, clipsync::transport::Listener),
+) {
     let (ka, kb) = (key(1), key(2));
     let server = transport(cfg.clone());
     let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
     let peer = PeerInfo::new("server", vec![listener.local_addr().clone()]);
     let client = transport(cfg);
     let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
-    (c.unwrap(), s.unwrap(), (client, server))
+    (c.unwrap(), s.unwrap(), (client, server, listener))
 }
 
 /// Deterministic payload bytes: byte `i` of stream `tag` (cheap to check without storing).
@@ -358,4 +364,41 @@ async fn send_streams_large_payloads_automatically() {
     assert_eq!(m.content_type, "image/png");
     assert_eq!(m.payload, piece(4, 0, 3 << 20));
     c.await.unwrap();
+}
+
+/// An application that stops reading for several heartbeat timeouts while the peer keeps
+/// sending messages is slow, not gone: the connection stays up on both sides (no idle timeout,
+/// no reconnect), the sender waits, and every message arrives once, in order, when it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_is_not_taken_for_a_dead_connection() {
+    const N: usize = 400;
+    let cfg = fast();
+    let stall = cfg.heartbeat_timeout * 4;
+    let (client, mut server, _transports) = pair(cfg).await;
+    let client = std::sync::Arc::new(client);
+    let sender = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                c.send(Message::text(format!("{i:05}").repeat(200)))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    // The application is busy elsewhere: it reads nothing for a while.
+    tokio::time::sleep(stall).await;
+    for i in 0..N {
+        match server.receive().await.unwrap() {
+            Incoming::Message(m) => {
+                assert_eq!(&m.payload[..], format!("{i:05}").repeat(200).as_bytes())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    sender.await.unwrap();
+    for (side, h) in [("sender", client.health()), ("reader", server.health())] {
+        let h = *h.borrow();
+        assert_eq!(h.reconnects, 0, "the {side} reconnected: {h:?}");
+    }
 }

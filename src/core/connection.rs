@@ -525,11 +525,16 @@ impl Connection {
         self.connected(false);
     }
 
-    /// The connection broke underneath (end of stream, reset, write failure).
+    /// The connection broke underneath (end of stream, reset, write failure). After a close,
+    /// what was still queued for it (its `GOAWAY` and the frames before) goes nowhere.
     pub fn connection_lost(&mut self, detail: String, now: Duration) {
-        if let (Phase::Connected, Some(s)) = (self.phase, self.session.as_mut()) {
-            s.connection_lost(detail);
-            self.absorb(now);
+        match (self.phase, self.session.as_mut()) {
+            (Phase::Connected, Some(s)) => {
+                s.connection_lost(detail);
+                self.absorb(now);
+            }
+            (Phase::Closed, Some(s)) => s.connection_lost(detail),
+            _ => {}
         }
     }
 
@@ -876,6 +881,14 @@ impl Connection {
         if let (Phase::Connected, Some(s)) = (self.phase, self.session.as_mut()) {
             s.handle_frame(frame, now);
             self.absorb(now);
+        }
+    }
+
+    /// The driver stops reading the connection because its application is behind (`false`),
+    /// or reads again (`true`); see [`Session::set_reading`]. Idempotent.
+    pub fn set_reading(&mut self, reading: bool, now: Duration) {
+        if let (Phase::Connected, Some(s)) = (self.phase, self.session.as_mut()) {
+            s.set_reading(reading, now);
         }
     }
 

@@ -229,6 +229,12 @@ pub struct Session {
     /// Highest sequence number handed to the connection by [`Session::poll_transmit`]:
     /// sequenced frames above it never left this side (their fate is known).
     wire_seq: u64,
+    /// The driver does not read the connection (its application is behind): silence is
+    /// ours, not the peer's ([`Session::set_reading`]).
+    not_reading: bool,
+    /// Pongs echoing a ping sent before this instant waited behind a pause in our reading:
+    /// they prove life but measure no round trip.
+    rtt_from: Duration,
 }
 
 /// What a session that the peer lost leaves behind ([`Session::abandon`]).
@@ -285,6 +291,8 @@ impl Session {
             last_cause: None,
             degraded: false,
             wire_seq: 0,
+            not_reading: false,
+            rtt_from: now,
         }
     }
 
@@ -524,7 +532,7 @@ impl Session {
             })),
             Frame::Pong(p) => {
                 let now_us = micros(now);
-                if p.timestamp_us <= now_us {
+                if p.timestamp_us <= now_us && p.timestamp_us >= micros(self.rtt_from) {
                     let rtt = Duration::from_micros(now_us - p.timestamp_us);
                     self.srtt = Some(match self.srtt {
                         None => rtt,
@@ -901,12 +909,35 @@ impl Session {
         self.ping_sent_at = None;
         self.unacked_received = 0;
         self.ack_due = None;
+        self.not_reading = false;
+        self.rtt_from = now;
     }
 
-    /// The connection broke underneath: the session ends without a goodbye.
+    /// The driver stops reading the connection (`false`: its application holds as many
+    /// deliveries as it may, and TCP pushes back on the peer) or reads again (`true`).
+    ///
+    /// Time spent not reading is not the peer's silence (PROTOCOL.md §6.3): the idle timeout
+    /// and the missed-pong check are off while we do not read, the idle clock starts afresh
+    /// when we read again, and a pong for a ping sent before that measures our pause, not the
+    /// round trip, so it is no sample. Pings still go out: they are the peer's proof of our
+    /// life. Calling it again with the same value changes nothing.
+    pub fn set_reading(&mut self, reading: bool, now: Duration) {
+        if reading != self.not_reading {
+            return;
+        }
+        self.not_reading = !reading;
+        self.ping_sent_at = None;
+        if reading {
+            self.last_recv = self.last_recv.max(now);
+            self.rtt_from = now;
+        }
+    }
+
+    /// The connection broke underneath: the session ends without a goodbye, and nothing
+    /// still queued for the wire (also after a close: its `GOAWAY`) can leave on it.
     pub fn connection_lost(&mut self, detail: String) {
+        self.outbox.clear();
         if !self.closed {
-            self.outbox.clear();
             self.end(CloseCause::Lost(detail));
         }
     }
@@ -945,7 +976,7 @@ impl Session {
         if self.closed || self.suspended {
             return;
         }
-        if now.saturating_sub(self.last_recv) >= self.p.idle_timeout {
+        if !self.not_reading && now.saturating_sub(self.last_recv) >= self.p.idle_timeout {
             self.close(
                 ReasonCode::IdleTimeout,
                 format!(
@@ -965,7 +996,9 @@ impl Session {
             self.outbox.push_back(Frame::Ping(Ping {
                 timestamp_us: micros(now),
             }));
-            self.ping_sent_at.get_or_insert(now);
+            if !self.not_reading {
+                self.ping_sent_at.get_or_insert(now);
+            }
             self.last_ping = now;
             self.last_send = now;
         }
@@ -1020,8 +1053,12 @@ impl Session {
         if self.closed || self.suspended {
             return None;
         }
-        let idle = self.last_recv + self.p.idle_timeout;
         let ping = self.last_ping + self.ping_interval();
+        let idle = if self.not_reading {
+            ping
+        } else {
+            self.last_recv + self.p.idle_timeout
+        };
         Some(
             self.ack_due
                 .map_or(idle.min(ping), |a| a.min(idle).min(ping)),

@@ -497,8 +497,10 @@ impl Driver {
                 self.transmit(&urgent_tx, &bulk_tx).await;
                 break;
             }
-            let deadline = self.core.poll_timeout().map(|d| self.start + d);
             let can_read = self.deliveries.len() < HELD;
+            // Not reading because the application is behind is not the peer's silence.
+            self.core.set_reading(can_read, self.now());
+            let deadline = self.core.poll_timeout().map(|d| self.start + d);
             let can_take = self.core.can_take();
             let want_slot = self.chunk_permit.is_none() && self.core.wants_chunk_slot();
             let want_data = self.out.keys().any(|k| self.core.accepts_data(*k));

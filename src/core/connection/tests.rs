@@ -117,6 +117,12 @@ enum Op {
     Reconnect,
     Restart(Side),
     Close(Side),
+    /// The side's application falls behind (`on: false`: its driver stops reading the
+    /// connection, frames for it wait on the link) or catches up.
+    Reading {
+        side: Side,
+        on: bool,
+    },
 }
 
 fn side() -> impl Strategy<Value = Side> {
@@ -139,6 +145,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Reconnect),
         1 => side().prop_map(Op::Restart),
         1 => side().prop_map(Op::Close),
+        2 => (side(), any::<bool>()).prop_map(|(side, on)| Op::Reading { side, on }),
     ]
 }
 
@@ -193,6 +200,8 @@ struct Model {
     next_tag: u64,
     /// A's side believes in a session the listener can resume.
     shared_session: bool,
+    /// Whether each side's driver reads the connection (A, B).
+    reading: [bool; 2],
 }
 
 fn new_peer(side: Side) -> Peer {
@@ -228,6 +237,7 @@ impl Model {
             got: BTreeSet::new(),
             next_tag: 1,
             shared_session: true,
+            reading: [true, true],
         };
         m.a.core.attach(attach(Resumption::New), m.now);
         m.b.core.attach(attach(Resumption::New), m.now);
@@ -384,8 +394,17 @@ impl Model {
             Op::Tick(ms) => {
                 self.now += u32::from(ms) * MS;
                 let now = self.now;
+                let before = [self.a.core.phase(), self.b.core.phase()];
                 self.a.core.handle_timeout(now);
                 self.b.core.handle_timeout(now);
+                // A side that does not read hears nothing, and that is not the peer's silence:
+                // no timer may end its connection (PROTOCOL.md §6.3).
+                for (i, s) in [Side::A, Side::B].into_iter().enumerate() {
+                    let after = self.peer(s).core.phase();
+                    if !self.reading[i] && before[i] == Phase::Connected && after != before[i] {
+                        return Err(format!("{s:?} left Connected on a timer while not reading"));
+                    }
+                }
             }
             Op::Cut { half_open } => {
                 self.a_to_b.clear();
@@ -399,6 +418,7 @@ impl Model {
             Op::Restart(s) => {
                 let old = std::mem::replace(self.peer(s), new_peer(s));
                 self.peer(s).restarts = old.restarts + 1;
+                self.reading[s as usize] = true;
                 self.a_to_b.clear();
                 self.b_to_a.clear();
                 // The survivor's connection breaks (the process is gone).
@@ -420,6 +440,12 @@ impl Model {
                     .core
                     .close(ReasonCode::Normal, "model".into(), now);
             }
+            Op::Reading { side, on } => self.reading[side as usize] = on,
+        }
+        // As the driver does before every wait: tell each core whether it reads.
+        for (i, s) in [Side::A, Side::B].into_iter().enumerate() {
+            let on = self.reading[i];
+            self.peer(s).core.set_reading(on, now);
         }
         self.drain_outputs()?;
         self.check()
@@ -532,6 +558,10 @@ impl Model {
             max_frame_size: MAX_FRAME as usize,
         };
         for s in [Side::A, Side::B] {
+            if !self.reading[s as usize] {
+                // Its frames wait on the link until it reads again.
+                continue;
+            }
             let q = if s == Side::A {
                 std::mem::take(&mut self.b_to_a)
             } else {
@@ -711,6 +741,7 @@ impl Model {
     /// Heal, let everything flow, close both sides: every send must have settled.
     fn finish(&mut self) -> Result<(), String> {
         self.link_up = true;
+        self.reading = [true, true];
         self.apply(&Op::Reconnect)?;
         for _ in 0..200 {
             // The applications read everything and finish their streams.
