@@ -963,6 +963,10 @@ impl Session {
         if self.closed {
             return;
         }
+        // Sequenced frames not yet handed to the connection stay here: the session settles
+        // them as never sent, so they must not go out before the GOAWAY either.
+        let wire = self.wire_seq;
+        self.outbox.retain(|f| f.seq().is_none_or(|s| s <= wire));
         self.outbox.push_back(Frame::GoAway(GoAway {
             reason,
             last_seq: self.received,

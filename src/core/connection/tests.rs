@@ -202,6 +202,8 @@ struct Model {
     shared_session: bool,
     /// Whether each side's driver reads the connection (A, B).
     reading: [bool; 2],
+    /// Tags of messages reported not sent: they must never arrive.
+    not_sent: BTreeSet<u64>,
 }
 
 fn new_peer(side: Side) -> Peer {
@@ -238,6 +240,7 @@ impl Model {
             next_tag: 1,
             shared_session: true,
             reading: [true, true],
+            not_sent: BTreeSet::new(),
         };
         m.a.core.attach(attach(Resumption::New), m.now);
         m.b.core.attach(attach(Resumption::New), m.now);
@@ -615,6 +618,9 @@ impl Model {
                         Failure::NotSent(_) if self.got.contains(&tag) => {
                             return Err(format!("message {tag} reported not sent, but received"));
                         }
+                        Failure::NotSent(_) => {
+                            self.not_sent.insert(tag);
+                        }
                         _ => {}
                     }
                 }
@@ -657,6 +663,11 @@ impl Model {
             }
             Output::Message { payload, .. } => {
                 let tag = tag_of(&payload);
+                if self.not_sent.contains(&tag) {
+                    return Err(format!(
+                        "message {tag} received after it was reported not sent"
+                    ));
+                }
                 if !self.got.insert(tag) {
                     return Err(format!("message {tag} delivered twice"));
                 }
