@@ -1233,6 +1233,41 @@ impl Connection {
         }
     }
 
+    /// Closes as [`Connection::close_with`] does, and returns what the peer delivered that the
+    /// application had not taken yet, in order: the peer counts those as delivered (its
+    /// `GOAWAY` acknowledges them), so they must reach the application, not be dropped.
+    pub(crate) async fn close_collecting(
+        mut self,
+        reason: ReasonCode,
+        detail: String,
+    ) -> Vec<Incoming> {
+        if let Some(closer) = self.handles.closer.take() {
+            let _ = closer.send((reason, detail.clone()));
+        }
+        let _ = self
+            .handles
+            .commands
+            .send(Command::Close { reason, detail })
+            .await;
+        let Handles {
+            commands,
+            mut incoming,
+            task,
+            ..
+        } = self.handles;
+        drop(self.sender);
+        drop(commands);
+        // The task ends once the connection closed and its deliveries are handed over.
+        let mut items = Vec::new();
+        while let Some(item) = incoming.recv().await {
+            items.push(item);
+        }
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        items
+    }
+
     fn cause(&self) -> CloseCause {
         cause_of(&self.handles.state)
     }

@@ -159,8 +159,8 @@ struct Slot {
     fingerprint: String,
     /// What discovery says of the peer; each dial attempt reads the addresses afresh.
     info: Arc<Mutex<PeerInfo>>,
-    /// The current link's sending half, with a number that changes with the link; `None`
-    /// between links.
+    /// The current link's sending half, with a number that changes with the link and with
+    /// its session; `None` between links.
     link: watch::Sender<Option<(u64, ConnectionSender)>>,
     state: watch::Sender<ConnectionState>,
     health: watch::Sender<Health>,
@@ -168,6 +168,8 @@ struct Slot {
     accepted: mpsc::Sender<Connection>,
     /// Set when the peer is removed.
     removed: watch::Sender<bool>,
+    /// Connections to the peer that are up, both directions ([`Peer::live_links`]).
+    live_links: std::sync::atomic::AtomicUsize,
 }
 
 impl Peer {
@@ -204,6 +206,17 @@ impl Peer {
             *self.slot.state.borrow(),
             ConnectionState::Connected | ConnectionState::Degraded
         )
+    }
+
+    /// How many connections to the peer are up now (connected or degraded), the one this
+    /// side dialled and the one the peer dialled together: 1 once the tie-break has settled,
+    /// 2 only while it is being decided. For checks (the simulator's one-link-per-pair
+    /// invariant), not for deciding anything.
+    #[doc(hidden)]
+    pub fn live_links(&self) -> usize {
+        self.slot
+            .live_links
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current link's sender (another than link `not`), waiting for one while the peer
@@ -491,6 +504,7 @@ impl Peers {
             health: watch::channel(Health::default()).0,
             accepted,
             removed: watch::channel(false).0,
+            live_links: std::sync::atomic::AtomicUsize::new(0),
         });
         self.mesh
             .members
@@ -785,10 +799,15 @@ struct Keeper {
     /// Links that ended or were replaced, read to their end (before the others).
     draining: VecDeque<Connection>,
     pending: VecDeque<PeerEvent>,
+    /// Events about the current links, held while an old link is still being read: its
+    /// items happened before them.
+    held: VecDeque<PeerEvent>,
     announcer: Announcer,
-    /// The link sends go to.
-    current: Option<u64>,
+    /// The link sends go to, and the sessions it lost so far.
+    current: Option<(u64, u32)>,
     generations: u64,
+    /// Published carriers of sends (link and session), numbered for `Peer::on_link`.
+    epochs: u64,
     backoff: Backoff,
     /// When to dial next while no link stands.
     dial_at: Option<Instant>,
@@ -812,12 +831,14 @@ impl Keeper {
             accepted: None,
             draining: VecDeque::new(),
             pending: VecDeque::new(),
+            held: VecDeque::new(),
             announcer: Announcer {
                 tie_window,
                 ..Announcer::default()
             },
             current: None,
             generations: 0,
+            epochs: 0,
             backoff,
             // The peer with the smaller key dials first; the other gives its dial a moment to
             // arrive, so that at start both seldom dial at once.
@@ -871,6 +892,15 @@ impl Keeper {
         self.review();
     }
 
+    /// Whether a retired link that has closed still has items to hand over: they happened
+    /// before anything announced since, so announcements wait for them. (A retired dial that
+    /// never connected has none, and is not waited for.)
+    fn old_items_pending(&self) -> bool {
+        self.draining
+            .iter()
+            .any(|c| matches!(*c.state().borrow(), ConnectionState::Closed(_)))
+    }
+
     /// Looks at the links after any change: retires ended ones, picks the one sends go to,
     /// announces what changed, and schedules a dial when none is left.
     fn review(&mut self) {
@@ -894,6 +924,14 @@ impl Keeper {
                 }
             }
         }
+        let up = [&self.dialed, &self.accepted]
+            .into_iter()
+            .flatten()
+            .filter(|l| l.up())
+            .count();
+        self.slot()
+            .live_links
+            .store(up, std::sync::atomic::Ordering::Relaxed);
         // A dial of ours that keeps failing while the peer's connection stands: stop it.
         let accepted_up = self.accepted.as_ref().is_some_and(Link::up);
         let failing = self.dialed.as_ref().is_some_and(|d| {
@@ -937,10 +975,14 @@ impl Keeper {
             Some(l) => Ok(l.seen()),
             None => Err(self.last_cause.clone()),
         };
-        let generation = chosen.map(|l| l.generation);
-        if generation != self.current {
-            self.current = generation;
-            let sender = chosen.map(|l| (l.generation, l.conn.sender()));
+        // What sends go to changes with the link, and with the session on it: a send that
+        // never left a session the peer lost goes again on the next one (`Peer::on_link`),
+        // which may be on the same connection.
+        let carrier = chosen.map(|l| (l.generation, l.health.borrow().sessions_lost));
+        if carrier != self.current {
+            self.current = carrier;
+            self.epochs += 1;
+            let sender = chosen.map(|l| (self.epochs, l.conn.sender()));
             self.slot().link.send_replace(sender);
         }
         let state = chosen.map_or(ConnectionState::Connecting, |l| match &*l.state.borrow() {
@@ -972,7 +1014,11 @@ impl Keeper {
             Some(Announce::Disconnected(cause)) => PeerEvent::Disconnected { peer, cause },
         };
         tracing::info!(event = event_name(&event), "peer event");
-        self.pending.push_back(event);
+        if self.old_items_pending() {
+            self.held.push_back(event);
+        } else {
+            self.pending.push_back(event);
+        }
     }
 
     /// No link is left: dial again after a pause that depends on why the last one ended.
@@ -1046,6 +1092,13 @@ impl Keeper {
             }
             let room = self.pending.len() < PENDING;
             let drained = self.draining.is_empty();
+            // Closed links first: they end at once, and announcements wait for them; a
+            // retired dial still connecting ends when the transport's tie-break closes it.
+            let next_old = self
+                .draining
+                .iter()
+                .position(|c| matches!(*c.state().borrow(), ConnectionState::Closed(_)))
+                .unwrap_or(0);
             let dial_at = self.dial_at;
             let inbox = self.mesh.inbox.clone();
             let Self {
@@ -1066,7 +1119,7 @@ impl Keeper {
                     Err(_) => Step::InboxGone,
                 },
                 Some(conn) = accepted_rx.recv() => Step::Accepted(conn),
-                item = receive(draining.front_mut()), if room && !drained => Step::Drained(item),
+                item = receive(draining.get_mut(next_old)), if room && !drained => Step::Drained(item),
                 s = watch_link(dialed.as_mut(), room && drained), if dialed.is_some() => Step::Link(s),
                 s = watch_link(accepted.as_mut(), room && drained), if accepted.is_some() => Step::Link(s),
                 () = async { if let Some(t) = dial_at { tokio::time::sleep_until(t).await } }, if dial_at.is_some() => Step::Dial,
@@ -1090,7 +1143,11 @@ impl Keeper {
                         .push_back(PeerEvent::Received { peer, incoming });
                 }
                 Step::Drained(None) => {
-                    self.draining.pop_front();
+                    self.draining.remove(next_old);
+                    if !self.old_items_pending() {
+                        // The old links' items are all out: what happened since follows.
+                        self.pending.extend(self.held.drain(..));
+                    }
                 }
                 // A link's items ended: it is closed; `review` retires it.
                 Step::Link(LinkStep::Item(None) | LinkStep::Changed) => self.review(),
@@ -1105,12 +1162,21 @@ impl Keeper {
         self.slot().link.send_replace(None);
         let was_removed = *self.slot().removed.borrow();
         let links = [self.dialed.take(), self.accepted.take()];
-        for conn in self
-            .draining
-            .drain(..)
-            .chain(links.into_iter().flatten().map(|l| l.conn))
-        {
-            conn.close_with(reason, detail.into()).await;
+        // What the peer already counts as delivered still reaches the application, in order:
+        // the old links' items, the events held behind them, the current links' items.
+        let old: Vec<Connection> = self.draining.drain(..).collect();
+        let current: Vec<Connection> = links.into_iter().flatten().map(|l| l.conn).collect();
+        for (i, conns) in [old, current].into_iter().enumerate() {
+            if i == 1 {
+                self.pending.extend(self.held.drain(..));
+            }
+            for conn in conns {
+                for incoming in conn.close_collecting(reason, detail.into()).await {
+                    let peer = self.peer.clone();
+                    self.pending
+                        .push_back(PeerEvent::Received { peer, incoming });
+                }
+            }
         }
         let cause = CloseCause::Local(reason, detail.into());
         let announce = self
