@@ -76,6 +76,8 @@ pub struct Log {
     pub server_incarnations: u32,
     /// How connections ended: (host, cause), for every connection either side held.
     pub closes: Vec<(String, clipsync::error::CloseCause)>,
+    /// Mesh scenarios: what the peers did.
+    pub mesh: crate::mesh::MeshLog,
 }
 
 /// Records how `state`'s connection ends, at `host`.
@@ -109,7 +111,7 @@ pub struct LinkRecord {
 /// The shared [`Log`].
 pub type SharedLog = Arc<Mutex<Log>>;
 
-fn with_log<T>(log: &SharedLog, f: impl FnOnce(&mut Log) -> T) -> T {
+pub(crate) fn with_log<T>(log: &SharedLog, f: impl FnOnce(&mut Log) -> T) -> T {
     f(&mut log.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
@@ -139,7 +141,7 @@ pub fn host_key(seed: u64, host: &str) -> ssh_key::PrivateKey {
     SshAuthenticator::ed25519_from_seed(derive(seed, &format!("key/{host}")))
 }
 
-fn build_transport(
+pub(crate) fn build_transport(
     s: &Scenario,
     seed: u64,
     host: &str,
@@ -165,6 +167,10 @@ pub fn register(
     log: &SharedLog,
     sabotage: Sabotage,
 ) {
+    if s.is_mesh() {
+        crate::mesh::register(sim, s, seed, log);
+        return;
+    }
     if s.workload.mutual {
         register_mutual(sim, s, seed, log, sabotage);
         return;

@@ -63,7 +63,163 @@ pub fn check(s: &Scenario, log: &Log, end: &Ending) -> Vec<Violation> {
     if s.workload.mutual {
         single_link(s, log, &mut v);
     }
+    if s.is_mesh() {
+        mesh(s, log, end, &mut v);
+    }
     v
+}
+
+/// The mesh invariants (scenarios/README.md): converged, settled and linked at the end,
+/// convergence within the bound, clipboards only move forward, every engine message received
+/// at most once per peer incarnation (exactly once when acknowledged), no echo.
+fn mesh(s: &Scenario, log: &Log, end: &Ending, v: &mut Vec<Violation>) {
+    let m = &log.mesh;
+    if end.error.is_some() || m.converged_at.is_none() {
+        let why = m
+            .unsettled()
+            .unwrap_or_else(|| "never stayed settled".into());
+        let name = if why.starts_with("not converged") {
+            "converged"
+        } else if why.contains("link to") {
+            "single-link"
+        } else {
+            "settled"
+        };
+        violation(v, name, why);
+    }
+    if let (Some(bound), Some(took)) = (s.invariants.converge_within_ms, convergence(log, end)) {
+        if took > Duration::from_millis(bound) {
+            violation(
+                v,
+                "converged",
+                format!(
+                    "converged {} ms after the last fault or copy, bound {bound} ms",
+                    took.as_millis()
+                ),
+            );
+        }
+    }
+    // Each incarnation's clipboard only moves forward.
+    let mut last: BTreeMap<&str, &crate::mesh::Clip> = BTreeMap::new();
+    for (tag, at, clip) in &m.adopted {
+        if let Some(prev) = last.insert(tag, clip) {
+            if clip <= prev {
+                violation(
+                    v,
+                    "converged",
+                    format!(
+                        "{tag} went from {prev} back to {clip} at {:.3} s",
+                        at.as_secs_f64()
+                    ),
+                );
+            }
+        }
+    }
+    // Receipts: at most once per incarnation, only by the addressee.
+    let mut count: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut received_by: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (tag, uid, _) in &m.receipts {
+        *count.entry((tag, uid)).or_default() += 1;
+        received_by.entry(uid).or_default().push(tag);
+        match m.sends.get(uid) {
+            Some(send) if tag.split('#').next() == Some(send.to.as_str()) => {}
+            other => violation(
+                v,
+                "transport-exactly-once",
+                format!("{tag} received {uid}, sent as {other:?}"),
+            ),
+        }
+    }
+    for ((tag, uid), n) in &count {
+        if *n > 1 {
+            violation(
+                v,
+                "transport-exactly-once",
+                format!("{tag} received {uid} {n} times"),
+            );
+        }
+    }
+    for (uid, send) in &m.sends {
+        let acked = matches!(send.settled, Some((_, Settled::Delivered)));
+        let crashed_after = m
+            .crashes
+            .iter()
+            .any(|(h, at)| *h == send.to && *at >= send.issued);
+        if acked && !received_by.contains_key(uid.as_str()) && !crashed_after {
+            violation(
+                v,
+                "transport-exactly-once",
+                format!(
+                    "{uid} ({} to {}) acknowledged, never received",
+                    send.kind, send.to
+                ),
+            );
+        }
+    }
+    // No echo: a clip never goes to the incarnation that copied it, nor back to one it came
+    // from.
+    let mut got_from: BTreeMap<(&str, &crate::mesh::Clip), Vec<(&str, Duration)>> = BTreeMap::new();
+    for (tag, uid, at) in &m.receipts {
+        if let Some(send) = m.sends.get(uid) {
+            if let (Some(clip), 'C') = (&send.clip, send.kind) {
+                got_from
+                    .entry((tag, clip))
+                    .or_default()
+                    .push((send.from.as_str(), *at));
+            }
+        }
+    }
+    for (tag, uid, _) in &m.receipts {
+        let Some(send) = m.sends.get(uid) else {
+            continue;
+        };
+        let (Some(clip), 'C') = (&send.clip, send.kind) else {
+            continue;
+        };
+        let echoed = clip.origin == *tag
+            || got_from
+                .get(&(send.from.as_str(), clip))
+                .is_some_and(|froms| froms.iter().any(|(f, at)| f == tag && *at <= send.issued));
+        if echoed {
+            violation(
+                v,
+                "no-echo",
+                format!(
+                    "{} sent {clip} to {tag}, which had sent it or copied it",
+                    send.from
+                ),
+            );
+        }
+    }
+}
+
+/// How long the mesh took to converge: from the later of the last healing fault and the last
+/// copy, until the last live peer held the clip they all ended with. `None` if they did not
+/// converge.
+pub fn convergence(log: &Log, end: &Ending) -> Option<Duration> {
+    let m = &log.mesh;
+    m.converged_at?;
+    let tags: Vec<String> = m.live().iter().map(|n| m.tag(n)).collect();
+    let last = m.clipboard(tags.first()?)?;
+    let reached = tags
+        .iter()
+        .map(|t| {
+            m.adopted
+                .iter()
+                .find(|(tag, _, c)| tag == t && c == last)
+                .map(|(_, at, _)| *at)
+        })
+        .collect::<Option<Vec<Duration>>>()?
+        .into_iter()
+        .max()?;
+    let last_copy = m
+        .created
+        .iter()
+        .map(|(at, _)| *at)
+        .max()
+        .unwrap_or_default();
+    let from = end.last_heal.unwrap_or_default().max(last_copy);
+    Some(reached.saturating_sub(from))
 }
 
 /// Simultaneous dial: at the end each side holds exactly one live connection to the other,

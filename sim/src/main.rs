@@ -185,7 +185,25 @@ fn main() -> ExitCode {
             for (i, s) in scenarios.iter().enumerate() {
                 let mine: Vec<_> = outcomes.iter().filter(|o| o.scenario == i).collect();
                 let bad = mine.iter().filter(|o| !o.violations.is_empty()).count();
-                println!("{:<24} {:>4} seeds, {:>4} failed", s.name, mine.len(), bad);
+                let mut conv: Vec<u128> = mine
+                    .iter()
+                    .filter_map(|o| o.convergence.map(|c| c.as_millis()))
+                    .collect();
+                conv.sort_unstable();
+                let figures = match (conv.get(conv.len() / 2), conv.last()) {
+                    (Some(median), Some(max)) => {
+                        format!(
+                            ", converged after the last fault or copy in {median} ms median, {max} ms max"
+                        )
+                    }
+                    _ => String::new(),
+                };
+                println!(
+                    "{:<24} {:>4} seeds, {:>4} failed{figures}",
+                    s.name,
+                    mine.len(),
+                    bad
+                );
             }
             let runs: u32 = outcomes.iter().map(|o| o.runs).sum();
             let simulated: f64 = outcomes
@@ -218,6 +236,7 @@ fn main() -> ExitCode {
                     hash: r.hash,
                     simulated: r.simulated,
                     violations: r.violations,
+                    convergence: r.convergence,
                 };
                 print!("{}", e.to_lines());
                 ExitCode::SUCCESS
@@ -253,6 +272,12 @@ fn main() -> ExitCode {
             println!("seed: {seed}");
             println!("simulated: {:.3} s", report.simulated.as_secs_f64());
             println!("trace: {} events, hash {}", report.trace.len(), report.hash);
+            if let Some(c) = report.convergence {
+                println!(
+                    "converged: {} ms after the last fault or copy",
+                    c.as_millis()
+                );
+            }
             if report.passed() {
                 println!("verdict: pass");
                 ExitCode::SUCCESS

@@ -30,6 +30,8 @@ pub struct RunReport {
     pub simulated: Duration,
     /// What the hosts observed.
     pub log: Log,
+    /// Mesh scenarios: how long the peers took to converge after the last fault or copy.
+    pub convergence: Option<Duration>,
 }
 
 impl RunReport {
@@ -119,6 +121,20 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
                         let fault = &timeline[next].kind;
                         apply(&mut sim, fault);
                         trace.push(sim.elapsed(), "harness", &format!("FAULT {fault:?}"));
+                        // Which peers are down, for the mesh invariants.
+                        let at = sim.elapsed();
+                        let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+                        match fault {
+                            FaultKind::Crash { host } => {
+                                l.mesh.crashed.insert(host.clone());
+                                l.mesh.crashes.push((host.clone(), at));
+                            }
+                            FaultKind::Bounce { host } => {
+                                l.mesh.crashed.remove(host);
+                            }
+                            _ => {}
+                        }
+                        drop(l);
                         first_fault.get_or_insert(sim.elapsed());
                         if fault.heals() {
                             last_heal = Some(sim.elapsed());
@@ -149,6 +165,7 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
         first_fault,
     };
     let violations = invariants::check(s, &log, &ending);
+    let convergence = invariants::convergence(&log, &ending);
     let lines = trace.lines();
     RunReport {
         scenario: s.name.clone(),
@@ -158,6 +175,7 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
         violations,
         simulated,
         log,
+        convergence,
     }
 }
 
@@ -174,6 +192,8 @@ pub struct Outcome {
     pub simulated: Duration,
     /// Runs made (2 when checking determinism).
     pub runs: u32,
+    /// Mesh scenarios: convergence time (of the first run).
+    pub convergence: Option<Duration>,
 }
 
 /// Where each run of a sweep executes.
@@ -200,6 +220,8 @@ pub struct Essentials {
     pub simulated: Duration,
     /// Broken invariants.
     pub violations: Vec<Violation>,
+    /// Mesh scenarios: convergence time.
+    pub convergence: Option<Duration>,
 }
 
 impl Essentials {
@@ -210,6 +232,9 @@ impl Essentials {
             self.hash,
             self.simulated.as_nanos()
         );
+        if let Some(c) = self.convergence {
+            out.push_str(&format!("convergence {}\n", c.as_nanos()));
+        }
         for v in &self.violations {
             out.push_str(&format!(
                 "violation {}\t{}\n",
@@ -223,12 +248,15 @@ impl Essentials {
     fn parse(text: &str) -> Result<Essentials, String> {
         let mut hash = None;
         let mut simulated = None;
+        let mut convergence = None;
         let mut violations = Vec::new();
         for line in text.lines() {
             if let Some(h) = line.strip_prefix("hash ") {
                 hash = Some(h.to_string());
             } else if let Some(n) = line.strip_prefix("simulated ") {
                 simulated = n.parse::<u64>().ok().map(Duration::from_nanos);
+            } else if let Some(n) = line.strip_prefix("convergence ") {
+                convergence = n.parse::<u64>().ok().map(Duration::from_nanos);
             } else if let Some(v) = line.strip_prefix("violation ") {
                 let (name, detail) = v.split_once('\t').unwrap_or((v, ""));
                 violations.push(Violation {
@@ -241,14 +269,20 @@ impl Essentials {
             hash: hash.ok_or("child printed no hash")?,
             simulated: simulated.ok_or("child printed no simulated time")?,
             violations,
+            convergence,
         })
     }
 }
 
 /// The static name for an invariant name read back from a child.
 fn invariant_name(name: &str) -> &'static str {
-    const KNOWN: [&str; 12] = [
+    const KNOWN: [&str; 17] = [
         "single-connection",
+        "single-link",
+        "no-protocol-violation",
+        "converged",
+        "transport-exactly-once",
+        "no-echo",
         "no-panic",
         "finished",
         "exactly-once-in-order",
@@ -277,6 +311,7 @@ fn run_essentials(
                 hash: r.hash,
                 simulated: r.simulated,
                 violations: r.violations,
+                convergence: r.convergence,
             }
         }
         Isolation::Process(exe) => {
@@ -296,6 +331,7 @@ fn run_essentials(
                     invariant: "child",
                     detail,
                 }],
+                convergence: None,
             };
             match out {
                 Ok(o) if o.status.success() => {
@@ -355,6 +391,7 @@ pub fn run_many(
                         violations,
                         simulated: first.simulated,
                         runs,
+                        convergence: first.convergence,
                     };
                     results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(outcome);
                 }

@@ -83,6 +83,9 @@ pub enum Role {
     Server,
     /// Dials the server and runs the workload.
     Client,
+    /// A mesh: every host is a peer that listens, dials every other through the peer-level
+    /// API (`Transport::peers`) and runs a clipboard engine; any peer can crash and bounce.
+    Peer,
 }
 
 /// One host.
@@ -282,6 +285,16 @@ pub struct Swarm {
 }
 
 impl Scenario {
+    /// Whether this is a mesh of peers (every host `role = "peer"`).
+    pub fn is_mesh(&self) -> bool {
+        self.hosts.iter().any(|h| h.role == Role::Peer)
+    }
+
+    /// The peers of a mesh, in file order.
+    pub fn peers(&self) -> impl Iterator<Item = &HostSpec> {
+        self.hosts.iter().filter(|h| h.role == Role::Peer)
+    }
+
     /// The timeline for `seed`: the fixed one plus, in swarm mode, the seed's own faults and
     /// their heals, in time order.
     pub fn timeline_for(&self, seed: u64) -> Vec<Fault> {
@@ -292,13 +305,22 @@ impl Scenario {
             let mut pick = |r: [u64; 2]| r[0] + rng.next_u64() % (r[1] - r[0] + 1);
             let server = self.server().to_string();
             let clients: Vec<String> = self.clients().map(|c| c.name.clone()).collect();
+            let peers: Vec<String> = self.peers().map(|c| c.name.clone()).collect();
             let n = pick(sw.count);
             for _ in 0..n {
                 let kind = &sw.faults[pick([0, sw.faults.len() as u64 - 1]) as usize];
-                let client = clients[pick([0, clients.len() as u64 - 1]) as usize].clone();
+                // A mesh: any pair of peers, and any peer crashes; otherwise a client and
+                // the server, and the server crashes.
+                let (a, b, server) = if self.is_mesh() {
+                    let i = pick([0, peers.len() as u64 - 1]) as usize;
+                    let j = (i + 1 + pick([0, peers.len() as u64 - 2]) as usize) % peers.len();
+                    (peers[i].clone(), peers[j].clone(), peers[i].clone())
+                } else {
+                    let client = clients[pick([0, clients.len() as u64 - 1]) as usize].clone();
+                    (client, server.clone(), server.clone())
+                };
                 let start = pick(sw.start_ms);
                 let end = start + pick(sw.duration_ms);
-                let (a, b) = (client.clone(), server.clone());
                 let (fault, heal) = match kind.as_str() {
                     "partition" => (
                         FaultKind::Partition {
@@ -393,6 +415,18 @@ pub struct Workload {
     /// process that would settle them is gone).
     #[serde(default)]
     pub both_ways: bool,
+    /// Mesh churn: after every `churn_every`-th clip a peer removes one other peer (drawn
+    /// from its seed) from its set and adds it back after a pause drawn from `churn_ms`
+    /// (0: never).
+    #[serde(default)]
+    pub churn_every: u64,
+    /// The pause of mesh churn, `[min, max]` ms.
+    #[serde(default = "default_churn_ms")]
+    pub churn_ms: [u64; 2],
+}
+
+fn default_churn_ms() -> [u64; 2] {
+    [200, 2000]
 }
 
 fn default_stream_size() -> [usize; 2] {
@@ -419,6 +453,9 @@ pub struct Invariants {
     /// Each client connects exactly once: the faults must not cause a disconnect.
     #[serde(default)]
     pub single_connection: bool,
+    /// Mesh: after the later of the last healing fault and the last clip created, every live
+    /// peer holds the same latest clip within this many milliseconds.
+    pub converge_within_ms: Option<u64>,
 }
 
 /// Why a scenario file cannot be used.
@@ -471,12 +508,29 @@ impl Scenario {
     }
 
     fn check(&self) -> Result<(), String> {
+        let mesh = self.is_mesh();
         let servers = self.hosts.iter().filter(|h| h.role == Role::Server).count();
-        if servers != 1 {
-            return Err(format!("needs exactly one server host, has {servers}"));
+        if mesh {
+            if self.peers().count() != self.hosts.len() || self.hosts.len() < 2 {
+                return Err("a mesh has two or more hosts, all of role \"peer\"".into());
+            }
+            let w = &self.workload;
+            if w.mutual || w.both_ways {
+                return Err("mutual and both_ways are for client/server workloads".into());
+            }
+        } else {
+            if servers != 1 {
+                return Err(format!("needs exactly one server host, has {servers}"));
+            }
+            if self.clients().count() == 0 {
+                return Err("needs at least one client host".into());
+            }
+            if self.workload.churn_every > 0 || self.invariants.converge_within_ms.is_some() {
+                return Err("churn_every and converge_within_ms are for meshes".into());
+            }
         }
-        if self.clients().count() == 0 {
-            return Err("needs at least one client host".into());
+        if self.workload.churn_ms[0] > self.workload.churn_ms[1] {
+            return Err("workload churn_ms must be [min, max]".into());
         }
         let names: std::collections::BTreeSet<_> = self.hosts.iter().map(|h| &h.name).collect();
         if names.len() != self.hosts.len() {
@@ -505,7 +559,7 @@ impl Scenario {
                 }
                 FaultKind::Crash { host } | FaultKind::Bounce { host } => {
                     known(host)?;
-                    if host != self.server() {
+                    if !mesh && host != self.server() {
                         return Err(format!("only the server can crash or bounce, not {host:?}"));
                     }
                 }

@@ -1,0 +1,708 @@
+//! A mesh of N symmetric peers, each running a small clipboard engine on the peer-level API
+//! ([`clipsync::transport::Peers`]): every host listens, dials every other, and keeps one
+//! clipboard in step with the rest. What they do goes into [`MeshLog`]; the mesh invariants
+//! (`crate::invariants`) read it.
+//!
+//! ## The engine
+//!
+//! A clip is `(ts, origin, id)`: the simulated millisecond it was copied, the peer
+//! incarnation that copied it (`name#incarnation`), its number there. Clips are ordered by
+//! that triple, and a peer's clipboard only moves forward (last writer wins). Three messages
+//! travel, each with a header line and, for clips, filler up to the clip's size (large clips
+//! go as streams: `Peer::send` switches above `stream_threshold`):
+//!
+//! - `C`: a clip. Sent to every peer when copied locally, and in answer to `W`.
+//! - `H`: "I have this clip" (or none). Sent to a peer whenever its link comes up
+//!   (`Connected`, `Resumed`, `SessionLost`).
+//! - `W`: "send me your clip". Sent to one peer whose `H` (or `C`) showed a newer clip than
+//!   ours, one want at a time, so a peer that comes back is caught up once, not by everyone.
+//!   A peer that has nothing newer answers `H` instead.
+//!
+//! A peer never forwards a clip it received except in answer to `W`, and never sends a clip
+//! back to the peer incarnation it came from: no echo.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clipsync::secure::SshAuthenticator;
+use clipsync::transport::{Incoming, Message, PeerEvent, PeerInfo, Peers};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+use crate::crypto::derive;
+use crate::host::{PORT, Settled, SharedLog, build_transport, host_key, with_log};
+use crate::scenario::Scenario;
+
+/// The content type of the engine's messages.
+const CONTENT_TYPE: &str = "application/x-clipsync-sim-clip";
+/// The largest clip a peer reads.
+const MAX_CLIP: usize = 64 << 20;
+/// How often each peer writes its links into the log.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(50);
+/// How often the observer looks.
+const OBSERVE_EVERY: Duration = Duration::from_millis(100);
+/// How long everything must stay converged before the observer ends the run (late
+/// duplicates and echoes would show in it).
+const QUIET: Duration = Duration::from_secs(3);
+
+/// A clip: when, by which peer incarnation, its number there.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Clip {
+    /// Simulated milliseconds when it was copied.
+    pub ts: u64,
+    /// `name#incarnation` of the peer that copied it.
+    pub origin: String,
+    /// Its number at the origin.
+    pub id: u64,
+    /// Its size in bytes (any peer forwards it with the filler it was copied with).
+    pub size: usize,
+}
+
+impl std::fmt::Display for Clip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.origin, self.id, self.ts)
+    }
+}
+
+/// One engine message sent through the transport.
+#[derive(Clone, Debug)]
+pub struct MeshSend {
+    /// `name#incarnation` of the sender.
+    pub from: String,
+    /// The receiving peer's name.
+    pub to: String,
+    /// `C`, `H` or `W`.
+    pub kind: char,
+    /// The clip it carries or names.
+    pub clip: Option<Clip>,
+    /// When it was issued.
+    pub issued: Duration,
+    /// How it settled.
+    pub settled: Option<(Duration, Settled)>,
+}
+
+/// What a peer's links looked like at its last snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct LinkSnap {
+    /// Its incarnation.
+    pub incarnation: u32,
+    /// Per other peer: (linked, connections up).
+    pub links: BTreeMap<String, (bool, usize)>,
+}
+
+/// Everything the peers of a mesh did.
+#[derive(Clone, Debug, Default)]
+pub struct MeshLog {
+    /// The peers' names.
+    pub names: Vec<String>,
+    /// Every send by its unique id (`name#incarnation:n`).
+    pub sends: BTreeMap<String, MeshSend>,
+    /// Every receipt: (receiver `name#incarnation`, send id, when).
+    pub receipts: Vec<(String, String, Duration)>,
+    /// Clipboard changes: (peer `name#incarnation`, when, clip), in time order.
+    pub adopted: Vec<(String, Duration, Clip)>,
+    /// Clips copied: (when, clip).
+    pub created: Vec<(Duration, Clip)>,
+    /// Each peer's current incarnation.
+    pub incarnation: BTreeMap<String, u32>,
+    /// Peers crashed and not bounced (kept by the runner).
+    pub crashed: BTreeSet<String>,
+    /// Every crash: (peer, when).
+    pub crashes: Vec<(String, Duration)>,
+    /// Peer incarnations that finished their workload.
+    pub done: BTreeSet<String>,
+    /// Each peer's links at its latest snapshot.
+    pub links: BTreeMap<String, LinkSnap>,
+    /// Clips received that were not newer than the clipboard (caught up twice, or a push
+    /// that crossed a catch-up).
+    pub redundant: u64,
+    /// When the observer saw every live peer converged, settled and linked, and it stayed so.
+    pub converged_at: Option<Duration>,
+}
+
+impl MeshLog {
+    /// The peers alive at the end: not crashed.
+    pub fn live(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .filter(|n| !self.crashed.contains(*n))
+            .cloned()
+            .collect()
+    }
+
+    /// `name#incarnation` of a peer's current incarnation.
+    pub fn tag(&self, name: &str) -> String {
+        format!(
+            "{name}#{}",
+            self.incarnation.get(name).copied().unwrap_or(0)
+        )
+    }
+
+    /// The clip a peer incarnation holds: its last adoption.
+    pub fn clipboard(&self, tag: &str) -> Option<&Clip> {
+        self.adopted
+            .iter()
+            .rev()
+            .find(|(t, _, _)| t == tag)
+            .map(|(_, _, c)| c)
+    }
+
+    /// Why the mesh is not (yet) converged, settled and linked; `None` when it is.
+    pub fn unsettled(&self) -> Option<String> {
+        let live = self.live();
+        let tags: Vec<String> = live.iter().map(|n| self.tag(n)).collect();
+        if let Some(t) = tags.iter().find(|t| !self.done.contains(*t)) {
+            return Some(format!("{t} has not finished its workload"));
+        }
+        let clips: BTreeSet<Option<&Clip>> = tags.iter().map(|t| self.clipboard(t)).collect();
+        if clips.len() != 1 || clips.contains(&None) {
+            let held: Vec<String> = tags
+                .iter()
+                .map(|t| {
+                    let c = self.clipboard(t).map_or("nothing".into(), Clip::to_string);
+                    format!("{t} holds {c}")
+                })
+                .collect();
+            return Some(format!("not converged: {}", held.join(", ")));
+        }
+        for (id, s) in &self.sends {
+            if s.settled.is_none() && tags.contains(&s.from) {
+                return Some(format!("{id} ({} to {}) not settled", s.kind, s.to));
+            }
+        }
+        for n in &live {
+            let snap = self.links.get(n).cloned().unwrap_or_default();
+            for other in live.iter().filter(|o| *o != n) {
+                match snap.links.get(other) {
+                    Some((true, 1)) => {}
+                    got => {
+                        return Some(format!(
+                            "{n}'s link to {other}: {got:?} (linked, connections up)"
+                        ));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What one peer incarnation knows.
+#[derive(Debug, Default)]
+struct Engine {
+    clip: Option<Clip>,
+    /// The newest clip each peer is known to hold (this session of it).
+    known: BTreeMap<String, Clip>,
+    /// The outstanding want: what, from whom.
+    want: Option<(Clip, String)>,
+    next_clip: u64,
+}
+
+/// One peer incarnation.
+struct Node {
+    name: String,
+    tag: String,
+    log: SharedLog,
+    peers: Peers,
+    /// The other peers: name → (wire key, discovery record).
+    others: BTreeMap<String, (Vec<u8>, PeerInfo)>,
+    engine: Mutex<Engine>,
+    sends: AtomicU64,
+}
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+fn header(kind: char, clip: Option<&Clip>, uid: &str) -> String {
+    match clip {
+        Some(c) => format!("{kind} {} {} {} {} {uid}\n", c.ts, c.origin, c.id, c.size),
+        None => format!("{kind} - - - - {uid}\n"),
+    }
+}
+
+/// Reads a payload's header: kind, clip, send id.
+fn parse(payload: &[u8]) -> Option<(char, Option<Clip>, String)> {
+    let end = payload.iter().position(|b| *b == b'\n')?;
+    let line = std::str::from_utf8(&payload[..end]).ok()?;
+    let f: Vec<&str> = line.split(' ').collect();
+    let [kind, ts, origin, id, size, uid] = f.as_slice() else {
+        return None;
+    };
+    let kind = kind.chars().next()?;
+    let clip = if *ts == "-" {
+        None
+    } else {
+        Some(Clip {
+            ts: ts.parse().ok()?,
+            origin: (*origin).to_string(),
+            id: id.parse().ok()?,
+            size: size.parse().ok()?,
+        })
+    };
+    Some((kind, clip, (*uid).to_string()))
+}
+
+impl Node {
+    fn with<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        f(&mut self.engine.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Sends `kind` (with `clip`, padded to `size` bytes) to `to`, in a task; logs it and its
+    /// outcome; `then` runs with the outcome.
+    fn send(
+        self: &Arc<Self>,
+        to: &str,
+        kind: char,
+        clip: Option<Clip>,
+        then: impl FnOnce(&Arc<Node>, bool) + Send + 'static,
+    ) {
+        let Some((key, _)) = self.others.get(to) else {
+            return;
+        };
+        let Some(peer) = self.peers.get(key) else {
+            tracing::debug!(target: "clipsync_sim", to, kind = %kind, "not a member now; not sent");
+            return;
+        };
+        let n = self.sends.fetch_add(1, Ordering::Relaxed) + 1;
+        let uid = format!("{}:{n}", self.tag);
+        let mut payload = header(kind, clip.as_ref(), &uid).into_bytes();
+        if let (Some(c), 'C') = (&clip, kind) {
+            payload.resize(payload.len().max(c.size), b'.');
+        }
+        let shown = clip.as_ref().map_or("-".to_string(), Clip::to_string);
+        tracing::debug!(target: "clipsync_sim", to, kind = %kind, clip = %shown, size = payload.len(), %uid, "mesh send");
+        with_log(&self.log, |l| {
+            l.mesh.sends.insert(
+                uid.clone(),
+                MeshSend {
+                    from: self.tag.clone(),
+                    to: to.to_string(),
+                    kind,
+                    clip: clip.clone(),
+                    issued: now(),
+                    settled: None,
+                },
+            )
+        });
+        let node = self.clone();
+        tokio::spawn(async move {
+            let result = peer
+                .send(Message::new(CONTENT_TYPE, Bytes::from(payload)))
+                .await;
+            let settled = match &result {
+                Ok(()) => Settled::Delivered,
+                Err(e) => Settled::Failed(e.to_string()),
+            };
+            tracing::debug!(target: "clipsync_sim", %uid, ok = result.is_ok(), "mesh send settled");
+            with_log(&node.log, |l| {
+                if let Some(s) = l.mesh.sends.get_mut(&uid) {
+                    s.settled = Some((now(), settled));
+                }
+            });
+            then(&node, result.is_ok());
+        });
+    }
+
+    /// Sends our clip to `to`, unless it is known to have it (or something newer), or it is
+    /// the clip's origin.
+    fn push(self: &Arc<Self>, to: &str) {
+        let Some(clip) = self.with(|e| e.clip.clone()) else {
+            return;
+        };
+        let to = to.to_string();
+        let known = self.with(|e| e.known.get(&to).cloned());
+        if known.is_some_and(|k| k >= clip) {
+            return;
+        }
+        let sent = clip.clone();
+        self.send(&to.clone(), 'C', Some(clip), move |node, ok| {
+            if ok {
+                node.with(|e| raise(&mut e.known, &to, sent));
+            }
+        });
+    }
+
+    /// The application copied: a new clip, sent to every peer.
+    fn copy(self: &Arc<Self>, size: usize) {
+        let clip = self.with(|e| {
+            e.next_clip += 1;
+            let clip = Clip {
+                ts: now().as_millis() as u64,
+                origin: self.tag.clone(),
+                id: e.next_clip,
+                size,
+            };
+            e.clip = Some(clip.clone());
+            clip
+        });
+        tracing::debug!(target: "clipsync_sim", clip = %clip, size, "copy");
+        with_log(&self.log, |l| {
+            l.mesh.created.push((now(), clip.clone()));
+            l.mesh.adopted.push((self.tag.clone(), now(), clip.clone()));
+        });
+        for name in self.others.keys() {
+            self.push(name);
+        }
+    }
+
+    /// Tells `to` what we hold.
+    fn have(self: &Arc<Self>, to: &str) {
+        let clip = self.with(|e| e.clip.clone());
+        self.send(to, 'H', clip, |_, _| {});
+    }
+
+    /// Asks for the newest clip a peer is known to hold, if it is newer than ours and no want
+    /// is outstanding.
+    fn maybe_want(self: &Arc<Self>) {
+        let target = self.with(|e| {
+            // A want our clipboard has overtaken (we copied, or a push arrived) is over.
+            if e.want
+                .as_ref()
+                .is_some_and(|(w, _)| e.clip.as_ref().is_some_and(|c| c >= w))
+            {
+                e.want = None;
+            }
+            if e.want.is_some() {
+                return None;
+            }
+            let best = e
+                .known
+                .iter()
+                .filter(|(_, k)| e.clip.as_ref().is_none_or(|c| *k > c))
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(n, k)| (k.clone(), n.clone()))?;
+            e.want = Some(best.clone());
+            Some(best)
+        });
+        if let Some((clip, from)) = target {
+            let wanted = clip.clone();
+            self.send(&from.clone(), 'W', Some(clip), move |node, ok| {
+                if !ok {
+                    node.drop_want(&from, &wanted);
+                }
+            });
+        }
+    }
+
+    /// The want for `clip` from `from` is over (answered, failed, or the link went).
+    fn drop_want(self: &Arc<Self>, from: &str, clip: &Clip) {
+        let dropped = self.with(|e| {
+            let ours = e.want.as_ref().is_some_and(|(c, f)| c == clip && f == from);
+            if ours {
+                e.want = None;
+            }
+            ours
+        });
+        if dropped {
+            self.maybe_want();
+        }
+    }
+
+    /// The link to `from` went away or is new: a want outstanding there is over.
+    fn forget_want_from(self: &Arc<Self>, from: &str) {
+        let want = self.with(|e| e.want.clone());
+        if let Some((clip, f)) = want {
+            if f == from {
+                self.drop_want(from, &clip);
+            }
+        }
+    }
+
+    fn received(self: &Arc<Self>, from: &str, payload: &[u8]) {
+        let Some((kind, clip, uid)) = parse(payload) else {
+            tracing::warn!(target: "clipsync_sim", from, "unreadable payload");
+            return;
+        };
+        tracing::debug!(target: "clipsync_sim", from, kind = %kind, %uid, "mesh receive");
+        with_log(&self.log, |l| {
+            l.mesh.receipts.push((self.tag.clone(), uid.clone(), now()))
+        });
+        match (kind, clip) {
+            ('C', Some(clip)) => {
+                let newer = self.with(|e| {
+                    raise(&mut e.known, from, clip.clone());
+                    let newer = e.clip.as_ref().is_none_or(|c| clip > *c);
+                    if newer {
+                        e.clip = Some(clip.clone());
+                    }
+                    newer
+                });
+                with_log(&self.log, |l| {
+                    if newer {
+                        l.mesh.adopted.push((self.tag.clone(), now(), clip.clone()));
+                    } else {
+                        l.mesh.redundant += 1;
+                    }
+                });
+                let want = self.with(|e| e.want.clone());
+                if let Some((w, f)) = want {
+                    if w <= clip || f == from {
+                        self.drop_want(&f, &w);
+                    }
+                }
+                self.maybe_want();
+            }
+            ('H', clip) => {
+                let want = self.with(|e| e.want.clone());
+                if let Some(c) = &clip {
+                    self.with(|e| raise(&mut e.known, from, c.clone()));
+                }
+                // The peer we asked has nothing newer after all (it restarted): ask another.
+                if let Some((w, f)) = want {
+                    if f == from && clip.as_ref().is_none_or(|c| *c < w) {
+                        self.with(|e| {
+                            match &clip {
+                                Some(c) => e.known.insert(from.to_string(), c.clone()),
+                                None => e.known.remove(from),
+                            };
+                        });
+                        self.drop_want(&f, &w);
+                    }
+                }
+                self.maybe_want();
+            }
+            ('W', Some(wanted)) => {
+                let ours = self.with(|e| e.clip.clone());
+                // Our clip, if it is what was asked for or newer and the asker does not have
+                // it already (the want may have crossed our clip, or be older than a clip the
+                // asker copied and sent us itself: sending it back would echo); otherwise what
+                // we hold, so the asker can ask elsewhere or drop its want.
+                let has_it = self.with(|e| {
+                    ours.as_ref()
+                        .is_some_and(|c| e.known.get(from).is_some_and(|k| k >= c))
+                });
+                match ours {
+                    Some(c) if c >= wanted && !has_it => self.push(from),
+                    _ => self.have(from),
+                }
+            }
+            other => {
+                tracing::warn!(target: "clipsync_sim", from, ?other, "unexpected payload")
+            }
+        }
+    }
+
+    /// Mesh churn: removes `victim` from the set, adds it back after `pause`.
+    async fn churn(&self, victim: &str, pause: Duration) {
+        let Some((key, info)) = self.others.get(victim) else {
+            return;
+        };
+        tracing::debug!(target: "clipsync_sim", victim, "churn: remove");
+        self.peers.remove(key);
+        tokio::time::sleep(pause).await;
+        tracing::debug!(target: "clipsync_sim", victim, "churn: add back");
+        if let Err(e) = self.peers.add(info.clone()) {
+            tracing::warn!(target: "clipsync_sim", victim, error = %e, "churn: add failed");
+        }
+    }
+
+    fn event(self: &Arc<Self>, event: PeerEvent) {
+        match event {
+            PeerEvent::Received { peer, incoming } => {
+                let from = peer.id().to_string();
+                match incoming {
+                    Incoming::Message(m) => self.received(&from, &m.payload),
+                    Incoming::Stream(s) => {
+                        let node = self.clone();
+                        tokio::spawn(async move {
+                            match s.read_to_end(MAX_CLIP).await {
+                                Ok(p) => node.received(&from, &p),
+                                Err(e) => {
+                                    tracing::debug!(target: "clipsync_sim", from, error = %e, "clip stream failed")
+                                }
+                            }
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            PeerEvent::Connected(p) | PeerEvent::SessionLost(p) => {
+                let name = p.id().to_string();
+                tracing::debug!(target: "clipsync_sim", peer = %name, "new session");
+                // A new session: the peer may have restarted and hold nothing.
+                self.with(|e| e.known.remove(&name));
+                self.forget_want_from(&name);
+                self.have(&name);
+            }
+            PeerEvent::Resumed(p) => self.have(p.id()),
+            PeerEvent::Disconnected { peer, .. } | PeerEvent::Removed(peer) => {
+                self.forget_want_from(peer.id());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn raise(known: &mut BTreeMap<String, Clip>, name: &str, clip: Clip) {
+    let entry = known
+        .entry(name.to_string())
+        .or_insert_with(|| clip.clone());
+    if clip > *entry {
+        *entry = clip;
+    }
+}
+
+/// Registers a mesh scenario's peers, and the observer that ends the run.
+pub fn register(sim: &mut turmoil::Sim<'_>, s: &Scenario, seed: u64, log: &SharedLog) {
+    let names: Vec<String> = s.peers().map(|h| h.name.clone()).collect();
+    with_log(log, |l| l.mesh.names = names.clone());
+    for name in &names {
+        let incarnations = Arc::new(AtomicU32::new(0));
+        let scenario = s.clone();
+        let log = log.clone();
+        let name = name.clone();
+        let names = names.clone();
+        sim.host(name.clone().as_str(), move || {
+            let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+            run_peer(
+                scenario.clone(),
+                seed,
+                log.clone(),
+                name.clone(),
+                names.clone(),
+                incarnation,
+            )
+        });
+    }
+    let last_fault = s
+        .timeline_for(seed)
+        .last()
+        .map_or(Duration::ZERO, |f| Duration::from_millis(f.at_ms));
+    let log = log.clone();
+    sim.client("observer", async move {
+        observe(log, last_fault).await;
+        Ok(())
+    });
+}
+
+/// Ends the run once the last fault is behind, every live peer finished, converged, settled
+/// and linked once to every other, and it stayed so for [`QUIET`].
+async fn observe(log: SharedLog, last_fault: Duration) {
+    let mut since: Option<Duration> = None;
+    loop {
+        tokio::time::sleep(OBSERVE_EVERY).await;
+        let unsettled = with_log(&log, |l| l.mesh.unsettled());
+        match (unsettled, since) {
+            (None, None) if now() > last_fault => since = Some(now()),
+            (None, Some(t)) if now().saturating_sub(t) >= QUIET => {
+                with_log(&log, |l| l.mesh.converged_at = Some(t));
+                tracing::info!(target: "clipsync_sim", at_ms = t.as_millis() as u64, "mesh settled");
+                return;
+            }
+            (Some(_), Some(_)) => since = None,
+            _ => {}
+        }
+    }
+}
+
+type HostResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn run_peer(
+    s: Scenario,
+    seed: u64,
+    log: SharedLog,
+    name: String,
+    names: Vec<String>,
+    incarnation: u32,
+) -> HostResult {
+    let tag = format!("{name}#{incarnation}");
+    tracing::info!(target: "clipsync_sim", incarnation, "peer start");
+    with_log(&log, |l| {
+        l.mesh.incarnation.insert(name.clone(), incarnation);
+    });
+    let transport = build_transport(&s, seed, &name, incarnation)?;
+    let others: BTreeMap<String, (Vec<u8>, PeerInfo)> = names
+        .iter()
+        .filter(|n| **n != name)
+        .map(|n| {
+            let key = host_key(seed, n).public_key().clone();
+            let wire = key.to_bytes().unwrap_or_default();
+            let info = PeerInfo::new(n.clone(), vec![format!("{n}:{PORT}").parse()?]).with_key(key);
+            Ok((n.clone(), (wire, info)))
+        })
+        .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+    let trusted = others
+        .values()
+        .map(|(_, i)| host_key(seed, &i.id).public_key().clone())
+        .collect();
+    let auth = Arc::new(SshAuthenticator::new(host_key(seed, &name), trusted)?);
+    let (peers, mut events) = transport.peers(auth);
+    peers.listen(&format!("0.0.0.0:{PORT}").parse()?).await?;
+    for (_, info) in others.values() {
+        peers.add(info.clone())?;
+    }
+    let node = Arc::new(Node {
+        name: name.clone(),
+        tag: tag.clone(),
+        log: log.clone(),
+        peers: peers.clone(),
+        others,
+        engine: Mutex::new(Engine::default()),
+        sends: AtomicU64::new(0),
+    });
+    tokio::spawn(snapshot_links(node.clone(), incarnation));
+    tokio::spawn(workload(node.clone(), s.clone(), seed, incarnation));
+    while let Some(event) = events.next().await {
+        node.event(event);
+    }
+    Ok(())
+}
+
+/// Writes the peer's links into the log every [`SNAPSHOT_EVERY`].
+async fn snapshot_links(node: Arc<Node>, incarnation: u32) {
+    loop {
+        let links = node
+            .others
+            .iter()
+            .map(|(n, (key, _))| {
+                let l = node
+                    .peers
+                    .get(key)
+                    .map_or((false, 0), |p| (p.is_linked(), p.live_links()));
+                (n.clone(), l)
+            })
+            .collect();
+        with_log(&node.log, |l| {
+            l.mesh
+                .links
+                .insert(node.name.clone(), LinkSnap { incarnation, links })
+        });
+        tokio::time::sleep(SNAPSHOT_EVERY).await;
+    }
+}
+
+/// The application copying: `messages` clips (a quarter as many after a restart), sizes and
+/// pauses drawn from the seed, every `stream_every`-th a large one; with churn, a peer
+/// removed and added back now and then.
+async fn workload(node: Arc<Node>, s: Scenario, seed: u64, incarnation: u32) {
+    let w = &s.workload;
+    let mut rng = ChaCha20Rng::from_seed(derive(seed, &format!("workload/{}", node.tag)));
+    let mut pick = |r: [u64; 2]| r[0] + rng.next_u64() % (r[1] - r[0] + 1);
+    let clips = if incarnation == 0 {
+        w.messages
+    } else {
+        w.messages / 4
+    };
+    let names: Vec<String> = node.others.keys().cloned().collect();
+    for n in 1..=clips {
+        tokio::time::sleep(Duration::from_millis(pick(w.interval_ms))).await;
+        let large = w.stream_every > 0 && n % w.stream_every == 0;
+        let range = if large { w.stream_size } else { w.size };
+        let size = pick([range[0] as u64, range[1] as u64]) as usize;
+        node.copy(size);
+        if w.churn_every > 0 && n % w.churn_every == 0 {
+            let victim = names[pick([0, names.len() as u64 - 1]) as usize].clone();
+            let pause = Duration::from_millis(pick(w.churn_ms));
+            let node = node.clone();
+            tokio::spawn(async move { node.churn(&victim, pause).await });
+        }
+    }
+    with_log(&node.log, |l| {
+        l.mesh.done.insert(node.tag.clone());
+    });
+    tracing::debug!(target: "clipsync_sim", "workload done");
+}
