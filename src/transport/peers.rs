@@ -821,7 +821,6 @@ impl Keeper {
     fn new(mesh: Arc<Mesh>, peer: Peer, accepted_rx: mpsc::Receiver<Connection>) -> Self {
         let backoff = Backoff::new(mesh.transport.inner.cfg.backoff_policy());
         let tie_window = mesh.transport.inner.cfg.handshake_timeout;
-        let yield_time = mesh.transport.inner.cfg.backoff_initial;
         let own_smaller = mesh.own_key.as_ref() < peer.key().as_ref();
         Self {
             mesh,
@@ -840,16 +839,10 @@ impl Keeper {
             generations: 0,
             epochs: 0,
             backoff,
-            // The peer with the smaller key dials first; the other gives its dial a moment to
-            // arrive, so that at start both seldom dial at once.
-            dial_at: Some(
-                Instant::now()
-                    + if own_smaller {
-                        Duration::ZERO
-                    } else {
-                        yield_time
-                    },
-            ),
+            // Both sides dial at once: a peer that just (re)started is linked after one
+            // handshake, whoever has the smaller key; when both dial, the tie-break keeps the
+            // smaller key's connection and closes the other (one handshake wasted, at start).
+            dial_at: Some(Instant::now()),
             last_cause: String::new(),
             own_smaller,
             start: Instant::now(),
