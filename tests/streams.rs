@@ -402,3 +402,79 @@ async fn a_stalled_reader_is_not_taken_for_a_dead_connection() {
         assert_eq!(h.reconnects, 0, "the {side} reconnected: {h:?}");
     }
 }
+
+/// A sender that knows its payload's BLAKE3 announces it at STREAM_OPEN: the receiver sees
+/// length and hash before any byte; one that lacks the payload reads and verifies it, one that
+/// has it already drops it and the sender's stream settles `cancelled`; bytes that do not match
+/// the announced hash fail the stream with `stream integrity`, and the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_hash_lets_the_receiver_skip_what_it_has() {
+    let (client, mut server, _transports) = pair(cfg()).await;
+    let image = piece(4, 0, 3 << 20);
+    let hash = *blake3::hash(&image).as_bytes();
+    let mut have = std::collections::BTreeSet::new();
+    for round in 0..2 {
+        let mut s = client
+            .open_stream_hashed("image/png", image.len() as u64, hash)
+            .await
+            .unwrap();
+        let writer = {
+            let image = image.clone();
+            tokio::spawn(async move {
+                // The writes stop being taken once the peer has said no.
+                let _ = s.write(image).await;
+                s.finish().await
+            })
+        };
+        let incoming = expect_stream(&mut server).await;
+        assert_eq!(incoming.hash(), Some(hash));
+        assert_eq!(incoming.total_len(), Some(image.len() as u64));
+        let outcome = if have.contains(&incoming.hash().unwrap()) {
+            drop(incoming);
+            writer.await.unwrap()
+        } else {
+            let got = incoming.read_to_end(8 << 20).await.unwrap();
+            assert_eq!(got, image);
+            have.insert(hash);
+            writer.await.unwrap()
+        };
+        match round {
+            0 => outcome.unwrap(),
+            _ => assert!(
+                matches!(
+                    outcome,
+                    Err(SendError::Stream {
+                        reason: ReasonCode::Cancelled,
+                        ..
+                    })
+                ),
+                "{outcome:?}"
+            ),
+        }
+    }
+    // A payload that is not what was announced.
+    let mut s = client
+        .open_stream_hashed("image/png", 3, [7; 32])
+        .await
+        .unwrap();
+    s.write(Bytes::from_static(b"abc")).await.unwrap();
+    let finished = s.finish().await;
+    assert!(
+        matches!(
+            finished,
+            Err(SendError::Stream {
+                reason: ReasonCode::StreamIntegrity,
+                ..
+            })
+        ),
+        "{finished:?}"
+    );
+    client.send(Message::text("after")).await.unwrap();
+    let mut next = server.receive().await.unwrap();
+    // The failed stream may reach the receiver first (as a stream that fails); then the message.
+    if let Incoming::Stream(s) = next {
+        assert!(s.read_to_end(1024).await.is_err());
+        next = server.receive().await.unwrap();
+    }
+    assert_eq!(next.into_message().unwrap(), Message::text("after"));
+}

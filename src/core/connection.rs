@@ -278,6 +278,7 @@ struct QueuedOpen {
     id: SendId,
     content_type: String,
     total_len: Option<u64>,
+    hash: Option<[u8; 32]>,
 }
 
 /// What the application asked of an outgoing stream and the session has not taken yet.
@@ -606,6 +607,20 @@ impl Connection {
         total_len: Option<u64>,
         now: Duration,
     ) -> Result<(), Failure> {
+        self.open_stream_hashed(id, content_type, total_len, None, now)
+    }
+
+    /// [`Connection::open_stream`], announcing the payload's BLAKE3 in `STREAM_OPEN` (flag
+    /// HASH_KNOWN): the receiver knows it before any byte. Bytes that do not match abort the
+    /// stream with `stream integrity` at its end (PROTOCOL.md §5.2).
+    pub fn open_stream_hashed(
+        &mut self,
+        id: SendId,
+        content_type: String,
+        total_len: Option<u64>,
+        hash: Option<[u8; 32]>,
+        now: Duration,
+    ) -> Result<(), Failure> {
         self.check_new_send(&content_type)?;
         if self.session.as_ref().is_some_and(|s| !s.streams_enabled()) {
             return Err(Failure::StreamsUnsupported);
@@ -614,6 +629,7 @@ impl Connection {
             id,
             content_type,
             total_len,
+            hash,
         });
         self.pump_opens();
         self.absorb(now);
@@ -674,7 +690,7 @@ impl Connection {
             return;
         }
         while let Some(o) = self.opens.pop_front() {
-            match s.open_stream(o.content_type.clone(), o.total_len, None) {
+            match s.open_stream(o.content_type.clone(), o.total_len, o.hash) {
                 Ok(id) => {
                     self.out.insert(id, OutStream::default());
                     self.outputs.push_back(Output::StreamReady {

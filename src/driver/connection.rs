@@ -39,6 +39,7 @@ pub(crate) enum Command {
     OpenStream {
         content_type: String,
         total_len: Option<u64>,
+        hash: Option<[u8; 32]>,
         reply: oneshot::Sender<Result<StreamSender, SendError>>,
     },
     Close {
@@ -727,8 +728,12 @@ impl Driver {
             Command::OpenStream {
                 content_type,
                 total_len,
+                hash,
                 reply,
-            } => match self.core.open_stream(id, content_type, total_len, now) {
+            } => match self
+                .core
+                .open_stream_hashed(id, content_type, total_len, hash, now)
+            {
                 Ok(()) => {
                     self.waiting.insert(id, Waiting::Open { reply, total_len });
                 }

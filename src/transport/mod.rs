@@ -1147,6 +1147,18 @@ impl Connection {
         self.sender.open_stream(content_type, total_len).await
     }
 
+    /// See [`ConnectionSender::open_stream_hashed`].
+    pub async fn open_stream_hashed(
+        &self,
+        content_type: impl Into<String>,
+        total_len: u64,
+        hash: [u8; 32],
+    ) -> Result<StreamSender, SendError> {
+        self.sender
+            .open_stream_hashed(content_type, total_len, hash)
+            .await
+    }
+
     /// See [`ConnectionSender::send_stream`].
     pub async fn send_stream<R: tokio::io::AsyncRead + Unpin>(
         &self,

@@ -315,6 +315,22 @@ impl Peer {
         .await
     }
 
+    /// Opens a stream of a payload whose length and BLAKE3 are known, on the current link
+    /// ([`ConnectionSender::open_stream_hashed`]): the peer can drop a payload it already has.
+    pub async fn open_stream_hashed(
+        &self,
+        content_type: impl Into<String>,
+        total_len: u64,
+        hash: [u8; 32],
+    ) -> Result<StreamSender, SendError> {
+        let content_type = content_type.into();
+        self.on_link(|s| {
+            let ct = content_type.clone();
+            async move { s.open_stream_hashed(ct, total_len, hash).await }
+        })
+        .await
+    }
+
     /// Streams everything `reader` yields to the peer and waits until it verified it
     /// ([`ConnectionSender::send_stream`]); returns the bytes sent.
     pub async fn send_stream<R: tokio::io::AsyncRead + Unpin>(

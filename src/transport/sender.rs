@@ -83,6 +83,7 @@ impl ConnectionSender {
             Command::OpenStream {
                 content_type: message.content_type.clone(),
                 total_len: Some(message.payload.len() as u64),
+                hash: None,
                 reply,
             }
         } else {
@@ -123,10 +124,46 @@ impl ConnectionSender {
         content_type: impl Into<String>,
         total_len: Option<u64>,
     ) -> Result<StreamSender, SendError> {
+        self.open(content_type.into(), total_len, None).await
+    }
+
+    /// Opens a stream of a payload whose length and BLAKE3 the application already knows (a
+    /// clipboard engine hashes what it captures anyway). Both go in `STREAM_OPEN`, so the
+    /// receiver sees them ([`crate::transport::IncomingStream::hash`]) before any byte and can
+    /// drop a payload it already has: the stream then settles for this side with
+    /// [`SendError::Stream`] `cancelled` (15), after at most a window of bytes. The bytes
+    /// written must be exactly that payload, or the stream fails with `stream integrity` (14).
+    ///
+    /// ```no_run
+    /// # async fn demo(to: clipsync::transport::ConnectionSender, png: bytes::Bytes)
+    /// # -> Result<(), clipsync::error::SendError> {
+    /// let hash = *blake3::hash(&png).as_bytes();
+    /// let mut s = to.open_stream_hashed("image/png", png.len() as u64, hash).await?;
+    /// s.write(png).await?;
+    /// s.finish().await // Err(SendError::Stream { reason: Cancelled, .. }): the peer had it
+    /// # }
+    /// ```
+    pub async fn open_stream_hashed(
+        &self,
+        content_type: impl Into<String>,
+        total_len: u64,
+        hash: [u8; 32],
+    ) -> Result<StreamSender, SendError> {
+        self.open(content_type.into(), Some(total_len), Some(hash))
+            .await
+    }
+
+    async fn open(
+        &self,
+        content_type: String,
+        total_len: Option<u64>,
+        hash: Option<[u8; 32]>,
+    ) -> Result<StreamSender, SendError> {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::OpenStream {
-            content_type: content_type.into(),
+            content_type,
             total_len,
+            hash,
             reply,
         };
         if self.commands.send(cmd).await.is_err() {
