@@ -27,10 +27,20 @@ struct Node {
 
 /// Starts a node with key `seed` trusting `others`, listening on `addr` (port 0: any).
 async fn node(name: &str, seed: u8, others: &[u8], addr: Address) -> Node {
+    node_with(config(), name, seed, others, addr).await
+}
+
+async fn node_with(
+    cfg: TransportConfig,
+    name: &str,
+    seed: u8,
+    others: &[u8],
+    addr: Address,
+) -> Node {
     let key = key(seed);
     let trusted: Vec<PrivateKey> = others.iter().map(|s| common::key(*s)).collect();
     let trusted: Vec<&PrivateKey> = trusted.iter().collect();
-    let transport = transport(config());
+    let transport = transport(cfg);
     let (peers, events) = transport.peers(auth(&key, &trusted));
     let addr = peers.listen(&addr).await.unwrap();
     Node {
@@ -241,6 +251,58 @@ async fn a_restarted_peer_is_linked_again_at_once_and_reported_as_session_lost()
         })
         .await;
     assert_eq!(&text[..], b"back");
+}
+
+/// The survivor's link to a peer goes half-open (a laptop's network froze mid-session), the
+/// peer restarts and dials: its fresh connection wins at once, although the survivor has the
+/// smaller key and its old link still looks up (it would time out only after the idle timeout,
+/// a minute here). Before the tie-break knew established links, the fresh connection was
+/// refused with `duplicate connection` until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restarted_behind_a_half_open_link_is_linked_again_at_once() {
+    let cfg = TransportConfig {
+        connect_timeout: Duration::from_millis(200),
+        handshake_timeout: Duration::from_millis(200),
+        auth_timeout: Duration::from_millis(100),
+        first_byte_timeout: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_secs(20),
+        heartbeat_timeout: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        ..cfg()
+    };
+    // The survivor has the smaller key: its dial is the link the tie-break keeps.
+    let wire = |s: u8| key(s).public_key().to_bytes().unwrap();
+    let (small, large) = if wire(1) < wire(2) { (1, 2) } else { (2, 1) };
+    let mut survivor = node_with(cfg.clone(), "survivor", small, &[large], loopback()).await;
+    let mut peer = node_with(cfg.clone(), "peer", large, &[small], loopback()).await;
+    let proxy = Proxy::start(tcp_addr(&peer.addr)).await;
+    let via_proxy = PeerInfo::new("peer", vec![proxy.addr.to_string().parse().unwrap()])
+        .with_key(peer.key.public_key().clone());
+    survivor.peers.add(via_proxy).unwrap();
+    peer.peers.add(survivor.info()).unwrap();
+    let (mut ls, mut lp) = (Vec::new(), Vec::new());
+    connected_to(&mut survivor, &["peer"], &mut ls).await;
+    connected_to(&mut peer, &["survivor"], &mut lp).await;
+    // The link has stood longer than any simultaneous dial could take (200 + 200 + 100 ms):
+    // the age of the link is what this test is about, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    proxy.freeze();
+    let peer_addr = peer.addr.clone();
+    peer.transport.shutdown().await;
+    drop(peer);
+    let mut peer = node_with(cfg, "peer", large, &[small], peer_addr).await;
+    peer.peers.add(survivor.info()).unwrap();
+    survivor
+        .until(&mut ls, |e| {
+            matches!(e, PeerEvent::SessionLost(_)).then_some(())
+        })
+        .await;
+    connected_to(&mut peer, &["survivor"], &mut lp).await;
+    let to_peer = survivor.peers.get(&peer.wire_key()).unwrap();
+    to_peer.send(Message::text("welcome back")).await.unwrap();
+    assert_eq!(to_peer.live_links(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,17 +180,24 @@ pub struct LinkView {
     /// It carries a session that is only waiting for a new connection (reconnecting): the
     /// peer came back with a fresh session, so the peer cannot resume this one.
     pub stale: bool,
+    /// It has stood longer than any simultaneous dial could take (the dial, TLS and
+    /// authentication deadlines together). A peer dials only while it holds no link to us, so
+    /// a fresh connection from it now means it lost this one: it is half-open (the peer
+    /// restarted, or its network changed, before this side noticed).
+    pub established: bool,
 }
 
 /// Which of two links to the same peer survives (PROTOCOL.md §7, reason 13): `true` keeps the
 /// `new` one and closes `old`, `false` refuses `new`.
 ///
 /// A fresh authenticated connection wins over a link that is only trying to reconnect (its
-/// peer restarted: the new connection carries a new session, the old one can never resume);
-/// otherwise the link dialled by the peer with the smaller key wire encoding survives, so both
-/// sides choose the same one. `own_key_smaller` is `own key < peer key` in that encoding.
+/// peer restarted: the new connection carries a new session, the old one can never resume)
+/// and over an established one (the peer would not have dialled if it still held it: the old
+/// link is half-open); otherwise — two young links, one dialled each way — the link dialled by
+/// the peer with the smaller key wire encoding survives, so both sides choose the same one.
+/// `own_key_smaller` is `own key < peer key` in that encoding.
 pub fn tie_break(own_key_smaller: bool, old: LinkView, new: LinkView) -> bool {
-    if old.stale && !new.stale {
+    if (old.stale || old.established) && !new.stale {
         return true;
     }
     if old.dialed == new.dialed {

@@ -223,18 +223,21 @@ struct Link {
     commands: mpsc::WeakSender<Command>,
     /// Its state: a reconnecting link loses to a fresh one.
     state: watch::Receiver<ConnectionState>,
+    /// When it was registered (its first connection authenticated).
+    since: tokio::time::Instant,
 }
 
 impl Link {
     /// The tie-break's view: a link that is reconnecting carries a session only waiting for
-    /// a new connection.
-    fn view(&self) -> LinkView {
+    /// a new connection; one older than `tie_window` is established.
+    fn view(&self, tie_window: std::time::Duration) -> LinkView {
         LinkView {
             dialed: self.dialed,
             stale: matches!(
                 *self.state.borrow(),
                 ConnectionState::Reconnecting | ConnectionState::Offline
             ),
+            established: self.since.elapsed() > tie_window,
         }
     }
 }
@@ -487,18 +490,23 @@ impl Transport {
         let new = LinkView {
             dialed,
             stale: false,
+            established: false,
         };
+        // The longest a simultaneous dial can take: a dial started just before the other link
+        // stood completes within these deadlines, or not at all.
+        let cfg = &self.inner.cfg;
+        let tie_window = cfg.connect_timeout + cfg.handshake_timeout + cfg.auth_timeout;
         let own_smaller = own_key.as_ref() < peer_key.as_ref();
         if let Some(i) = list
             .iter()
-            .position(|l| l.dialed != dialed || l.view().stale)
+            .position(|l| l.dialed != dialed || l.view(tie_window).stale)
         {
-            let old_view = list[i].view();
+            let old_view = list[i].view(tie_window);
             if !tie_break(own_smaller, old_view, new) {
                 return false;
             }
             let old = list.remove(i);
-            let (reason, detail) = if old_view.stale {
+            let (reason, detail) = if old_view.stale || old_view.established {
                 tracing::info!("the peer is back with a fresh session; closing the stale link");
                 (
                     ReasonCode::Replaced,
@@ -522,6 +530,7 @@ impl Transport {
             dialed,
             commands,
             state,
+            since: tokio::time::Instant::now(),
         });
         true
     }

@@ -966,7 +966,11 @@ fn a_resume_replaces_a_half_open_connection_at_once() {
 #[test]
 fn a_fresh_link_wins_over_a_reconnecting_one() {
     use crate::core::{LinkView, tie_break};
-    let view = |dialed, stale| LinkView { dialed, stale };
+    let view = |dialed, stale| LinkView {
+        dialed,
+        stale,
+        established: false,
+    };
     let fresh = view(false, false);
     assert!(
         tie_break(true, view(true, true), fresh),
@@ -977,6 +981,36 @@ fn a_fresh_link_wins_over_a_reconnecting_one() {
         "a live link keeps the key rule"
     );
     assert!(tie_break(false, view(true, false), fresh));
+}
+
+/// A link that has stood longer than any simultaneous dial could take loses to a fresh
+/// connection from the peer whatever the keys say: the peer dialled because it no longer holds
+/// that link (it restarted before this side noticed; the old link is half-open). Before this
+/// rule the fresh connection was refused with `duplicate connection` until the half-open link
+/// timed out.
+#[test]
+fn a_fresh_link_wins_over_an_established_one_of_the_other_direction() {
+    use crate::core::{LinkView, tie_break};
+    let old = LinkView {
+        dialed: true,
+        stale: false,
+        established: true,
+    };
+    let fresh = LinkView {
+        dialed: false,
+        stale: false,
+        established: false,
+    };
+    assert!(tie_break(true, old, fresh), "own key smaller");
+    assert!(tie_break(false, old, fresh), "own key larger");
+    let young = LinkView {
+        established: false,
+        ..old
+    };
+    assert!(
+        !tie_break(true, young, fresh),
+        "two young links: the key rule"
+    );
 }
 
 /// Found by the model: a stream written beyond its announced length fails with `stream
