@@ -37,7 +37,8 @@
 //!
 //! ## How the one link is kept
 //!
-//! Both sides dial every peer they were given an address for (the first attempt at once, then
+//! Both sides dial every peer they were given an address for (the side with the smaller key
+//! at once, the other after `backoff_initial`, so that at start both seldom dial at once; then
 //! with the per-peer backoff) and accept the peer's dials. When both dials succeed, the
 //! simultaneous-dial tie-break (`PROTOCOL.md` §7, reason 13) keeps the connection dialled by
 //! the peer with the smaller key on both sides; the other side then waits for that connection
@@ -829,6 +830,9 @@ struct Keeper {
     dial_at: Option<Instant>,
     /// Why the last link went away, for the `Disconnected` event.
     last_cause: String,
+    /// The last link lost the simultaneous-dial tie-break: the peer's winning connection is
+    /// on its way, so no link for a moment is not a disconnection (until we dial again).
+    tie_lost: bool,
     own_smaller: bool,
     start: Instant,
 }
@@ -837,6 +841,7 @@ impl Keeper {
     fn new(mesh: Arc<Mesh>, peer: Peer, accepted_rx: mpsc::Receiver<Connection>) -> Self {
         let backoff = Backoff::new(mesh.transport.inner.cfg.backoff_policy());
         let tie_window = mesh.transport.inner.cfg.handshake_timeout;
+        let yield_time = mesh.transport.inner.cfg.backoff_initial;
         let own_smaller = mesh.own_key.as_ref() < peer.key().as_ref();
         Self {
             mesh,
@@ -855,11 +860,21 @@ impl Keeper {
             generations: 0,
             epochs: 0,
             backoff,
-            // Both sides dial at once: a peer that just (re)started is linked after one
-            // handshake, whoever has the smaller key; when both dial, the tie-break keeps the
-            // smaller key's connection and closes the other (one handshake wasted, at start).
-            dial_at: Some(Instant::now()),
+            // The peer with the smaller key dials first; the other gives its dial a moment to
+            // arrive, so that at start both seldom dial at once. (Both dialling at once linked
+            // a restarted larger-key peer up to backoff_initial sooner, but under load the
+            // tie-break settling then showed: a broadcast found no link for a moment, and a
+            // removed peer's refused redial became its disconnection cause.)
+            dial_at: Some(
+                Instant::now()
+                    + if own_smaller {
+                        Duration::ZERO
+                    } else {
+                        yield_time
+                    },
+            ),
             last_cause: String::new(),
+            tie_lost: false,
             own_smaller,
             start: Instant::now(),
         }
@@ -926,6 +941,7 @@ impl Keeper {
                 if let Some(l) = slot.take() {
                     self.last_cause = super::cause_of(&l.state).to_string();
                     let reason = super::cause_of(&l.state).reason();
+                    self.tie_lost = reason == Some(ReasonCode::DuplicateConnection);
                     self.draining.push_back(l.conn);
                     if self.dialed.is_none() && self.accepted.is_none() {
                         self.schedule_dial(reason);
@@ -981,7 +997,10 @@ impl Keeper {
             }
         }
         let seen = match chosen.filter(|l| l.up()) {
-            Some(l) => Ok(l.seen()),
+            Some(l) => {
+                self.tie_lost = false;
+                Ok(l.seen())
+            }
             None => Err(self.last_cause.clone()),
         };
         // What sends go to changes with the link, and with the session on it: a send that
@@ -1009,6 +1028,11 @@ impl Keeper {
             *h = health;
             changed
         });
+        if seen.is_err() && self.tie_lost {
+            // The tie-break is settling: the winner arrives within the handshake deadline (or
+            // we dial again, and then say the link is gone).
+            return;
+        }
         let announce = self.announcer.observe(seen, self.start.elapsed());
         self.announce(announce);
     }
@@ -1048,6 +1072,13 @@ impl Keeper {
     /// Opens a dialling connection, if the peer has an address.
     fn dial(&mut self) {
         self.dial_at = None;
+        if std::mem::take(&mut self.tie_lost) {
+            // The peer's winning connection did not come: the link is gone after all.
+            let announce = self
+                .announcer
+                .observe(Err(self.last_cause.clone()), self.start.elapsed());
+            self.announce(announce);
+        }
         if self.dialed.is_some() || self.accepted.is_some() {
             return;
         }
