@@ -1228,41 +1228,26 @@ impl Connection {
     }
 
     /// Closes with a given reason and detail.
-    pub async fn close_with(mut self, reason: ReasonCode, detail: String) {
-        if let Some(closer) = self.handles.closer.take() {
-            // Still connecting: stop at once, whatever is queued.
-            let _ = closer.send((reason, detail.clone()));
-        }
-        let _ = self
-            .handles
-            .commands
-            .send(Command::Close { reason, detail })
-            .await;
-        let Handles {
-            commands,
-            incoming,
-            task,
-            ..
-        } = self.handles;
-        // Senders still held elsewhere must not keep the task waiting for more commands.
-        drop(self.sender);
-        // Let the task deliver its last messages to nobody and end.
-        drop(incoming);
-        drop(commands);
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+    pub async fn close_with(self, reason: ReasonCode, detail: String) {
+        self.closing(reason, detail, false).await;
     }
 
     /// Closes as [`Connection::close_with`] does, and returns what the peer delivered that the
     /// application had not taken yet, in order: the peer counts those as delivered (its
     /// `GOAWAY` acknowledges them), so they must reach the application, not be dropped.
     pub(crate) async fn close_collecting(
-        mut self,
+        self,
         reason: ReasonCode,
         detail: String,
     ) -> Vec<Incoming> {
+        self.closing(reason, detail, true).await
+    }
+
+    /// Says `GOAWAY` with `reason`, lets the task end, and waits for it; with `collect`, takes
+    /// what it still hands over on the way, otherwise lets it deliver to nobody.
+    async fn closing(mut self, reason: ReasonCode, detail: String, collect: bool) -> Vec<Incoming> {
         if let Some(closer) = self.handles.closer.take() {
+            // Still connecting: stop at once, whatever is queued.
             let _ = closer.send((reason, detail.clone()));
         }
         let _ = self
@@ -1276,13 +1261,17 @@ impl Connection {
             task,
             ..
         } = self.handles;
+        // Senders still held elsewhere must not keep the task waiting for more commands.
         drop(self.sender);
         drop(commands);
-        // The task ends once the connection closed and its deliveries are handed over.
         let mut items = Vec::new();
-        while let Some(item) = incoming.recv().await {
-            items.push(item);
+        if collect {
+            // The task ends once the connection closed and its deliveries are handed over.
+            while let Some(item) = incoming.recv().await {
+                items.push(item);
+            }
         }
+        drop(incoming);
         if let Some(task) = task {
             let _ = task.await;
         }
