@@ -192,6 +192,15 @@ impl Peer {
     /// The link's state, to watch: connecting while no link stands (dialling, or waiting for
     /// the peer), then as [`crate::transport::Connection::state`] says of the current link;
     /// closed once the peer is removed or the set shut down.
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: clipsync::transport::Peer) -> Result<(), Box<dyn std::error::Error>> {
+    /// use clipsync::transport::ConnectionState;
+    /// let mut state = peer.state();
+    /// state.wait_for(|s| matches!(s, ConnectionState::Connected)).await?;
+    /// println!("{} is linked; round trip {:?}", peer.id(), peer.health().borrow().rtt);
+    /// # Ok(()) }
+    /// ```
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.slot.state.subscribe()
     }
@@ -276,6 +285,16 @@ impl Peer {
     /// the next one. Fails with [`SendError::Closed`] once the peer is removed or the set shut
     /// down, and as [`ConnectionSender::send`] does otherwise (of unknown fate if its link
     /// ended after it left).
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: clipsync::transport::Peer) -> Result<(), Box<dyn std::error::Error>> {
+    /// use clipsync::transport::Message;
+    /// match peer.send(Message::text("copied text")).await {
+    ///     Ok(()) => println!("{} has it", peer.id()),
+    ///     Err(e) => println!("{} may not have it: {e}", peer.id()),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
         self.on_link(|s| {
             let m = message.clone();
@@ -287,6 +306,15 @@ impl Peer {
     /// Like [`Peer::send`], but fails with [`SendError::Full`] at once when the current link's
     /// queue is full (and with [`SendError::NotConnected`] when there is no link at all);
     /// the future resolves when the peer has the payload.
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: clipsync::transport::Peer) -> Result<(), Box<dyn std::error::Error>> {
+    /// use clipsync::transport::Message;
+    /// // Queue without waiting for room; the future settles when the peer has it.
+    /// let delivered = peer.try_send(Message::text("copied text"))?;
+    /// tokio::spawn(delivered);
+    /// # Ok(()) }
+    /// ```
     pub fn try_send(
         &self,
         message: Message,
@@ -334,6 +362,15 @@ impl Peer {
 
     /// Streams everything `reader` yields to the peer and waits until it verified it
     /// ([`ConnectionSender::send_stream`]); returns the bytes sent.
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: clipsync::transport::Peer) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut file = tokio::fs::File::open("screenshot.png").await?;
+    /// let len = file.metadata().await?.len();
+    /// let sent = peer.send_stream("image/png", Some(len), &mut file).await?;
+    /// assert_eq!(sent, len);
+    /// # Ok(()) }
+    /// ```
     pub async fn send_stream<R: tokio::io::AsyncRead + Unpin>(
         &self,
         content_type: impl Into<String>,
@@ -488,6 +525,14 @@ impl Peers {
     /// it; returns its handle. A peer with no address is never dialled: it is linked when it
     /// dials us. Adding a peer again updates its addresses (the next dial attempt uses them)
     /// and returns the same handle.
+    ///
+    /// ```no_run
+    /// # async fn demo(peers: clipsync::transport::Peers, laptop: clipsync::transport::PeerInfo)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let peer = peers.add(laptop)?; // from discovery: id, addresses, SSH key
+    /// println!("keeping a link to {} ({})", peer.id(), peer.fingerprint());
+    /// # Ok(()) }
+    /// ```
     pub fn add(&self, info: PeerInfo) -> Result<Peer, ConnectError> {
         self.mesh.transport.check_running()?;
         if *self.mesh.stop.borrow() {
@@ -544,6 +589,16 @@ impl Peers {
     /// Removes the peer with this key (wire encoding): its link closes with `normal`, its
     /// pending sends settle, its connections are refused from now on, and
     /// [`PeerEvent::Removed`] is its last event. Returns whether it was a peer.
+    ///
+    /// ```no_run
+    /// # async fn demo(peers: clipsync::transport::Peers, laptop: clipsync::transport::PeerInfo)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let key = peers.add(laptop)?.key().clone();
+    /// // The user unpaired the laptop: close its link and refuse it from now on.
+    /// assert!(peers.remove(&key));
+    /// assert!(peers.get(&key).is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn remove(&self, key: &[u8]) -> bool {
         let slot = self
             .mesh
@@ -585,6 +640,19 @@ impl Peers {
     /// a link get [`SendError::NotConnected`] and nothing is sent to them: an engine brings
     /// them up to date when they connect ([`PeerEvent::Connected`],
     /// [`PeerEvent::SessionLost`]). Ordered by key.
+    ///
+    /// ```no_run
+    /// # async fn demo(peers: clipsync::transport::Peers, laptop: clipsync::transport::PeerInfo)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// use clipsync::transport::Message;
+    /// for (peer, outcome) in peers.broadcast(Message::text("copied text")).await {
+    ///     if outcome.is_err() {
+    ///         // Not linked now: catch it up on its next Connected or SessionLost event.
+    ///         println!("{} missed it", peer.id());
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn broadcast(&self, message: Message) -> Vec<(Peer, Result<(), SendError>)> {
         let peers = self.list();
         let sends = peers.iter().map(|peer| {
@@ -610,6 +678,14 @@ impl Peers {
     /// Shuts the set down and returns when it is done: every link closes with `going away`
     /// (9), every pending send settles, dials and listeners stop; the event stream ends after
     /// the last events. The transport itself goes on (see [`Transport::shutdown`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(peers: clipsync::transport::Peers, laptop: clipsync::transport::PeerInfo)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// peers.shutdown().await; // every link says GOAWAY `going away`, every send settles
+    /// assert!(peers.list().iter().all(|p| !p.is_linked()));
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self) {
         self.mesh.stop.send_replace(true);
         let tasks = std::mem::take(&mut *self.mesh.tasks.lock().unwrap_or_else(|p| p.into_inner()));
