@@ -90,16 +90,7 @@ impl Node {
 }
 
 fn describe(e: &PeerEvent) -> String {
-    let what = match e {
-        PeerEvent::Received { .. } => "received",
-        PeerEvent::Connected(_) => "connected",
-        PeerEvent::Resumed(_) => "resumed",
-        PeerEvent::SessionLost(_) => "session lost",
-        PeerEvent::Disconnected { .. } => "disconnected",
-        PeerEvent::Removed(_) => "removed",
-        _ => "other",
-    };
-    format!("{what} {}", e.peer().id())
+    format!("{} {}", e.name(), e.peer().id())
 }
 
 /// Three nodes, each knowing the other two.

@@ -137,6 +137,19 @@ pub enum PeerEvent {
 }
 
 impl PeerEvent {
+    /// What kind of event it is, in words (`received`, `connected`, `resumed`, `session
+    /// lost`, `disconnected`, `removed`), for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Received { .. } => "received",
+            Self::Connected(_) => "connected",
+            Self::Resumed(_) => "resumed",
+            Self::SessionLost(_) => "session lost",
+            Self::Disconnected { .. } => "disconnected",
+            Self::Removed(_) => "removed",
+        }
+    }
+
     /// The peer it is about.
     pub fn peer(&self) -> &Peer {
         match self {
@@ -1122,7 +1135,7 @@ impl Keeper {
             Some(Announce::SessionLost) => PeerEvent::SessionLost(peer),
             Some(Announce::Disconnected(cause)) => PeerEvent::Disconnected { peer, cause },
         };
-        tracing::info!(event = event_name(&event), "peer event");
+        tracing::info!(event = event.name(), "peer event");
         if self.old_items_pending() {
             self.held.push_back(event);
         } else {
@@ -1314,17 +1327,6 @@ impl Keeper {
                 break;
             }
         }
-    }
-}
-
-fn event_name(e: &PeerEvent) -> &'static str {
-    match e {
-        PeerEvent::Received { .. } => "received",
-        PeerEvent::Connected(_) => "connected",
-        PeerEvent::Resumed(_) => "resumed",
-        PeerEvent::SessionLost(_) => "session lost",
-        PeerEvent::Disconnected { .. } => "disconnected",
-        PeerEvent::Removed(_) => "removed",
     }
 }
 
