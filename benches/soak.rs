@@ -491,6 +491,8 @@ async fn no_ack(server: &Server, report: &mut Report) {
             total_len: None,
             hash: None,
             content_type: "a/b".into(),
+            offer: false,
+            metadata: bytes::Bytes::new(),
         });
         let abort = Frame::StreamAbort(StreamAbort {
             stream_id: id,

@@ -3,8 +3,9 @@
 //! Each process is one machine with one clipboard (a value in memory, fed from stdin: every
 //! line typed is a copy). A change is fanned out to every peer; a peer keeps the newest clip by
 //! `(clock, origin)` (a Lamport clock, so last writer wins the same way everywhere); a clip
-//! already held (same BLAKE3) is not taken again, and a clip received is never sent on, so
-//! there are no echo loops. When a peer links for the first time, or comes back having lost
+//! already held (same BLAKE3) is not taken again — a large one goes as an offer that announces
+//! its hash, and a peer that has it declines before any byte flows — and a clip received is
+//! never sent on, so there are no echo loops. When a peer links for the first time, or comes back having lost
 //! its session (it restarted), each side sends it the current clip: a restarted peer catches
 //! up at once.
 //!
@@ -19,18 +20,26 @@
 //!
 //! Arguments: `NAME SEED LISTEN [PEER=SEED=ADDRESS]...`. Output, one line each:
 //! `clipboard CLOCK ORIGIN TEXT` when the clipboard changes, `linked PEER` / `lost PEER`
-//! (session lost: it restarted) / `down PEER` as links come and go.
+//! (session lost: it restarted) / `down PEER` as links come and go; `declined PEER` when a
+//! peer offered a clip this one already holds (no byte of it was sent).
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use clipsync::config::TransportConfig;
+use clipsync::error::SendError;
 use clipsync::secure::SshAuthenticator;
-use clipsync::transport::{Address, Incoming, Message, Peer, PeerEvent, PeerInfo, Transport};
+use clipsync::transport::{
+    Address, Incoming, Message, Peer, PeerEvent, PeerInfo, StreamSpec, Transport,
+};
 use tokio::io::AsyncBufReadExt;
 
-/// How clips travel: this content type, the payload being `CLOCK ORIGIN\n` then the content.
+/// How clips travel: this content type, the content as payload, `CLOCK ORIGIN` as metadata.
 const CLIP: &str = "application/x-clipsync-clip";
+
+/// Clips larger than this go as offers (a stream announcing its BLAKE3) that a peer holding
+/// the same content declines unsent.
+const OFFER_ABOVE: usize = 64 << 10;
 
 /// The largest clip taken (a stream above it is refused, the sender told so).
 const MAX_CLIP: usize = 64 << 20;
@@ -50,22 +59,17 @@ impl Clip {
         (self.clock, &self.origin) > (other.clock, &other.origin)
     }
 
-    fn encode(&self) -> Message {
-        let mut b = BytesMut::new();
-        b.put_slice(format!("{} {}\n", self.clock, self.origin).as_bytes());
-        b.put_slice(&self.content);
-        Message::new(CLIP, b.freeze())
+    fn metadata(&self) -> Bytes {
+        Bytes::from(format!("{} {}", self.clock, self.origin))
     }
 
-    fn decode(payload: Bytes) -> Option<Clip> {
-        let end = payload.iter().position(|&b| b == b'\n')?;
-        let header = std::str::from_utf8(&payload[..end]).ok()?;
-        let (clock, origin) = header.split_once(' ')?;
-        let content = payload.slice(end + 1..);
+    /// A clip from its metadata and hash; the content comes with it or is already held.
+    fn decode(metadata: &[u8], hash: [u8; 32], content: Bytes) -> Option<Clip> {
+        let (clock, origin) = std::str::from_utf8(metadata).ok()?.split_once(' ')?;
         Some(Clip {
             clock: clock.parse().ok()?,
             origin: origin.to_string(),
-            hash: *blake3::hash(&content).as_bytes(),
+            hash,
             content,
         })
     }
@@ -95,7 +99,7 @@ impl Board {
     }
 
     /// A clip from a peer: taken if newer and not already held. Never sent on.
-    fn offer(&mut self, clip: Clip) {
+    fn take(&mut self, clip: Clip) {
         if clip.hash == self.clip.hash || !clip.newer_than(&self.clip) {
             // Keep the clock ahead of everything seen, so the next local copy wins.
             self.clip.clock = self.clip.clock.max(clip.clock);
@@ -119,17 +123,37 @@ fn key_of(seed: u8) -> clipsync::ssh_key::PrivateKey {
     SshAuthenticator::ed25519_from_seed([seed; 32])
 }
 
-/// Sends the current clip to one peer, in the background (the event loop goes on).
+/// Sends the current clip to one peer, in the background (the event loop goes on). A send
+/// whose delivery is unknown (its link broke or was replaced first) is sent again: a clip is
+/// idempotent here (a peer that has it declines or ignores it), so at-least-once is right.
 fn push(peer: &Peer, clip: &Clip) {
     if clip.content.is_empty() {
         return;
     }
-    let (peer, message) = (peer.clone(), clip.encode());
+    let (peer, clip) = (peer.clone(), clip.clone());
     tokio::spawn(async move {
-        if let Err(e) = peer.send(message).await {
-            eprintln!("to {}: {e}", peer.id());
+        for _attempt in 0..3 {
+            match send_clip(&peer, &clip).await {
+                Err(SendError::Unknown(_)) => continue,
+                Err(e) if !e.already_had() => eprintln!("to {}: {e}", peer.id()),
+                _ => {}
+            }
+            return;
         }
     });
+}
+
+async fn send_clip(peer: &Peer, clip: &Clip) -> Result<(), SendError> {
+    if clip.content.len() <= OFFER_ABOVE {
+        let m = Message::new(CLIP, clip.content.clone()).with_metadata(clip.metadata());
+        return peer.send(m).await;
+    }
+    let spec = StreamSpec::new(CLIP)
+        .len(clip.content.len() as u64)
+        .hash(clip.hash)
+        .metadata(clip.metadata());
+    let s = peer.open_stream_with(spec).await?;
+    s.send_all(&mut &clip.content[..]).await.map(|_| ())
 }
 
 #[tokio::main]
@@ -182,11 +206,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             event = events.next() => match event {
                 Some(PeerEvent::Received { incoming, peer }) => {
-                    let payload = match incoming {
-                        Incoming::Message(m) if m.content_type == CLIP => m.payload,
+                    let (metadata, content) = match incoming {
+                        Incoming::Message(m) if m.content_type == CLIP => (m.metadata, m.payload),
                         Incoming::Stream(s) if s.content_type() == CLIP => {
+                            if s.hash() == Some(board.clip.hash) {
+                                // Held already: decline it unsent; the clock still counts.
+                                let clip = Clip::decode(s.metadata(), board.clip.hash, Bytes::new());
+                                s.decline();
+                                println!("declined {}", peer.id());
+                                board.take(clip.unwrap_or_default());
+                                continue;
+                            }
+                            let meta = s.metadata().clone();
                             match s.read_to_end(MAX_CLIP).await {
-                                Ok(b) => b,
+                                Ok(b) => (meta, b),
                                 Err(e) => {
                                     eprintln!("from {}: {e}", peer.id());
                                     continue;
@@ -195,8 +228,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                         _ => continue,
                     };
-                    if let Some(clip) = Clip::decode(payload) {
-                        board.offer(clip);
+                    let hash = *blake3::hash(&content).as_bytes();
+                    if let Some(clip) = Clip::decode(&metadata, hash, content) {
+                        board.take(clip);
                     }
                 }
                 Some(PeerEvent::Connected(peer)) => {

@@ -123,6 +123,20 @@ pub enum ConnectError {
     Internal(String),
 }
 
+impl SendError {
+    /// Whether the receiver declined the stream because it already has the payload
+    /// ([`ReasonCode::AlreadyHave`]): the peer has the content, nothing is missing there.
+    pub fn already_had(&self) -> bool {
+        matches!(
+            self,
+            Self::Stream {
+                reason: ReasonCode::AlreadyHave,
+                ..
+            }
+        )
+    }
+}
+
 impl ConnectError {
     /// The reason code, for refusals.
     pub fn reason(&self) -> Option<ReasonCode> {
@@ -172,6 +186,14 @@ pub enum SendError {
         /// Details.
         detail: String,
     },
+    /// The metadata is longer than 1024 bytes. Nothing was queued; the connection is
+    /// unaffected.
+    #[error("invalid metadata: {0}")]
+    InvalidMetadata(String),
+    /// The peer does not take application metadata (it did not announce the METADATA
+    /// capability); nothing was sent. Send without metadata, or put it in the payload.
+    #[error("the peer does not accept metadata")]
+    MetadataUnsupported,
     /// The payload needs a stream and the peer does not support streams.
     #[error("the peer does not support streams")]
     StreamsUnsupported,

@@ -668,6 +668,17 @@ async fn create_part(dir: &std::path::Path) -> std::io::Result<(PathBuf, tokio::
 async fn save_stream(peer: &str, mut s: IncomingStream, out: Option<&std::path::Path>) -> String {
     use tokio::io::AsyncWriteExt;
     let content_type = s.content_type().to_string();
+    // An offer of content saved already (files are named by their BLAKE3): declined, unsent.
+    if let (Some(dir), Some(hash)) = (out, s.hash()) {
+        let dest = dir.join(blake3::Hash::from(hash).to_hex().as_str());
+        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+            s.decline();
+            return format!(
+                "stream from {peer} type={content_type} declined: already saved={}",
+                dest.display()
+            );
+        }
+    }
     if out.is_some() {
         s.hold_verdict();
     }
@@ -731,7 +742,8 @@ async fn save_stream(peer: &str, mut s: IncomingStream, out: Option<&std::path::
     }
 }
 
-/// One line per message: peer, content type, size, and the text where it is text.
+/// One line per message: peer, content type, size, the text where it is text, and the
+/// metadata (hex) where there is some.
 fn describe(peer: &str, m: &Message) -> String {
     let mut line = format!(
         "message from {peer} type={} size={}",
@@ -742,6 +754,10 @@ fn describe(peer: &str, m: &Message) -> String {
         if let Ok(text) = std::str::from_utf8(&m.payload) {
             line.push_str(&format!(" text={text:?}"));
         }
+    }
+    if !m.metadata.is_empty() {
+        let hex: String = m.metadata.iter().map(|b| format!("{b:02x}")).collect();
+        line.push_str(&format!(" metadata={hex}"));
     }
     line
 }

@@ -1,6 +1,7 @@
 //! The reference clipboard sync (`examples/clipboard_sync.rs`) as the README runs it: three
 //! processes on one machine, over Unix sockets. Copies converge everywhere, nothing echoes, and
-//! a peer killed (SIGKILL) and started again catches up.
+//! a peer killed (SIGKILL) and started again catches up, declining the second offer of a large
+//! clip it already took from the first peer.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 use std::io::{BufRead, BufReader, Write};
@@ -174,5 +175,23 @@ fn three_peers_converge_and_a_killed_peer_catches_up_when_restarted() {
             p.seen
         );
     }
+    // A large clip goes as an offer announcing its BLAKE3. b is killed and restarted: a and c
+    // both send it their clip; b takes the first and declines the second unsent.
+    let big = "x".repeat(100 << 10);
+    peers[0].copy(&big);
+    for p in peers.iter_mut() {
+        p.holds(&big);
+    }
+    peers[1].child.kill().unwrap();
+    peers[1].child.wait().unwrap();
+    peers[1] = start(&dir, 1);
+    peers[1].holds(&big);
+    peers[1].until("declined", |l| l.starts_with("declined "));
+    let taken = peers[1]
+        .clipboards()
+        .iter()
+        .filter(|l| l.ends_with(&big))
+        .count();
+    assert_eq!(taken, 1, "the large clip was taken twice");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -121,29 +121,38 @@ fn frame() -> impl Strategy<Value = Frame> {
                 reason,
             })
         }),
-        (seq.clone(), content_type(), bytes(4096)).prop_map(|(seq, content_type, payload)| {
-            Frame::Message(MessageFrame {
-                seq,
-                content_type,
-                payload,
-            })
-        }),
+        (seq.clone(), content_type(), bytes(1024), bytes(4096)).prop_map(
+            |(seq, content_type, metadata, payload)| {
+                Frame::Message(MessageFrame {
+                    seq,
+                    content_type,
+                    metadata,
+                    payload,
+                })
+            }
+        ),
         (
             seq.clone(),
             id.clone(),
             any::<Option<u64>>(),
             any::<Option<[u8; 32]>>(),
-            content_type()
+            any::<bool>(),
+            content_type(),
+            bytes(1024),
         )
-            .prop_map(|(seq, stream_id, total_len, hash, content_type)| {
-                Frame::StreamOpen(StreamOpen {
-                    seq,
-                    stream_id,
-                    total_len,
-                    hash,
-                    content_type,
-                })
-            }),
+            .prop_map(
+                |(seq, stream_id, total_len, hash, offer, content_type, metadata)| {
+                    Frame::StreamOpen(StreamOpen {
+                        seq,
+                        stream_id,
+                        total_len,
+                        hash,
+                        offer,
+                        content_type,
+                        metadata,
+                    })
+                }
+            ),
         (id.clone(), 0..=u64::MAX / 2, nonempty_bytes(4096)).prop_map(
             |(stream_id, offset, data)| Frame::StreamChunk(StreamChunk {
                 stream_id,
@@ -448,6 +457,8 @@ fn stream_open_fields_must_be_zero_without_their_flag() {
         total_len: Some(5),
         hash: None,
         content_type: "a/b".into(),
+        offer: false,
+        metadata: Bytes::new(),
     });
     let mut msg = open.encode().unwrap().to_vec();
     msg[3] = 0; // clear LENGTH_KNOWN, keep total_len = 5
@@ -467,16 +478,19 @@ fn the_encoder_refuses_what_the_decoder_would() {
         Frame::Message(MessageFrame {
             seq: 1,
             content_type: String::new(),
+            metadata: Bytes::new(),
             payload: Bytes::new(),
         }),
         Frame::Message(MessageFrame {
             seq: 1,
             content_type: "é".into(),
+            metadata: Bytes::new(),
             payload: Bytes::new(),
         }),
         Frame::Message(MessageFrame {
             seq: 0,
             content_type: "a".into(),
+            metadata: Bytes::new(),
             payload: Bytes::new(),
         }),
         Frame::GoAway(GoAway {

@@ -84,6 +84,7 @@ fn a_large_payload_is_not_copied() {
     let msg = Frame::Message(MessageFrame {
         seq: 1,
         content_type: "application/octet-stream".into(),
+        metadata: Bytes::new(),
         payload: Bytes::from(payload),
     })
     .encode()

@@ -12,7 +12,9 @@ named after its section), and a session across connections: a 20 MiB stream unde
 by a TCP reset and then left half-open, resumed each time with messages in flight, every
 message delivered once, the stream continuing from the listener's offset and verified; a clean
 close (4000, TLS close_notify) ends the session, and one whose resume window ran out is
-answered `session expired`.
+answered `session expired`. With the METADATA and OFFERS capabilities it sends metadata, and
+offers a stream (no byte until the listener's CREDIT), then offers the same content again to a
+`serve --out` that saved it and sees it declined with `already have` and never credited.
 
 As a listener that `clipsync send` dials it does the receiver's duties — ACK, CREDIT under a
 256 KiB window, BLAKE3 verification, STREAM_RESULT, PONG — resets the connection under a
@@ -56,7 +58,8 @@ RESUME, RESUMED, SESSION_LOST = 0x10, 0x11, 0x12
 MESSAGE, ACK, GOAWAY = 0x20, 0x30, 0x34
 STREAM_OPEN, STREAM_CHUNK, STREAM_END, STREAM_ABORT, STREAM_RESULT = 0x21, 0x22, 0x23, 0x24, 0x25
 CREDIT, PING, PONG = 0x31, 0x32, 0x33
-CAP_STREAMS, CAP_RESUME = 1, 2
+CAP_STREAMS, CAP_RESUME, CAP_METADATA, CAP_OFFERS = 1, 2, 4, 8
+FLAG_METADATA, FLAG_OFFER = 0x0004, 0x0008
 
 
 def frame(ftype, body, flags=0):
@@ -716,6 +719,111 @@ def concurrent_resume_checks(port, client_key, check):
           f"ack {acked}")
 
 
+def offer_checks(binary, workdir, client_key, check):
+    """§3.1, §5.1, §5.2, §5.6 with the METADATA and OFFERS capabilities, against a
+    `clipsync serve --out DIR` (which names saved files by their BLAKE3 and so declines an offer
+    of content it saved already): metadata on a MESSAGE; an offer that gets no byte until its
+    CREDIT, then is sent and verified; a second offer of the same content declined with
+    `already have` (20) and no CREDIT at all; either flag without its capability: 4001."""
+    out_dir = os.path.join(workdir, "offers")
+    os.makedirs(out_dir, exist_ok=True)
+    server = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--out", out_dir,
+                               "--identity", os.path.join(workdir, "server"),
+                               "--authorized-keys", os.path.join(workdir, "trusted")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
+        out = ServeOutput(server)
+        all_caps = CAP_STREAMS | CAP_RESUME | CAP_METADATA | CAP_OFFERS
+        c = Connection(port)
+        theirs = authenticate(c, client_key, all_caps)
+        caps = struct.unpack(">I", theirs[8 + 34:8 + 38])[0]
+        check("§3.1: clipsync announces METADATA and OFFERS", caps & 0xC == 0xC, hex(caps))
+        c.send(frame(RESUME, b"\x00" * 16 + struct.pack(">Q", 0)))
+        assert parse(c.recv())[0] == RESUMED
+        ct = b"text/plain"
+        meta = b"clip-7"
+        c.send(frame(MESSAGE, struct.pack(">Q", 1) + bytes([len(ct)]) + ct
+                     + struct.pack(">H", len(meta)) + meta + b"hello", flags=FLAG_METADATA))
+        line = out.wait_for(lambda l: "metadata=" in l, timeout=10)
+        check("§5.1: a MESSAGE with metadata is delivered with it",
+              line is not None and line.endswith("metadata=" + meta.hex()), repr(line))
+
+        def frames_until(done):
+            """Frames until `done(ftype, body)`; PINGs answered. None if the peer closed."""
+            seen = []
+            while True:
+                msg = c.recv()
+                if msg is None:
+                    return None
+                ftype, body = parse(msg)
+                if ftype == PING:
+                    c.send(frame(PONG, body))
+                seen.append((ftype, body))
+                if done(ftype, body):
+                    return seen
+
+        def offer(seq, sid, data):
+            ct = b"image/png"
+            c.send(frame(STREAM_OPEN, struct.pack(">QQQ", seq, sid, len(data))
+                         + blake3.blake3(data).digest() + bytes([len(ct)]) + ct
+                         + struct.pack(">H", len(meta)) + meta,
+                         flags=0x0003 | FLAG_METADATA | FLAG_OFFER))
+
+        def is_credit(sid):
+            return lambda t, b: t == CREDIT and struct.unpack(">Q", b[:8])[0] == sid
+
+        def is_result(sid):
+            return lambda t, b: t == STREAM_RESULT and struct.unpack(">Q", b[8:16])[0] == sid
+
+        data = os.urandom(300_000)
+        offer(2, 1, data)
+        seen = frames_until(is_credit(1))
+        limit = struct.unpack(">Q", seen[-1][1][16:24])[0] if seen else 0
+        check("§5.2: an offer is accepted with a CREDIT for it (no byte sent before)",
+              seen is not None and limit > 0, f"limit {limit}")
+        sent = 0
+        while sent < len(data):
+            n = min(65536, len(data) - sent, limit - sent)
+            c.send(frame(STREAM_CHUNK, struct.pack(">QQ", 1, sent) + data[sent:sent + n]))
+            sent += n
+        c.send(frame(STREAM_END, struct.pack(">QQ", 1, len(data)) + blake3.blake3(data).digest()))
+        seen = frames_until(is_result(1))
+        reason = struct.unpack(">H", seen[-1][1][16:18])[0] if seen else None
+        check("§5.2: the accepted offer is verified and saved (STREAM_RESULT 0)", reason == 0,
+              f"reason {reason}")
+        offer(3, 2, data)
+        seen = frames_until(is_result(2))
+        reason = struct.unpack(">H", seen[-1][1][16:18])[0] if seen else None
+        credited = seen is not None and any(is_credit(2)(t, b) for t, b in seen)
+        check("§5.6: an offer of content held already is declined with 20 (already have), "
+              "never credited", reason == 20 and not credited,
+              f"reason {reason}, credited {credited}")
+        line = out.wait_for(lambda l: "declined" in l, timeout=10)
+        check("§5.2: serve --out says it declined the offer", line is not None, repr(line))
+        c.send(frame(MESSAGE, struct.pack(">Q", 4) + bytes([len(ct)]) + ct + b"still up"))
+        line = out.wait_for(lambda l: 'text="still up"' in l, timeout=10)
+        check("§5.6: the connection carries on after the decline", line is not None)
+        # Either flag without its capability: a protocol error.
+        for flag, what in ((FLAG_METADATA, "METADATA"), (FLAG_OFFER, "OFFER")):
+            c = Connection(port)
+            authenticate(c, client_key, CAP_STREAMS | CAP_RESUME)
+            c.send(frame(RESUME, b"\x00" * 16 + struct.pack(">Q", 0)))
+            parse(c.recv())
+            if flag == FLAG_METADATA:
+                c.send(frame(MESSAGE, struct.pack(">Q", 1) + bytes([len(ct)]) + ct
+                             + struct.pack(">H", 1) + b"m" + b"x", flags=FLAG_METADATA))
+            else:
+                c.send(frame(STREAM_OPEN, struct.pack(">QQQ", 1, 1, 0) + b"\x00" * 32
+                             + bytes([len(ct)]) + ct, flags=FLAG_OFFER))
+            code = c.close_code()
+            check(f"§3.1: the {what} flag without its capability closes with 4001",
+                  code == 4001, str(code))
+    finally:
+        server.kill()
+        server.wait()
+
+
 def expiry_checks(binary, workdir, client_key, check):
     """§4 (item 4): a session whose resume window ran out is answered SESSION_LOST with
     `session expired` (17), by a `clipsync serve` whose resume window is 300 ms."""
@@ -1096,6 +1204,7 @@ def main():
         server.kill()
         server.wait()
     expiry_checks(binary, workdir, client_key, check)
+    offer_checks(binary, workdir, client_key, check)
     try:
         listener_role(binary, workdir, check)
     except Exception as e:  # noqa: BLE001 - a crash of the role is a failed check

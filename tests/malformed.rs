@@ -125,12 +125,12 @@ fn every_header_fault_has_its_close_code() {
 fn undefined_flags_are_a_protocol_error_on_every_type() {
     for (name, f) in all() {
         let bytes = f.encode().unwrap().to_vec();
-        // Every flag bit this type does not define (STREAM_OPEN defines 0x0003; IGNORABLE,
-        // 0x8000, is valid everywhere).
-        let defined: u16 = if matches!(f, Frame::StreamOpen(_)) {
-            0x8003
-        } else {
-            0x8000
+        // Every flag bit this type does not define (STREAM_OPEN defines 0x000f, MESSAGE
+        // 0x0004; IGNORABLE, 0x8000, is valid everywhere).
+        let defined: u16 = match f {
+            Frame::StreamOpen(_) => 0x800f,
+            Frame::Message(_) => 0x8004,
+            _ => 0x8000,
         };
         for bit in 0..16 {
             let flag = 1u16 << bit;
@@ -365,6 +365,8 @@ fn params() -> SessionParams {
         replay_buffer_bytes: 1 << 20,
         peer_limits: example_limits(),
         streams: true,
+        metadata: true,
+        offers: true,
         chunk_size: 64 * 1024,
         stream_window: 64 * 1024,
         connection_window: 128 * 1024,
@@ -403,6 +405,21 @@ fn open(seq: u64, id: u64, total: Option<u64>) -> Frame {
         total_len: total,
         hash: None,
         content_type: "a/b".into(),
+        offer: false,
+        metadata: Bytes::new(),
+    })
+}
+
+/// An offer (flag OFFER) of `n` bytes of 1s, hash announced.
+fn offer(seq: u64, id: u64, n: usize) -> Frame {
+    Frame::StreamOpen(StreamOpen {
+        seq,
+        stream_id: id,
+        total_len: Some(n as u64),
+        hash: Some(*blake3::hash(&vec![1; n]).as_bytes()),
+        content_type: "a/b".into(),
+        offer: true,
+        metadata: Bytes::new(),
     })
 }
 
@@ -418,6 +435,7 @@ fn message(seq: u64, n: usize) -> Frame {
     Frame::Message(MessageFrame {
         seq,
         content_type: "a/b".into(),
+        metadata: Bytes::new(),
         payload: Bytes::from(vec![0; n]),
     })
 }
@@ -517,6 +535,52 @@ fn every_frame_illegal_in_an_authenticated_session_has_its_close_code() {
                 chunk(1, 64 * 1024, 1),
             ],
             Some(FlowControlError),
+        ),
+        // §3.1: METADATA and OFFER flags without their capabilities.
+        (
+            "MESSAGE with metadata without METADATA",
+            SessionParams {
+                metadata: false,
+                ..params()
+            },
+            vec![Frame::Message(MessageFrame {
+                metadata: Bytes::from_static(b"m"),
+                ..match message(1, 1) {
+                    Frame::Message(m) => m,
+                    _ => unreachable!(),
+                }
+            })],
+            Some(ProtocolError),
+        ),
+        (
+            "STREAM_OPEN offer without OFFERS",
+            SessionParams {
+                offers: false,
+                ..params()
+            },
+            vec![offer(1, 1, 0)],
+            Some(ProtocolError),
+        ),
+        // §5.2: an offer not accepted has a limit of 0: any chunk is beyond it, and its
+        // STREAM_END may not come either.
+        (
+            "STREAM_CHUNK of an offer not accepted",
+            params(),
+            vec![offer(1, 1, 1), chunk(1, 0, 1)],
+            Some(FlowControlError),
+        ),
+        (
+            "STREAM_END of an offer not accepted",
+            params(),
+            vec![
+                offer(1, 1, 0),
+                Frame::StreamEnd(StreamEnd {
+                    stream_id: 1,
+                    total_len: 0,
+                    hash: *blake3::hash(b"").as_bytes(),
+                }),
+            ],
+            Some(ProtocolError),
         ),
         // §5.6: a STREAM_RESULT for a stream we never opened.
         (

@@ -197,6 +197,7 @@ async fn data_frames_before_auth_are_refused_with_protocol_error() {
         let msg = Frame::Message(MessageFrame {
             seq: 1,
             content_type: "text/plain".into(),
+            metadata: Bytes::new(),
             payload: Bytes::from_static(b"sneaky"),
         });
         mock_send(&mut ws, msg.encode().unwrap()).await;

@@ -403,9 +403,11 @@ async fn a_stalled_reader_is_not_taken_for_a_dead_connection() {
     }
 }
 
-/// A sender that knows its payload's BLAKE3 announces it at STREAM_OPEN: the receiver sees
-/// length and hash before any byte; one that lacks the payload reads and verifies it, one that
-/// has it already drops it and the sender's stream settles `cancelled`; bytes that do not match
+/// A sender that knows its payload's BLAKE3 announces it at STREAM_OPEN, and the stream is
+/// an offer (PROTOCOL.md §5.2): the receiver sees length and hash before any byte, and no byte
+/// flows until it starts reading. One that lacks the payload reads and verifies it; one that
+/// has it declines, and the sender's stream settles `already have` with **no byte sent**; one
+/// that drops the offer settles it `cancelled`, also with none sent. Bytes that do not match
 /// the announced hash fail the stream with `stream integrity`, and the connection stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announced_hash_lets_the_receiver_skip_what_it_has() {
@@ -413,52 +415,65 @@ async fn an_announced_hash_lets_the_receiver_skip_what_it_has() {
     let image = piece(4, 0, 3 << 20);
     let hash = *blake3::hash(&image).as_bytes();
     let mut have = std::collections::BTreeSet::new();
-    for round in 0..2 {
-        let mut s = client
+    for round in 0..3 {
+        let s = client
             .open_stream_hashed("image/png", image.len() as u64, hash)
             .await
             .unwrap();
+        let progress = s.progress();
         let writer = {
             let image = image.clone();
-            tokio::spawn(async move {
-                // The writes stop being taken once the peer has said no.
-                let _ = s.write(image).await;
-                s.finish().await
-            })
+            tokio::spawn(async move { s.send_all(&mut &image[..]).await })
         };
         let incoming = expect_stream(&mut server).await;
         assert_eq!(incoming.hash(), Some(hash));
         assert_eq!(incoming.total_len(), Some(image.len() as u64));
-        let outcome = if have.contains(&incoming.hash().unwrap()) {
-            drop(incoming);
-            writer.await.unwrap()
+        if round == 2 {
+            drop(incoming); // not interested, for whatever reason
+        } else if have.contains(&incoming.hash().unwrap()) {
+            incoming.decline();
         } else {
             let got = incoming.read_to_end(8 << 20).await.unwrap();
             assert_eq!(got, image);
             have.insert(hash);
-            writer.await.unwrap()
-        };
+        }
+        let outcome = writer.await.unwrap();
+        let sent = progress.borrow().sent;
         match round {
-            0 => outcome.unwrap(),
-            _ => assert!(
-                matches!(
-                    outcome,
-                    Err(SendError::Stream {
-                        reason: ReasonCode::Cancelled,
-                        ..
-                    })
-                ),
-                "{outcome:?}"
-            ),
+            0 => assert_eq!(outcome.unwrap(), image.len() as u64),
+            1 => {
+                assert!(
+                    outcome.as_ref().is_err_and(SendError::already_had),
+                    "{outcome:?}"
+                );
+                assert_eq!(sent, 0, "a declined offer sent payload bytes");
+            }
+            _ => {
+                assert!(
+                    matches!(
+                        outcome,
+                        Err(SendError::Stream {
+                            reason: ReasonCode::Cancelled,
+                            ..
+                        })
+                    ),
+                    "{outcome:?}"
+                );
+                assert_eq!(sent, 0, "a dropped offer sent payload bytes");
+            }
         }
     }
-    // A payload that is not what was announced.
+    // A payload that is not what was announced: an offer, so its bytes flow once the
+    // receiver reads, and the receiver's check fails it.
     let mut s = client
         .open_stream_hashed("image/png", 3, [7; 32])
         .await
         .unwrap();
     s.write(Bytes::from_static(b"abc")).await.unwrap();
-    let finished = s.finish().await;
+    let finishing = tokio::spawn(s.finish());
+    let failed = expect_stream(&mut server).await.read_to_end(1024).await;
+    assert!(failed.is_err(), "{failed:?}");
+    let finished = finishing.await.unwrap();
     assert!(
         matches!(
             finished,
@@ -470,11 +485,56 @@ async fn an_announced_hash_lets_the_receiver_skip_what_it_has() {
         "{finished:?}"
     );
     client.send(Message::text("after")).await.unwrap();
-    let mut next = server.receive().await.unwrap();
-    // The failed stream may reach the receiver first (as a stream that fails); then the message.
-    if let Incoming::Stream(s) = next {
-        assert!(s.read_to_end(1024).await.is_err());
-        next = server.receive().await.unwrap();
-    }
+    let next = server.receive().await.unwrap();
     assert_eq!(next.into_message().unwrap(), Message::text("after"));
+}
+
+/// Application metadata travels beside the payload untouched (PROTOCOL.md §5.1): on a message,
+/// on a message large enough to go as a stream, and on a stream opened with a spec. Metadata
+/// over 1024 bytes fails that send alone, nothing sent, and the connection carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_travels_with_messages_and_streams() {
+    let (client, mut server, _transports) = pair(cfg()).await;
+    let small = Message::text("hello").with_metadata(&b"origin=a;clip=1"[..]);
+    client.send(small.clone()).await.unwrap();
+    let got = server.receive().await.unwrap().into_message().unwrap();
+    assert_eq!(got, small);
+
+    // Above stream_threshold: a stream, whose STREAM_OPEN carries the metadata.
+    let big = Message::new("image/png", piece(5, 0, 2 << 20)).with_metadata(&b"clip=2"[..]);
+    let sending = {
+        let client = client.sender();
+        let big = big.clone();
+        tokio::spawn(async move { client.send(big).await })
+    };
+    let s = expect_stream(&mut server).await;
+    assert_eq!(&s.metadata()[..], b"clip=2");
+    let whole = Incoming::Stream(s).into_bytes(4 << 20).await.unwrap();
+    assert_eq!(whole, big);
+    sending.await.unwrap().unwrap();
+
+    let spec = clipsync::transport::StreamSpec::new("text/csv")
+        .len(3)
+        .metadata(vec![9u8; 1024]);
+    let mut s = client.open_stream_with(spec).await.unwrap();
+    s.write(Bytes::from_static(b"a,b")).await.unwrap();
+    let reading = tokio::spawn(async move {
+        let s = expect_stream(&mut server).await;
+        assert_eq!(s.metadata().len(), 1024);
+        assert_eq!(&s.read_to_end(16).await.unwrap()[..], b"a,b");
+        server
+    });
+    s.finish().await.unwrap();
+    let mut server = reading.await.unwrap();
+
+    let too_much = Message::text("x").with_metadata(vec![0u8; 1025]);
+    let refused = client.send(too_much).await;
+    assert!(
+        matches!(refused, Err(SendError::InvalidMetadata(_))),
+        "{refused:?}"
+    );
+    client.send(Message::text("still up")).await.unwrap();
+    let got = server.receive().await.unwrap().into_message().unwrap();
+    assert_eq!(&got.payload[..], b"still up");
+    assert!(got.metadata.is_empty());
 }

@@ -69,6 +69,8 @@ fuzz_target!(|data: &[u8]| {
     let attach = |session| Attach {
         peer_limits: limits(),
         streams: true,
+        metadata: true,
+        offers: true,
         session,
     };
     core.attach(attach(Resumption::New), now);
@@ -92,12 +94,16 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 next_id += 1;
                 let n = usize::from(input.byte().unwrap_or(0)) * 20;
-                let _ = core.send(next_id, "text/plain".into(), Bytes::from(vec![7; n]), now);
+                let meta = Bytes::from(vec![3; n % 64]);
+                let _ = core.send(next_id, "text/plain".into(), meta, Bytes::from(vec![7; n]), now);
             }
             5 => {
                 next_id += 1;
                 let len = u64::from(input.byte().unwrap_or(0)) * 1000;
-                let _ = core.open_stream(next_id, "a/b".into(), Some(len), now);
+                // An odd length announces a hash: an offer, whose bytes wait for acceptance.
+                let hash = (len % 2000 != 0).then_some([9; 32]);
+                let meta = Bytes::from(vec![4; (len % 100) as usize]);
+                let _ = core.open_stream_with(next_id, "a/b".into(), Some(len), hash, meta, now);
             }
             6 => {
                 if let Some(&key) = out_streams.first() {
@@ -113,6 +119,7 @@ fuzz_target!(|data: &[u8]| {
             }
             7 => {
                 if let Some(&key) = in_streams.first() {
+                    core.stream_accept(key, now);
                     core.stream_consumed(key, u64::from(input.byte().unwrap_or(0)) * 100, now);
                     if input.byte().unwrap_or(0) % 3 == 0 {
                         core.stream_release(key, None, now);

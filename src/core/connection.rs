@@ -90,6 +90,10 @@ pub struct Attach {
     pub peer_limits: PeerLimits,
     /// Both sides announced the STREAMS capability.
     pub streams: bool,
+    /// Both sides announced the METADATA capability.
+    pub metadata: bool,
+    /// Both sides announced the OFFERS capability.
+    pub offers: bool,
     /// What became of the session.
     pub session: Resumption,
 }
@@ -138,6 +142,10 @@ pub enum Failure {
     InvalidContentType(String),
     /// The peer did not announce the STREAMS capability.
     StreamsUnsupported,
+    /// Metadata longer than 1024 bytes. Nothing was queued.
+    InvalidMetadata(String),
+    /// Metadata for a peer that did not announce the METADATA capability. Nothing was sent.
+    MetadataUnsupported,
     /// The receiver failed or refused the stream (its `STREAM_RESULT`).
     Stream {
         /// The receiver's reason.
@@ -210,6 +218,8 @@ pub enum Output {
     Message {
         /// Its content type.
         content_type: String,
+        /// Its application metadata (empty if none).
+        metadata: Bytes,
         /// Its payload.
         payload: Bytes,
     },
@@ -223,6 +233,10 @@ pub enum Output {
         total_len: Option<u64>,
         /// Its BLAKE3, if announced.
         hash: Option<[u8; 32]>,
+        /// Its application metadata (empty if none).
+        metadata: Bytes,
+        /// An offer: its bytes wait for [`Connection::stream_accept`] (reading it accepts).
+        offer: bool,
     },
     /// Bytes of an incoming stream, in order.
     Data {
@@ -269,6 +283,7 @@ pub enum Phase {
 struct QueuedMessage {
     id: SendId,
     content_type: String,
+    metadata: Bytes,
     payload: Bytes,
 }
 
@@ -279,6 +294,7 @@ struct QueuedOpen {
     content_type: String,
     total_len: Option<u64>,
     hash: Option<[u8; 32]>,
+    metadata: Bytes,
 }
 
 /// What the application asked of an outgoing stream and the session has not taken yet.
@@ -384,6 +400,8 @@ impl Connection {
             replay_buffer_bytes: self.p.replay_buffer_bytes,
             peer_limits: a.peer_limits,
             streams: a.streams,
+            metadata: a.metadata,
+            offers: a.offers,
             chunk_size: self.p.chunk_size,
             stream_window: self.p.stream_window,
             connection_window: self.p.connection_window,
@@ -478,6 +496,7 @@ impl Connection {
         for (seq, m) in old.unsent {
             let MessageFrame {
                 content_type,
+                metadata,
                 payload,
                 ..
             } = m;
@@ -485,6 +504,7 @@ impl Connection {
                 carried.push(QueuedMessage {
                     id,
                     content_type,
+                    metadata,
                     payload,
                 });
             }
@@ -569,28 +589,30 @@ impl Connection {
 
     // ----- the application's sends -----
 
-    /// Queues a message. Refused at once (nothing queued, the connection unaffected) when its
-    /// content type is invalid, it is larger than the peer accepts, or the connection is over.
+    /// Queues a message with its application `metadata` (empty: none). Refused at once
+    /// (nothing queued, the connection unaffected) when its content type or metadata is
+    /// invalid, it is larger than the peer accepts, the peer takes no metadata, or the
+    /// connection is over.
     pub fn send(
         &mut self,
         id: SendId,
         content_type: String,
+        metadata: Bytes,
         payload: Bytes,
         now: Duration,
     ) -> Result<(), Failure> {
-        self.check_new_send(&content_type)?;
+        self.check_new_send(&content_type, &metadata)?;
         if let Some(s) = &self.session {
             let max = s.peer_limits().max_message_size;
-            if payload.len() as u64 > u64::from(max) {
-                return Err(Failure::TooLarge {
-                    size: payload.len(),
-                    max,
-                });
+            let size = super::session::message_size(&metadata, &payload);
+            if size as u64 > u64::from(max) {
+                return Err(Failure::TooLarge { size, max });
             }
         }
         self.messages.push_back(QueuedMessage {
             id,
             content_type,
+            metadata,
             payload,
         });
         self.pump_messages();
@@ -607,21 +629,25 @@ impl Connection {
         total_len: Option<u64>,
         now: Duration,
     ) -> Result<(), Failure> {
-        self.open_stream_hashed(id, content_type, total_len, None, now)
+        self.open_stream_with(id, content_type, total_len, None, Bytes::new(), now)
     }
 
     /// [`Connection::open_stream`], announcing the payload's BLAKE3 in `STREAM_OPEN` (flag
-    /// HASH_KNOWN): the receiver knows it before any byte. Bytes that do not match abort the
-    /// stream with `stream integrity` at its end (PROTOCOL.md §5.2).
-    pub fn open_stream_hashed(
+    /// HASH_KNOWN) and carrying application `metadata` (empty: none). With a hash the
+    /// receiver knows the payload before any byte; when both sides set OFFERS the stream is an
+    /// offer, whose bytes wait until the receiver accepts and which it may decline (`already
+    /// have`). Bytes that do not match the hash abort the stream with `stream integrity` at
+    /// its end (PROTOCOL.md §5.2).
+    pub fn open_stream_with(
         &mut self,
         id: SendId,
         content_type: String,
         total_len: Option<u64>,
         hash: Option<[u8; 32]>,
+        metadata: Bytes,
         now: Duration,
     ) -> Result<(), Failure> {
-        self.check_new_send(&content_type)?;
+        self.check_new_send(&content_type, &metadata)?;
         if self.session.as_ref().is_some_and(|s| !s.streams_enabled()) {
             return Err(Failure::StreamsUnsupported);
         }
@@ -630,18 +656,29 @@ impl Connection {
             content_type,
             total_len,
             hash,
+            metadata,
         });
         self.pump_opens();
         self.absorb(now);
         Ok(())
     }
 
-    fn check_new_send(&self, content_type: &str) -> Result<(), Failure> {
+    fn check_new_send(&self, content_type: &str, metadata: &Bytes) -> Result<(), Failure> {
         if let Some(problem) = crate::wire::content_type_problem(content_type.as_bytes()) {
             return Err(Failure::InvalidContentType(format!(
                 "content type {:?} {problem}",
                 crate::wire::truncate_utf8(content_type, 64)
             )));
+        }
+        if metadata.len() > crate::wire::MAX_METADATA_LEN {
+            return Err(Failure::InvalidMetadata(format!(
+                "metadata of {} bytes, at most {} allowed",
+                metadata.len(),
+                crate::wire::MAX_METADATA_LEN
+            )));
+        }
+        if !metadata.is_empty() && self.session.as_ref().is_some_and(|s| !s.metadata_enabled()) {
+            return Err(Failure::MetadataUnsupported);
         }
         if self.phase == Phase::Closed {
             return Err(Failure::NotSent(CloseCause::Local(
@@ -661,7 +698,12 @@ impl Connection {
             return;
         }
         while let Some(m) = self.messages.pop_front() {
-            match s.send_message(m.content_type.clone(), m.payload.clone(), Duration::ZERO) {
+            match s.send_message(
+                m.content_type.clone(),
+                m.metadata.clone(),
+                m.payload.clone(),
+                Duration::ZERO,
+            ) {
                 Ok(seq) => {
                     self.awaiting.insert(seq, m.id);
                 }
@@ -677,6 +719,10 @@ impl Connection {
                     self.outputs
                         .push_back(Output::Failed(m.id, Failure::StreamsUnsupported));
                 }
+                Err(SendRefusal::MetadataUnsupported) => {
+                    self.outputs
+                        .push_back(Output::Failed(m.id, Failure::MetadataUnsupported));
+                }
             }
         }
     }
@@ -690,7 +736,12 @@ impl Connection {
             return;
         }
         while let Some(o) = self.opens.pop_front() {
-            match s.open_stream(o.content_type.clone(), o.total_len, o.hash) {
+            match s.open_stream(
+                o.content_type.clone(),
+                o.total_len,
+                o.hash,
+                o.metadata.clone(),
+            ) {
                 Ok(id) => {
                     self.out.insert(id, OutStream::default());
                     self.outputs.push_back(Output::StreamReady {
@@ -712,6 +763,10 @@ impl Connection {
                 Err(SendRefusal::TooLarge { size, max }) => {
                     self.outputs
                         .push_back(Output::Failed(o.id, Failure::TooLarge { size, max }));
+                }
+                Err(SendRefusal::MetadataUnsupported) => {
+                    self.outputs
+                        .push_back(Output::Failed(o.id, Failure::MetadataUnsupported));
                 }
             }
         }
@@ -861,6 +916,18 @@ impl Connection {
 
     // ----- incoming streams -----
 
+    /// The application accepts incoming offer `key` (it starts reading it): its bytes may
+    /// flow. Nothing for a stream that is no pending offer.
+    pub fn stream_accept(&mut self, key: StreamKey, now: Duration) {
+        if key.epoch != self.epoch || self.phase == Phase::Closed {
+            return;
+        }
+        if let Some(s) = self.session.as_mut() {
+            s.stream_accept(key.id);
+            self.absorb(now);
+        }
+    }
+
     /// The application took `n` bytes of incoming stream `key`: credit may be due.
     pub fn stream_consumed(&mut self, key: StreamKey, n: u64, now: Duration) {
         if key.epoch != self.epoch || self.phase == Phase::Closed {
@@ -977,10 +1044,12 @@ impl Connection {
             match event {
                 Event::Message {
                     content_type,
+                    metadata,
                     payload,
                     ..
                 } => self.outputs.push_back(Output::Message {
                     content_type,
+                    metadata,
                     payload,
                 }),
                 Event::Acked { up_to } => {
@@ -1000,6 +1069,8 @@ impl Connection {
                     content_type,
                     total_len,
                     hash,
+                    metadata,
+                    offer,
                 } => {
                     self.incoming.insert(id, false);
                     self.outputs.push_back(Output::Incoming {
@@ -1007,6 +1078,8 @@ impl Connection {
                         content_type,
                         total_len,
                         hash,
+                        metadata,
+                        offer,
                     });
                 }
                 Event::StreamData { id, data } => {

@@ -33,6 +33,11 @@ pub struct SessionParams {
     pub peer_limits: PeerLimits,
     /// Whether both sides announced the STREAMS capability.
     pub streams: bool,
+    /// Whether both sides announced METADATA: only then may frames carry metadata.
+    pub metadata: bool,
+    /// Whether both sides announced OFFERS: a stream whose BLAKE3 is announced goes as an
+    /// offer, and the peer may send offers.
+    pub offers: bool,
     /// Bytes of stream data per chunk we send (capped by the peer's frame limit).
     pub chunk_size: u32,
     /// Credit we grant each incoming stream.
@@ -104,6 +109,8 @@ pub enum Event {
         seq: u64,
         /// Its content type.
         content_type: String,
+        /// Its application metadata (empty if none).
+        metadata: Bytes,
         /// Its payload.
         payload: Bytes,
     },
@@ -134,6 +141,10 @@ pub enum Event {
         total_len: Option<u64>,
         /// Its BLAKE3, if announced.
         hash: Option<[u8; 32]>,
+        /// Its application metadata (empty if none).
+        metadata: Bytes,
+        /// An offer: no bytes come until [`Session::stream_accept`].
+        offer: bool,
     },
     /// Bytes of an incoming stream, in order.
     StreamData {
@@ -183,6 +194,8 @@ pub enum SendRefusal {
     Closed,
     /// The peer did not announce the STREAMS capability.
     StreamsUnsupported,
+    /// Metadata for a peer that did not announce the METADATA capability.
+    MetadataUnsupported,
 }
 
 /// The session core of one connection. See the [module docs](super) for the run loop.
@@ -306,7 +319,12 @@ impl Session {
         self.p.peer_limits
     }
 
-    /// Whether both sides announced the STREAMS capability.
+    /// Whether both sides announced the METADATA capability.
+    pub fn metadata_enabled(&self) -> bool {
+        self.p.metadata
+    }
+
+    /// Whether both sides announced STREAMS.
     pub fn streams_enabled(&self) -> bool {
         self.p.streams
     }
@@ -380,23 +398,27 @@ impl Session {
 
     /// Queues a message; returns its sequence number. It is delivered when an
     /// [`Event::Acked`] covers that number.
+    ///
+    /// `metadata` (empty: none) counts against the peer's `max_message_size` with its 2-byte
+    /// length (PROTOCOL.md §5.1).
     pub fn send_message(
         &mut self,
         content_type: String,
+        metadata: Bytes,
         payload: Bytes,
         _now: Duration,
     ) -> Result<u64, SendRefusal> {
         if self.closed {
             return Err(SendRefusal::Closed);
         }
-        let max = self.p.peer_limits.max_message_size;
-        if payload.len() as u64 > u64::from(max) {
-            return Err(SendRefusal::TooLarge {
-                size: payload.len(),
-                max,
-            });
+        if !metadata.is_empty() && !self.p.metadata {
+            return Err(SendRefusal::MetadataUnsupported);
         }
-        let size = payload.len();
+        let max = self.p.peer_limits.max_message_size;
+        let size = message_size(&metadata, &payload);
+        if size as u64 > u64::from(max) {
+            return Err(SendRefusal::TooLarge { size, max });
+        }
         // One message always fits, however large, so the bound can never wedge the sender.
         let cost = (RETAINED_OVERHEAD + 17 + content_type.len() + size) as u64;
         if !self.unacked.is_empty() && !self.has_room(cost) {
@@ -408,6 +430,7 @@ impl Session {
             Frame::Message(MessageFrame {
                 seq,
                 content_type,
+                metadata,
                 payload,
             }),
         );
@@ -437,13 +460,26 @@ impl Session {
             );
             return;
         }
+        let (metadata, offer) = match &frame {
+            Frame::Message(m) => (!m.metadata.is_empty(), false),
+            Frame::StreamOpen(o) => (!o.metadata.is_empty(), o.offer),
+            _ => (false, false),
+        };
+        if (metadata && !self.p.metadata) || (offer && !self.p.offers) {
+            let what = if metadata { "METADATA" } else { "OFFERS" };
+            self.close(
+                ReasonCode::ProtocolError,
+                format!("{} flag without the {what} capability", frame.frame_type()),
+            );
+            return;
+        }
         if let Frame::Message(m) = &frame {
-            if m.payload.len() as u64 > u64::from(self.p.max_message_size) {
+            let size = message_size(&m.metadata, &m.payload);
+            if size as u64 > u64::from(self.p.max_message_size) {
                 self.close(
                     ReasonCode::LimitExceeded,
                     format!(
-                        "MESSAGE of {} bytes over our max_message_size {}",
-                        m.payload.len(),
+                        "MESSAGE of {size} bytes over our max_message_size {}",
                         self.p.max_message_size
                     ),
                 );
@@ -471,15 +507,21 @@ impl Session {
             Frame::Message(m) => self.events.push_back(Event::Message {
                 seq: m.seq,
                 content_type: m.content_type,
+                metadata: m.metadata,
                 payload: m.payload,
             }),
             Frame::StreamOpen(o) => {
-                match self.streams.on_open(o.stream_id, o.total_len, o.hash) {
+                match self
+                    .streams
+                    .on_open(o.stream_id, o.total_len, o.hash, o.offer)
+                {
                     Ok(()) => self.events.push_back(Event::StreamOpened {
                         id: o.stream_id,
                         content_type: o.content_type,
                         total_len: o.total_len,
                         hash: o.hash,
+                        metadata: o.metadata,
+                        offer: o.offer,
                     }),
                     // A violation (an id not above the last, more than max_streams): fatal.
                     Err(fatal) => self.inbound(o.stream_id, fatal),
@@ -560,11 +602,16 @@ impl Session {
 
     /// Opens an outgoing stream; returns its id. Its `STREAM_OPEN` is sequenced with messages.
     /// [`SendRefusal::Blocked`] while the peer's `max_streams` are open.
+    ///
+    /// A stream whose BLAKE3 is announced goes as an offer when both sides set OFFERS: its
+    /// bytes wait until the receiver accepts, and the receiver may decline it (`already
+    /// have`) before any byte flows.
     pub fn open_stream(
         &mut self,
         content_type: String,
         total_len: Option<u64>,
         hash: Option<[u8; 32]>,
+        metadata: Bytes,
     ) -> Result<u64, SendRefusal> {
         if self.closed {
             return Err(SendRefusal::Closed);
@@ -572,13 +619,16 @@ impl Session {
         if !self.p.streams {
             return Err(SendRefusal::StreamsUnsupported);
         }
-        if !self.streams.can_open()
-            || !self.has_room((RETAINED_OVERHEAD + 65 + content_type.len()) as u64)
-        {
+        if !metadata.is_empty() && !self.p.metadata {
+            return Err(SendRefusal::MetadataUnsupported);
+        }
+        let cost = RETAINED_OVERHEAD + 67 + content_type.len() + metadata.len();
+        if !self.streams.can_open() || !self.has_room(cost as u64) {
             return Err(SendRefusal::Blocked);
         }
+        let offer = hash.is_some() && self.p.offers;
         let seq = self.next_seq();
-        let id = self.streams.open(total_len, hash, seq);
+        let id = self.streams.open(total_len, hash, seq, offer);
         self.sequenced(
             0,
             Frame::StreamOpen(StreamOpen {
@@ -586,7 +636,9 @@ impl Session {
                 stream_id: id,
                 total_len,
                 hash,
+                offer,
                 content_type,
+                metadata,
             }),
         );
         Ok(id)
@@ -617,7 +669,10 @@ impl Session {
         if self.closed {
             return Err(StreamRefusal::Unknown);
         }
+        let held = self.streams.awaiting_accept(id);
         match self.streams.finish(id)? {
+            // An offer not accepted yet: its end goes after the receiver's CREDIT.
+            Ok(_) if held => {}
             Ok(end) => self.outbox.push_back(Frame::StreamEnd(end)),
             Err(abort) => self.outbox.push_back(Frame::StreamAbort(abort)),
         }
@@ -637,6 +692,17 @@ impl Session {
         let abort = self.streams.abort(id, reason, text)?;
         self.outbox.push_back(Frame::StreamAbort(abort));
         Ok(())
+    }
+
+    /// The application accepts incoming offer `id`: the `CREDIT` that lets its bytes flow.
+    /// Nothing for a stream that is no pending offer.
+    pub fn stream_accept(&mut self, id: u64) {
+        if self.closed {
+            return;
+        }
+        if let Some(c) = self.streams.accept(id) {
+            self.outbox.push_back(Frame::Credit(c));
+        }
     }
 
     /// The application took `n` bytes of incoming stream `id`: credit may be due.
@@ -1165,6 +1231,17 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// A message's size against `max_message_size`: its payload, plus its metadata and the
+/// metadata's 2-byte length when there is metadata (PROTOCOL.md §5.1).
+pub(crate) fn message_size(metadata: &Bytes, payload: &Bytes) -> usize {
+    payload.len()
+        + if metadata.is_empty() {
+            0
+        } else {
+            2 + metadata.len()
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1183,6 +1260,8 @@ mod tests {
             replay_buffer_bytes: 64 * 1024,
             peer_limits: example_limits(),
             streams: true,
+            metadata: true,
+            offers: true,
             chunk_size: 64 * 1024,
             stream_window: 2 * 1024 * 1024,
             connection_window: 8 * 1024 * 1024,
@@ -1195,6 +1274,7 @@ mod tests {
         Frame::Message(MessageFrame {
             seq,
             content_type: "text/plain".into(),
+            metadata: Bytes::new(),
             payload: Bytes::from_static(body),
         })
     }
@@ -1216,6 +1296,7 @@ mod tests {
             let seq = a
                 .send_message(
                     "text/plain".into(),
+                    Bytes::new(),
                     Bytes::from_static(body),
                     Duration::ZERO,
                 )
@@ -1342,7 +1423,12 @@ mod tests {
         p.replay_buffer_bytes = cost(8) + cost(2);
         let mut a = Session::new(p, Duration::ZERO);
         let send = |a: &mut Session, n: usize| {
-            a.send_message("a/b".into(), Bytes::from(vec![0; n]), Duration::ZERO)
+            a.send_message(
+                "a/b".into(),
+                Bytes::new(),
+                Bytes::from(vec![0; n]),
+                Duration::ZERO,
+            )
         };
         assert_eq!(send(&mut a, 8), Ok(1));
         assert_eq!(send(&mut a, 3), Err(SendRefusal::Blocked));
@@ -1374,6 +1460,8 @@ mod tests {
                     total_len: None,
                     hash: None,
                     content_type: "a/b".into(),
+                    offer: false,
+                    metadata: Bytes::new(),
                 }),
                 MS,
             );
@@ -1539,7 +1627,7 @@ mod tests {
     fn a_message_leaves_after_at_most_the_chunks_already_written() {
         let mut a = Session::new(params(), Duration::ZERO);
         let id = a
-            .open_stream("application/octet-stream".into(), None, None)
+            .open_stream("application/octet-stream".into(), None, None, Bytes::new())
             .unwrap_or_else(|e| panic!("{e:?}"));
         let chunk = |a: &mut Session| {
             let n = a.stream_capacity(id) as usize;
@@ -1551,6 +1639,7 @@ mod tests {
         chunk(&mut a);
         a.send_message(
             "text/plain".into(),
+            Bytes::new(),
             Bytes::from_static(b"clip"),
             Duration::ZERO,
         )
@@ -1572,7 +1661,7 @@ mod tests {
         p.streams = false;
         let mut a = Session::new(p, Duration::ZERO);
         assert_eq!(
-            a.open_stream("a/b".into(), None, None),
+            a.open_stream("a/b".into(), None, None, Bytes::new()),
             Err(SendRefusal::StreamsUnsupported)
         );
         a.handle_frame(
@@ -1611,8 +1700,13 @@ mod tests {
         let mut a = Session::new(params_big_replay(), Duration::ZERO);
         let mut b = Session::new(params_big_replay(), Duration::ZERO);
         for i in 1..=6u8 {
-            a.send_message("t/x".into(), Bytes::from(vec![i]), Duration::ZERO)
-                .unwrap_or_else(|e| panic!("{e:?}"));
+            a.send_message(
+                "t/x".into(),
+                Bytes::new(),
+                Bytes::from(vec![i]),
+                Duration::ZERO,
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
         }
         let frames = drain(&mut a, Duration::ZERO);
         for f in frames.into_iter().take(3) {
@@ -1624,7 +1718,7 @@ mod tests {
         let _ = drain(&mut b, MS);
         assert!(a.suspend() && b.suspend());
         // Sends while disconnected queue up in the replay buffer.
-        a.send_message("t/x".into(), Bytes::from(vec![7u8]), 2 * MS)
+        a.send_message("t/x".into(), Bytes::new(), Bytes::from(vec![7u8]), 2 * MS)
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert!(
             a.poll_transmit(2 * MS).is_none(),
@@ -1659,7 +1753,12 @@ mod tests {
     fn an_impossible_resume_point_means_the_session_is_lost() {
         let mut a = Session::new(params_big_replay(), Duration::ZERO);
         for i in 1..=3u8 {
-            let _ = a.send_message("t/x".into(), Bytes::from(vec![i]), Duration::ZERO);
+            let _ = a.send_message(
+                "t/x".into(),
+                Bytes::new(),
+                Bytes::from(vec![i]),
+                Duration::ZERO,
+            );
         }
         a.handle_frame(Frame::Ack(Ack { last_seq: 2 }), MS);
         // Issue 12, item 3: what a listener checks before answering RESUMED.
@@ -1689,7 +1788,12 @@ mod tests {
         assert!(a.is_closed());
         let mut b = Session::new(params_big_replay(), Duration::ZERO);
         for i in 1..=2u8 {
-            let _ = b.send_message("t/x".into(), Bytes::from(vec![i]), Duration::ZERO);
+            let _ = b.send_message(
+                "t/x".into(),
+                Bytes::new(),
+                Bytes::from(vec![i]),
+                Duration::ZERO,
+            );
         }
         let _ = b.poll_transmit(MS);
         let left = b.abandon();
@@ -1710,7 +1814,7 @@ mod tests {
         let mut b = Session::new(p, Duration::ZERO);
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let id = a
-            .open_stream("a/b".into(), Some(payload.len() as u64), None)
+            .open_stream("a/b".into(), Some(payload.len() as u64), None, Bytes::new())
             .unwrap_or_else(|e| panic!("{e:?}"));
         let mut off = 0;
         while off < 6000 {
@@ -1813,8 +1917,18 @@ mod tests {
     #[test]
     fn goaway_acknowledges_what_the_peer_received() {
         let mut a = Session::new(params(), Duration::ZERO);
-        let _ = a.send_message("a/b".into(), Bytes::from_static(b"1"), Duration::ZERO);
-        let _ = a.send_message("a/b".into(), Bytes::from_static(b"2"), Duration::ZERO);
+        let _ = a.send_message(
+            "a/b".into(),
+            Bytes::new(),
+            Bytes::from_static(b"1"),
+            Duration::ZERO,
+        );
+        let _ = a.send_message(
+            "a/b".into(),
+            Bytes::new(),
+            Bytes::from_static(b"2"),
+            Duration::ZERO,
+        );
         a.handle_frame(
             Frame::GoAway(GoAway {
                 reason: ReasonCode::GoingAway,

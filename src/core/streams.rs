@@ -40,6 +40,9 @@ pub(crate) struct OutStream {
     tail: Option<Frame>,
     /// The tail must be sent again once `resend` is empty.
     resend_tail: bool,
+    /// An offer (flag `OFFER`) the receiver has not accepted yet: no chunk and no
+    /// `STREAM_END` leaves until its first `CREDIT` (PROTOCOL.md §5.2).
+    pub(crate) awaiting_accept: bool,
 }
 
 /// One incoming stream.
@@ -64,6 +67,9 @@ pub(crate) struct InStream {
     /// first, and they are not credited to the current connection's window (its accounting
     /// started afresh at the resume).
     pub(crate) carried: u64,
+    /// An offer not accepted yet: no credit granted (`granted == 0`), and no `CREDIT` sent
+    /// for it, also not at a resume, until the application accepts it.
+    pub(crate) offer_pending: bool,
 }
 
 /// Why a stream operation was refused. Nothing changed.
@@ -160,7 +166,14 @@ impl Streams {
     }
 
     /// Registers a new outgoing stream; returns its id.
-    pub(crate) fn open(&mut self, total_len: Option<u64>, hash: Option<[u8; 32]>, seq: u64) -> u64 {
+    /// An `offer` starts without credit and waits for the receiver's first `CREDIT`.
+    pub(crate) fn open(
+        &mut self,
+        total_len: Option<u64>,
+        hash: Option<[u8; 32]>,
+        seq: u64,
+        offer: bool,
+    ) -> u64 {
         let id = self.next_out_id;
         self.next_out_id += 1;
         self.out.insert(
@@ -170,7 +183,7 @@ impl Streams {
                 announced_hash: hash,
                 sent: 0,
                 acked: 0,
-                limit: self.peer_stream_window,
+                limit: if offer { 0 } else { self.peer_stream_window },
                 hasher: blake3::Hasher::new(),
                 retained: VecDeque::new(),
                 ended: false,
@@ -179,6 +192,7 @@ impl Streams {
                 resend: VecDeque::new(),
                 tail: None,
                 resend_tail: false,
+                awaiting_accept: offer,
             },
         );
         id
@@ -189,7 +203,7 @@ impl Streams {
         let Some(s) = self.out.get(&id) else {
             return 0;
         };
-        if s.ended || s.awaiting_rewind || !s.resend.is_empty() {
+        if s.ended || s.awaiting_rewind || s.awaiting_accept || !s.resend.is_empty() {
             return 0;
         }
         let stream = s.limit.saturating_sub(s.sent);
@@ -263,6 +277,9 @@ impl Streams {
             Ok(end) => Frame::StreamEnd(*end),
             Err(abort) => Frame::StreamAbort(abort.clone()),
         });
+        // An offer not accepted yet keeps its end until the receiver's CREDIT
+        // ([`Streams::poll_resend`] sends it then); an abort may always go.
+        s.resend_tail = s.awaiting_accept && result.is_ok();
         Ok(result)
     }
 
@@ -317,6 +334,8 @@ impl Streams {
             ));
         }
         s.limit = s.limit.max(c.limit);
+        // The first CREDIT for an offer accepts it.
+        s.awaiting_accept = false;
         let moved = c.acked > s.acked;
         if moved {
             s.acked = c.acked;
@@ -364,7 +383,7 @@ impl Streams {
         }
         self.incoming
             .iter()
-            .filter(|(_, s)| !s.ended)
+            .filter(|(_, s)| !s.ended && !s.offer_pending)
             .map(|(id, s)| Credit {
                 stream_id: *id,
                 acked: s.received,
@@ -392,11 +411,17 @@ impl Streams {
         s.resend_tail = s.tail.is_some();
     }
 
-    /// The next retransmission after a resume, within the connection's credit.
+    /// Whether outgoing stream `id` is an offer the receiver has not accepted yet.
+    pub(crate) fn awaiting_accept(&self, id: u64) -> bool {
+        self.out.get(&id).is_some_and(|s| s.awaiting_accept)
+    }
+
+    /// The next retransmission after a resume (or the held end of an offer just accepted),
+    /// within the connection's credit.
     pub(crate) fn poll_resend(&mut self) -> Option<Frame> {
         let conn_room = self.conn_limit.saturating_sub(self.conn_sent);
         for (id, s) in self.out.iter_mut() {
-            if s.awaiting_rewind {
+            if s.awaiting_rewind || s.awaiting_accept {
                 continue;
             }
             if let Some((off, data)) = s.resend.front_mut() {
@@ -456,11 +481,13 @@ impl Streams {
     /// A `STREAM_OPEN` arrived. `Err` is a violation that closes the connection: an id that
     /// does not increase (`protocol error`), or a stream beyond our `max_streams`
     /// (`limit exceeded`).
+    /// An `offer` gets no credit until [`Streams::accept`].
     pub(crate) fn on_open(
         &mut self,
         id: u64,
         total_len: Option<u64>,
         hash: Option<[u8; 32]>,
+        offer: bool,
     ) -> Result<(), Inbound> {
         if id <= self.last_in_id {
             return Err(Inbound::Fatal(
@@ -488,11 +515,12 @@ impl Streams {
                 announced_hash: hash,
                 received: 0,
                 consumed: 0,
-                granted: self.stream_window,
+                granted: if offer { 0 } else { self.stream_window },
                 hasher: blake3::Hasher::new(),
                 ended: false,
                 answered: false,
                 carried: 0,
+                offer_pending: offer,
             },
         );
         Ok(())
@@ -575,6 +603,15 @@ impl Streams {
                 )
             };
         };
+        if s.offer_pending {
+            return Inbound::Fatal(
+                ReasonCode::ProtocolError,
+                format!(
+                    "STREAM_END of stream {} before its offer was accepted",
+                    e.stream_id
+                ),
+            );
+        }
         let sha: [u8; 32] = *s.hasher.finalize().as_bytes();
         let problem = if e.total_len != s.received {
             Some(format!(
@@ -627,12 +664,26 @@ impl Streams {
         }
     }
 
+    /// The application accepts offer `id` (it starts reading): the `CREDIT` that grants its
+    /// first window, which is the acceptance (PROTOCOL.md §5.2). `None` for a stream that is
+    /// no pending offer.
+    pub(crate) fn accept(&mut self, id: u64) -> Option<Credit> {
+        let s = self.incoming.get_mut(&id).filter(|s| s.offer_pending)?;
+        s.offer_pending = false;
+        s.granted = s.consumed + self.stream_window;
+        Some(Credit {
+            stream_id: id,
+            acked: s.received,
+            limit: s.granted,
+        })
+    }
+
     /// The application took `n` bytes of stream `id`. Returns the `CREDIT` frames due: a new
     /// grant once a quarter of a window has been consumed since the last one.
     pub(crate) fn consumed(&mut self, id: u64, n: u64) -> Vec<Credit> {
         let mut out = Vec::new();
         // A report for a stream already let go of (or of an earlier session) changes nothing.
-        let Some(s) = self.incoming.get_mut(&id) else {
+        let Some(s) = self.incoming.get_mut(&id).filter(|s| !s.offer_pending) else {
             return out;
         };
         let n = n.min(s.received - s.consumed);
@@ -694,7 +745,7 @@ mod tests {
     #[test]
     fn the_sender_never_exceeds_the_stream_window() {
         let mut s = Streams::new(params());
-        let id = s.open(None, None, 1);
+        let id = s.open(None, None, 1, false);
         let mut sent = 0;
         while s.capacity(id) > 0 {
             let n = s.capacity(id) as usize;
@@ -725,8 +776,8 @@ mod tests {
     #[test]
     fn the_connection_window_caps_all_streams_together() {
         let mut s = Streams::new(params());
-        let a = s.open(None, None, 1);
-        let b = s.open(None, None, 1);
+        let a = s.open(None, None, 1, false);
+        let b = s.open(None, None, 1, false);
         for _ in 0..3 {
             let n = s.capacity(a) as usize;
             s.write(a, data(n)).unwrap_or_else(|e| panic!("{e:?}"));
@@ -744,7 +795,8 @@ mod tests {
     #[test]
     fn credit_is_granted_only_as_the_application_consumes() {
         let mut r = Streams::new(params());
-        r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        r.on_open(1, None, None, false)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         for off in [0u64, 40, 80] {
             let n = if off == 80 { 20 } else { 40 };
             let got = r.on_chunk(StreamChunk {
@@ -782,7 +834,8 @@ mod tests {
     #[test]
     fn a_gap_or_a_bad_hash_fails_the_stream_not_the_connection() {
         let mut r = Streams::new(params());
-        r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        r.on_open(1, None, None, false)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let gap = r.on_chunk(StreamChunk {
             stream_id: 1,
             offset: 5,
@@ -792,7 +845,7 @@ mod tests {
             gap,
             Inbound::Ended(Err((ReasonCode::StreamIntegrity, _)))
         ));
-        r.on_open(2, Some(3), None)
+        r.on_open(2, Some(3), None, false)
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert!(matches!(
             r.on_chunk(StreamChunk {
@@ -822,7 +875,8 @@ mod tests {
     #[test]
     fn retransmitted_bytes_are_dropped_or_trimmed() {
         let mut r = Streams::new(params());
-        r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        r.on_open(1, None, None, false)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let _ = r.on_chunk(StreamChunk {
             stream_id: 1,
             offset: 0,
@@ -848,7 +902,7 @@ mod tests {
     #[test]
     fn resume_offsets_are_tracked_exactly() {
         let mut s = Streams::new(params());
-        let id = s.open(None, None, 1);
+        let id = s.open(None, None, 1, false);
         for _ in 0..2 {
             let n = s.capacity(id) as usize;
             s.write(id, data(n)).unwrap_or_else(|e| panic!("{e:?}"));
@@ -878,7 +932,7 @@ mod tests {
     #[test]
     fn the_sender_refuses_to_overrun_or_misstate_its_length() {
         let mut s = Streams::new(params());
-        let id = s.open(Some(5), None, 1);
+        let id = s.open(Some(5), None, 1, false);
         assert_eq!(s.write(id, data(6)), Err(StreamRefusal::Overrun));
         s.write(id, data(3)).unwrap_or_else(|e| panic!("{e:?}"));
         let ended = s.finish(id).unwrap_or_else(|e| panic!("{e:?}"));
@@ -894,10 +948,12 @@ mod tests {
     #[test]
     fn a_stream_beyond_max_streams_is_a_violation() {
         let mut r = Streams::new(params());
-        r.on_open(1, None, None).unwrap_or_else(|e| panic!("{e:?}"));
-        r.on_open(2, None, None).unwrap_or_else(|e| panic!("{e:?}"));
+        r.on_open(1, None, None, false)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        r.on_open(2, None, None, false)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         assert!(matches!(
-            r.on_open(3, None, None),
+            r.on_open(3, None, None, false),
             Err(Inbound::Fatal(ReasonCode::LimitExceeded, _))
         ));
     }
@@ -931,8 +987,8 @@ mod props {
                 peer_max_streams: 4,
             };
             let (mut tx, mut rx) = (Streams::new(p), Streams::new(p));
-            let id = tx.open(Some(payload.len() as u64), None, 1);
-            rx.on_open(id, Some(payload.len() as u64), None).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            let id = tx.open(Some(payload.len() as u64), None, 1, false);
+            rx.on_open(id, Some(payload.len() as u64), None, false).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
             let mut pending: VecDeque<Bytes> = VecDeque::new();
             let mut at = 0;
             for c in cuts.iter().cycle() {

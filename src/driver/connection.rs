@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::stream::Incoming;
 use super::stream::StreamSignal;
 use super::stream::{OutCmd, StreamSender};
-use super::types::{ConnectionState, Health, Message};
+use super::types::{ConnectionState, Health, Message, StreamSpec};
 use super::writer::{WriterCmd, write_loop};
 use crate::config::TransportConfig;
 use crate::core::{
@@ -37,9 +37,7 @@ pub(crate) enum Command {
         done: oneshot::Sender<Result<(), SendError>>,
     },
     OpenStream {
-        content_type: String,
-        total_len: Option<u64>,
-        hash: Option<[u8; 32]>,
+        spec: Box<StreamSpec>,
         reply: oneshot::Sender<Result<StreamSender, SendError>>,
     },
     Close {
@@ -456,6 +454,8 @@ impl Driver {
             Attach {
                 peer_limits: limits,
                 streams: channel.handshake.peer_capabilities & crate::wire::CAP_STREAMS != 0,
+                metadata: channel.handshake.peer_capabilities & crate::wire::CAP_METADATA != 0,
+                offers: channel.handshake.peer_capabilities & crate::wire::CAP_OFFERS != 0,
                 session,
             },
             now,
@@ -651,6 +651,9 @@ impl Driver {
             Input::Signal(Some(StreamSignal::Consumed { key, n })) => {
                 self.core.stream_consumed(key, n, now);
             }
+            Input::Signal(Some(StreamSignal::Accept { key })) => {
+                self.core.stream_accept(key, now);
+            }
             Input::Signal(Some(StreamSignal::Released { key, verdict })) => {
                 self.incoming_streams.remove(&key);
                 self.core.stream_release(key, verdict, now);
@@ -713,10 +716,13 @@ impl Driver {
         let id = self.next_id;
         match cmd {
             Command::Send { message, done } => {
-                match self
-                    .core
-                    .send(id, message.content_type, message.payload, now)
-                {
+                match self.core.send(
+                    id,
+                    message.content_type,
+                    message.metadata,
+                    message.payload,
+                    now,
+                ) {
                     Ok(()) => {
                         self.waiting.insert(id, Waiting::Message(done));
                     }
@@ -725,17 +731,22 @@ impl Driver {
                     }
                 }
             }
-            Command::OpenStream {
-                content_type,
-                total_len,
-                hash,
-                reply,
-            } => match self
-                .core
-                .open_stream_hashed(id, content_type, total_len, hash, now)
-            {
+            Command::OpenStream { spec, reply } => match self.core.open_stream_with(
+                id,
+                spec.content_type,
+                spec.total_len,
+                spec.hash,
+                spec.metadata,
+                now,
+            ) {
                 Ok(()) => {
-                    self.waiting.insert(id, Waiting::Open { reply, total_len });
+                    self.waiting.insert(
+                        id,
+                        Waiting::Open {
+                            reply,
+                            total_len: spec.total_len,
+                        },
+                    );
                 }
                 Err(f) => {
                     let _ = reply.send(Err(failure_to_error(f)));

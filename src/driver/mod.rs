@@ -16,4 +16,4 @@ mod writer;
 pub(crate) use connection::{Command, Handles, Pending, Reconnect, Redial, spawn, spawn_pending};
 pub use stream::{Full, Incoming, IncomingStream, Progress, StreamError, StreamSender};
 pub(crate) use types::cause_of;
-pub use types::{ConnectionState, Health, Message};
+pub use types::{ConnectionState, Health, Message, StreamSpec};

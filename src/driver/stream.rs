@@ -67,6 +67,10 @@ pub(crate) enum StreamSignal {
         key: StreamKey,
         n: u64,
     },
+    /// The application accepts an offer: it started reading (PROTOCOL.md §5.2).
+    Accept {
+        key: StreamKey,
+    },
     /// The application let go, with its verdict on a verified stream (`None`: kept).
     Released {
         key: StreamKey,
@@ -229,8 +233,18 @@ impl StreamSender {
     }
 
     /// Writes everything `reader` yields, then finishes: the bytes sent once the peer has
-    /// verified them.
-    pub(crate) async fn send_all<R: AsyncRead + Unpin>(
+    /// verified them. If the receiver settles the stream early (it declined an offer with
+    /// `already have`, or cancelled), that outcome is returned as soon as it is known.
+    ///
+    /// ```no_run
+    /// # async fn demo(to: clipsync::transport::ConnectionSender) -> Result<(), clipsync::error::SendError> {
+    /// let mut file = tokio::io::empty(); // a tokio::fs::File in practice
+    /// let s = to.open_stream("application/octet-stream", None).await?;
+    /// let n = s.send_all(&mut file).await?;
+    /// println!("{n} bytes delivered and verified");
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_all<R: AsyncRead + Unpin>(
         mut self,
         reader: &mut R,
     ) -> Result<u64, SendError> {
@@ -265,13 +279,35 @@ impl StreamSender {
 /// whole with [`IncomingStream::read_to_end`]. The sender can only get a window ahead of the
 /// reader, so reading slowly slows the sender instead of filling memory.
 ///
-/// Dropping it before the end cancels the stream (the sender is told `cancelled`).
+/// Dropping it before the end cancels the stream (the sender is told `cancelled`);
+/// [`IncomingStream::decline`] tells it `already have` instead.
+///
+/// A stream whose sender announced its BLAKE3 ([`IncomingStream::hash`]) arrives as an
+/// *offer* (PROTOCOL.md §5.2): none of its bytes flow until this side starts reading, so
+/// declining it costs the link nothing but the `STREAM_OPEN`.
+///
+/// ```no_run
+/// # async fn demo(mut conn: clipsync::transport::Connection,
+/// #               have: impl Fn(&[u8; 32]) -> bool) -> Result<(), Box<dyn std::error::Error>> {
+/// use clipsync::transport::Incoming;
+/// if let Ok(Incoming::Stream(s)) = conn.receive().await {
+///     if s.hash().is_some_and(|h| have(&h)) {
+///         s.decline(); // the sender's stream fails with `already have`; no byte was sent
+///     } else {
+///         let origin = s.metadata().clone(); // what the sender's engine attached
+///         let image = s.read_to_end(64 << 20).await?; // reading accepts the offer
+///         println!("{} bytes from {origin:?}", image.len());
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct IncomingStream {
     pub(crate) key: StreamKey,
-    pub(crate) content_type: String,
-    pub(crate) total_len: Option<u64>,
-    pub(crate) hash: Option<[u8; 32]>,
+    /// What its `STREAM_OPEN` said (boxed: an `Incoming` stays small to move around).
+    pub(crate) head: Box<StreamHead>,
+    /// An offer this side has not accepted yet: the first read accepts it.
+    pub(crate) offer_pending: bool,
     pub(crate) rx: mpsc::UnboundedReceiver<InItem>,
     pub(crate) signals: mpsc::UnboundedSender<StreamSignal>,
     pub(crate) progress: watch::Receiver<Progress>,
@@ -285,6 +321,16 @@ pub struct IncomingStream {
     pub(crate) hold: bool,
 }
 
+/// What a `STREAM_OPEN` said about an incoming stream.
+#[derive(Debug)]
+pub(crate) struct StreamHead {
+    pub(crate) content_type: String,
+    pub(crate) total_len: Option<u64>,
+    pub(crate) hash: Option<[u8; 32]>,
+    pub(crate) metadata: Bytes,
+    pub(crate) offer: bool,
+}
+
 /// Consumption is reported to the driver (which grants credit from it) in batches of this
 /// many bytes, or sooner when the reader has taken everything queued: one report per chunk
 /// cost a wake-up of the connection task per 64 KiB. Well under a quarter of the smallest
@@ -294,18 +340,15 @@ const REPORT_EVERY: u64 = 256 * 1024;
 impl IncomingStream {
     pub(crate) fn new(
         key: StreamKey,
-        content_type: String,
-        total_len: Option<u64>,
-        hash: Option<[u8; 32]>,
+        head: StreamHead,
         rx: mpsc::UnboundedReceiver<InItem>,
         signals: mpsc::UnboundedSender<StreamSignal>,
         progress: watch::Receiver<Progress>,
     ) -> Self {
         Self {
             key,
-            content_type,
-            total_len,
-            hash,
+            offer_pending: head.offer,
+            head: Box::new(head),
             rx,
             signals,
             progress,
@@ -329,6 +372,19 @@ impl IncomingStream {
     /// Settles a stream held with [`IncomingStream::hold_verdict`] as delivered (the same as
     /// dropping it after its verified end).
     pub fn accept(self) {}
+
+    /// Declines the stream because this side already has its payload: the sender's stream
+    /// fails with [`ReasonCode::AlreadyHave`] (20), which an engine takes as "the peer has
+    /// it". For an offer (the sender announced the hash) no byte of the payload was sent;
+    /// for any other stream the bytes in flight are dropped, as on a cancel.
+    pub fn decline(self) {
+        self.reject(ReasonCode::AlreadyHave, "already have it");
+    }
+
+    /// The application metadata the sender attached (empty if none).
+    pub fn metadata(&self) -> &Bytes {
+        &self.head.metadata
+    }
 
     /// The peer's id for this stream (unique within the peer's session).
     pub fn id(&self) -> u64 {
@@ -372,17 +428,17 @@ impl IncomingStream {
 
     /// Its content type.
     pub fn content_type(&self) -> &str {
-        &self.content_type
+        &self.head.content_type
     }
 
     /// Its length, if the sender announced it.
     pub fn total_len(&self) -> Option<u64> {
-        self.total_len
+        self.head.total_len
     }
 
     /// Its BLAKE3, if the sender announced it up front (it is always checked at the end).
     pub fn hash(&self) -> Option<[u8; 32]> {
-        self.hash
+        self.head.hash
     }
 
     /// Progress, to watch.
@@ -391,6 +447,10 @@ impl IncomingStream {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        if std::mem::take(&mut self.offer_pending) {
+            // Reading an offer accepts it: only now does the sender send its bytes.
+            let _ = self.signals.send(StreamSignal::Accept { key: self.key });
+        }
         if !self.current.is_empty() {
             return Poll::Ready(Ok(Some(std::mem::take(&mut self.current))));
         }

@@ -13,6 +13,10 @@ pub struct Message {
     /// A MIME type such as `text/plain; charset=utf-8` or `image/png` (1–255 printable
     /// ASCII bytes).
     pub content_type: String,
+    /// Application metadata the transport carries untouched beside the payload (for example
+    /// an origin, a clip id and a timestamp): at most 1024 bytes, empty for none. It counts
+    /// against the peer's message size limit with a 2-byte length (PROTOCOL.md §5.1).
+    pub metadata: Bytes,
     /// The payload.
     pub payload: Bytes,
 }
@@ -22,13 +26,86 @@ impl Message {
     pub fn new(content_type: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Self {
             content_type: content_type.into(),
+            metadata: Bytes::new(),
             payload: payload.into(),
         }
+    }
+
+    /// The same message carrying application `metadata` (at most 1024 bytes; a longer one
+    /// fails the send with [`crate::error::SendError::InvalidMetadata`]).
+    ///
+    /// ```
+    /// use clipsync::transport::Message;
+    /// let m = Message::text("hello").with_metadata(&b"origin=laptop;clip=7"[..]);
+    /// assert_eq!(&m.metadata[..], b"origin=laptop;clip=7");
+    /// assert_eq!(&m.payload[..], b"hello");
+    /// ```
+    pub fn with_metadata(mut self, metadata: impl Into<Bytes>) -> Self {
+        self.metadata = metadata.into();
+        self
     }
 
     /// A UTF-8 text message (`text/plain; charset=utf-8`).
     pub fn text(text: impl Into<String>) -> Self {
         Self::new("text/plain; charset=utf-8", Bytes::from(text.into()))
+    }
+}
+
+/// What a sender says about a stream before its bytes ([`StreamSpec::new`], then the
+/// builders): content type, and what the application already knows. Used by
+/// `ConnectionSender::open_stream_with` and `Peer::open_stream_with`.
+///
+/// ```
+/// use clipsync::transport::StreamSpec;
+/// let png = vec![0u8; 4096];
+/// let spec = StreamSpec::new("image/png")
+///     .len(png.len() as u64)
+///     .hash(*blake3::hash(&png).as_bytes()) // an offer: the peer may decline it unsent
+///     .metadata(&b"origin=laptop;clip=42"[..]);
+/// assert_eq!(spec.total_len, Some(4096));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamSpec {
+    /// The content type (1–255 printable ASCII bytes).
+    pub content_type: String,
+    /// The payload's length, if known: the receiver sees it, and the bytes must match it.
+    pub total_len: Option<u64>,
+    /// The payload's BLAKE3, if known in advance: the receiver sees it before any byte, and
+    /// (when both sides set OFFERS) no byte flows until it accepts, so it can decline a
+    /// payload it already has (`already have`, 20). The bytes must match it.
+    pub hash: Option<[u8; 32]>,
+    /// Application metadata, at most 1024 bytes (empty: none).
+    pub metadata: Bytes,
+}
+
+impl StreamSpec {
+    /// A stream of `content_type`, nothing else known.
+    pub fn new(content_type: impl Into<String>) -> Self {
+        Self {
+            content_type: content_type.into(),
+            total_len: None,
+            hash: None,
+            metadata: Bytes::new(),
+        }
+    }
+
+    /// Announces the payload's length.
+    pub fn len(mut self, total_len: u64) -> Self {
+        self.total_len = Some(total_len);
+        self
+    }
+
+    /// Announces the payload's BLAKE3 (32-byte output).
+    pub fn hash(mut self, hash: [u8; 32]) -> Self {
+        self.hash = Some(hash);
+        self
+    }
+
+    /// Attaches application metadata (at most 1024 bytes).
+    pub fn metadata(mut self, metadata: impl Into<Bytes>) -> Self {
+        self.metadata = metadata.into();
+        self
     }
 }
 

@@ -20,8 +20,9 @@ use super::ws::Ws;
 use crate::config::TransportConfig;
 use crate::error::ConnectError;
 use crate::wire::{
-    Auth, AuthResult, CAP_RESUME, CAP_STREAMS, DecodeLimits, Frame, FrameType, GoAway, Hello,
-    PROTOCOL_VERSION, PeerLimits, ReasonCode, Resume, Role, SessionId, truncate_utf8,
+    Auth, AuthResult, CAP_METADATA, CAP_OFFERS, CAP_RESUME, CAP_STREAMS, DecodeLimits, Frame,
+    FrameType, GoAway, Hello, PROTOCOL_VERSION, PeerLimits, ReasonCode, Resume, Role, SessionId,
+    truncate_utf8,
 };
 
 /// What one side brings to the handshake.
@@ -87,7 +88,7 @@ pub async fn run(ws: &mut Ws, input: HandshakeInput<'_>) -> Result<Handshaked, C
         protocol_version: PROTOCOL_VERSION,
         role,
         nonce: input.nonce,
-        capabilities: CAP_STREAMS | CAP_RESUME,
+        capabilities: CAP_STREAMS | CAP_RESUME | CAP_METADATA | CAP_OFFERS,
         limits: input.cfg.peer_limits(),
         public_key: input.auth.public_key(),
         extensions: vec![],

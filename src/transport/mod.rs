@@ -37,7 +37,7 @@ use crate::core::{LinkView, RedialPolicy, tie_break, unit_draw};
 use crate::driver::{self, Command, Handles, Reconnect, Redial, cause_of};
 pub use crate::driver::{
     ConnectionState, Full, Health, Incoming, IncomingStream, Message, Progress, StreamError,
-    StreamSender,
+    StreamSender, StreamSpec,
 };
 use crate::error::{CloseCause, ConfigError, ConnectError, ConnectionClosed, SendError};
 pub use crate::net::Address;
@@ -1168,6 +1168,11 @@ impl Connection {
             .await
     }
 
+    /// See [`ConnectionSender::open_stream_with`].
+    pub async fn open_stream_with(&self, spec: StreamSpec) -> Result<StreamSender, SendError> {
+        self.sender.open_stream_with(spec).await
+    }
+
     /// See [`ConnectionSender::send_stream`].
     pub async fn send_stream<R: tokio::io::AsyncRead + Unpin>(
         &self,
@@ -1343,9 +1348,11 @@ impl Incoming {
             Incoming::Message(m) => Ok(m),
             Incoming::Stream(s) => {
                 let content_type = s.content_type().to_string();
+                let metadata = s.metadata().clone();
                 let payload = s.read_to_end(max).await?;
                 Ok(Message {
                     content_type,
+                    metadata,
                     payload,
                 })
             }

@@ -68,7 +68,7 @@ use tracing::Instrument;
 
 use super::{Connection, ConnectionSender, PeerInfo, Transport};
 use crate::core::{Backoff, unit_draw};
-use crate::driver::{ConnectionState, Health, Incoming, Message, StreamSender};
+use crate::driver::{ConnectionState, Health, Incoming, Message, StreamSender, StreamSpec};
 use crate::error::{CloseCause, ConnectError, SendError};
 use crate::net::Address;
 use crate::secure::Authenticator;
@@ -358,17 +358,40 @@ impl Peer {
     }
 
     /// Opens a stream of a payload whose length and BLAKE3 are known, on the current link
-    /// ([`ConnectionSender::open_stream_hashed`]): the peer can drop a payload it already has.
+    /// ([`ConnectionSender::open_stream_hashed`]): an offer the peer can decline before any
+    /// byte flows, when it already has the payload ([`SendError::already_had`]).
     pub async fn open_stream_hashed(
         &self,
         content_type: impl Into<String>,
         total_len: u64,
         hash: [u8; 32],
     ) -> Result<StreamSender, SendError> {
-        let content_type = content_type.into();
+        self.open_stream_with(StreamSpec::new(content_type).len(total_len).hash(hash))
+            .await
+    }
+
+    /// Opens a stream as `spec` describes it (length, BLAKE3, application metadata), on the
+    /// current link ([`ConnectionSender::open_stream_with`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: clipsync::transport::Peer, png: bytes::Bytes)
+    /// # -> Result<(), clipsync::error::SendError> {
+    /// use clipsync::transport::StreamSpec;
+    /// let spec = StreamSpec::new("image/png")
+    ///     .len(png.len() as u64)
+    ///     .hash(*blake3::hash(&png).as_bytes())
+    ///     .metadata(&b"clip=42"[..]);
+    /// let s = peer.open_stream_with(spec).await?;
+    /// match s.send_all(&mut &png[..]).await {
+    ///     Err(e) if e.already_had() => Ok(()), // the peer had it: nothing was sent
+    ///     other => other.map(|_| ()),
+    /// }
+    /// # }
+    /// ```
+    pub async fn open_stream_with(&self, spec: StreamSpec) -> Result<StreamSender, SendError> {
         self.on_link(|s| {
-            let ct = content_type.clone();
-            async move { s.open_stream_hashed(ct, total_len, hash).await }
+            let spec = spec.clone();
+            async move { s.open_stream_with(spec).await }
         })
         .await
     }

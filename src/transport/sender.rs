@@ -3,7 +3,9 @@
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::TransportConfig;
-use crate::driver::{Command, ConnectionState, Handles, Message, StreamSender, cause_of};
+use crate::driver::{
+    Command, ConnectionState, Handles, Message, StreamSender, StreamSpec, cause_of,
+};
 use crate::error::{CloseCause, SendError};
 
 /// The sending half of a [`super::Connection`] ([`super::Connection::sender`]): send messages
@@ -38,10 +40,10 @@ impl ConnectionSender {
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
         if message.payload.len() > self.stream_threshold {
             let len = message.payload.len() as u64;
-            let mut s = match self
-                .open_stream(message.content_type.clone(), Some(len))
-                .await
-            {
+            let spec = StreamSpec::new(message.content_type.clone())
+                .len(len)
+                .metadata(message.metadata.clone());
+            let mut s = match self.open_stream_with(spec).await {
                 Ok(s) => s,
                 Err(SendError::StreamsUnsupported) => return self.send_message(message).await,
                 Err(e) => return Err(e),
@@ -81,9 +83,11 @@ impl ConnectionSender {
         let (reply, reply_rx) = oneshot::channel();
         let cmd = if streamed {
             Command::OpenStream {
-                content_type: message.content_type.clone(),
-                total_len: Some(message.payload.len() as u64),
-                hash: None,
+                spec: Box::new(
+                    StreamSpec::new(message.content_type.clone())
+                        .len(message.payload.len() as u64)
+                        .metadata(message.metadata.clone()),
+                ),
                 reply,
             }
         } else {
@@ -124,24 +128,32 @@ impl ConnectionSender {
         content_type: impl Into<String>,
         total_len: Option<u64>,
     ) -> Result<StreamSender, SendError> {
-        self.open(content_type.into(), total_len, None).await
+        let mut spec = StreamSpec::new(content_type);
+        spec.total_len = total_len;
+        self.open_stream_with(spec).await
     }
 
     /// Opens a stream of a payload whose length and BLAKE3 the application already knows (a
     /// clipboard engine hashes what it captures anyway). Both go in `STREAM_OPEN`, so the
-    /// receiver sees them ([`crate::transport::IncomingStream::hash`]) before any byte and can
-    /// drop a payload it already has: the stream then settles for this side with
-    /// [`SendError::Stream`] `cancelled` (15), after at most a window of bytes. The bytes
-    /// written must be exactly that payload, or the stream fails with `stream integrity` (14).
+    /// receiver sees them ([`crate::transport::IncomingStream::hash`]) before any byte. The
+    /// stream is an *offer* (PROTOCOL.md §5.2): its bytes wait until the receiver starts
+    /// reading, and a receiver that already has the payload declines it
+    /// ([`crate::transport::IncomingStream::decline`]) before any byte flows; the stream then
+    /// settles for this side with [`SendError::Stream`] `already have` (20)
+    /// ([`SendError::already_had`]). The bytes written must be exactly that payload, or the
+    /// stream fails with `stream integrity` (14).
     ///
     /// ```no_run
     /// # async fn demo(to: clipsync::transport::ConnectionSender, png: bytes::Bytes)
     /// # -> Result<(), clipsync::error::SendError> {
     /// let hash = *blake3::hash(&png).as_bytes();
     /// let mut s = to.open_stream_hashed("image/png", png.len() as u64, hash).await?;
-    /// s.write(png).await?;
-    /// s.finish().await // Err(SendError::Stream { reason: Cancelled, .. }): the peer had it
-    /// # }
+    /// match s.send_all(&mut &png[..]).await {
+    ///     Ok(_) => println!("sent"),
+    ///     Err(e) if e.already_had() => println!("the peer had it; nothing was sent"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
     /// ```
     pub async fn open_stream_hashed(
         &self,
@@ -149,21 +161,31 @@ impl ConnectionSender {
         total_len: u64,
         hash: [u8; 32],
     ) -> Result<StreamSender, SendError> {
-        self.open(content_type.into(), Some(total_len), Some(hash))
+        self.open_stream_with(StreamSpec::new(content_type).len(total_len).hash(hash))
             .await
     }
 
-    async fn open(
-        &self,
-        content_type: String,
-        total_len: Option<u64>,
-        hash: Option<[u8; 32]>,
-    ) -> Result<StreamSender, SendError> {
+    /// Opens a stream as `spec` describes it: content type, and the length, BLAKE3 and
+    /// application metadata the application knows in advance (see
+    /// [`ConnectionSender::open_stream_hashed`] for what a hash changes). Waits while the
+    /// peer's `max_streams` are open.
+    ///
+    /// ```no_run
+    /// # async fn demo(to: clipsync::transport::ConnectionSender, png: bytes::Bytes)
+    /// # -> Result<(), clipsync::error::SendError> {
+    /// use clipsync::transport::StreamSpec;
+    /// let spec = StreamSpec::new("image/png")
+    ///     .len(png.len() as u64)
+    ///     .metadata(&b"origin=laptop;clip=42"[..]);
+    /// let mut s = to.open_stream_with(spec).await?;
+    /// s.write(png).await?;
+    /// s.finish().await
+    /// # }
+    /// ```
+    pub async fn open_stream_with(&self, spec: StreamSpec) -> Result<StreamSender, SendError> {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::OpenStream {
-            content_type,
-            total_len,
-            hash,
+            spec: Box::new(spec),
             reply,
         };
         if self.commands.send(cmd).await.is_err() {

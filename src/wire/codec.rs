@@ -32,6 +32,7 @@ impl Frame {
 
     fn flags(&self) -> u16 {
         match self {
+            Self::Message(m) if !m.metadata.is_empty() => FLAG_METADATA,
             Self::StreamOpen(o) => {
                 let mut f = 0;
                 if o.total_len.is_some() {
@@ -39,6 +40,12 @@ impl Frame {
                 }
                 if o.hash.is_some() {
                     f |= FLAG_HASH_KNOWN;
+                }
+                if !o.metadata.is_empty() {
+                    f |= FLAG_METADATA;
+                }
+                if o.offer {
+                    f |= FLAG_OFFER;
                 }
                 f
             }
@@ -82,7 +89,7 @@ impl Frame {
     /// Bytes of the variable-length payload (for sizing the buffer once).
     fn payload_len(&self) -> usize {
         match self {
-            Self::Message(m) => m.payload.len() + m.content_type.len(),
+            Self::Message(m) => m.payload.len() + m.content_type.len() + m.metadata.len(),
             Self::StreamChunk(c) => c.data.len(),
             Self::Hello(h) => {
                 h.public_key.len() + h.extensions.iter().map(|e| e.data.len() + 4).sum::<usize>()
@@ -140,6 +147,9 @@ impl Frame {
                 if let Some(reason) = content_type_problem(m.content_type.as_bytes()) {
                     return bad("content_type", reason);
                 }
+                if m.metadata.len() > MAX_METADATA_LEN {
+                    return bad("metadata", "longer than 1024 bytes");
+                }
             }
             Self::StreamOpen(o) => {
                 if o.seq == 0 {
@@ -150,6 +160,9 @@ impl Frame {
                 }
                 if let Some(reason) = content_type_problem(o.content_type.as_bytes()) {
                     return bad("content_type", reason);
+                }
+                if o.metadata.len() > MAX_METADATA_LEN {
+                    return bad("metadata", "longer than 1024 bytes");
                 }
             }
             Self::StreamChunk(c) => {
@@ -223,6 +236,9 @@ impl Frame {
             Self::Message(m) => {
                 b.put_u64(m.seq);
                 put_u8_bytes(b, m.content_type.as_bytes());
+                if !m.metadata.is_empty() {
+                    put_u16_bytes(b, &m.metadata);
+                }
                 b.put_slice(&m.payload);
             }
             Self::StreamOpen(o) => {
@@ -231,6 +247,9 @@ impl Frame {
                 b.put_u64(o.total_len.unwrap_or(0));
                 b.put_slice(&o.hash.unwrap_or([0; 32]));
                 put_u8_bytes(b, o.content_type.as_bytes());
+                if !o.metadata.is_empty() {
+                    put_u16_bytes(b, &o.metadata);
+                }
             }
             Self::StreamChunk(c) => {
                 b.put_u64(c.stream_id);
@@ -409,6 +428,14 @@ impl Reader {
         self.take(n, field)
     }
 
+    /// The `metadata` field, present when flag `METADATA` is set (empty otherwise).
+    fn metadata(&mut self, flags: u16) -> Result<Bytes, DecodeError> {
+        if flags & FLAG_METADATA == 0 {
+            return Ok(Bytes::new());
+        }
+        self.bytes16("metadata", MAX_METADATA_LEN)
+    }
+
     fn text(&mut self) -> Result<String, DecodeError> {
         let b = self.bytes16("text", MAX_TEXT_LEN)?;
         String::from_utf8(b.to_vec()).map_err(|_| self.invalid("text", "not UTF-8"))
@@ -523,9 +550,11 @@ impl Reader {
                 let seq = self.u64("seq")?;
                 let seq = self.nonzero(seq, "seq")?;
                 let content_type = self.content_type()?;
+                let metadata = self.metadata(flags)?;
                 Frame::Message(MessageFrame {
                     seq,
                     content_type,
+                    metadata,
                     payload: self.rest(),
                 })
             }
@@ -549,12 +578,15 @@ impl Reader {
                 } else {
                     None
                 };
+                let content_type = self.content_type()?;
                 Frame::StreamOpen(StreamOpen {
                     seq,
                     stream_id,
                     total_len,
                     hash,
-                    content_type: self.content_type()?,
+                    offer: flags & FLAG_OFFER != 0,
+                    content_type,
+                    metadata: self.metadata(flags)?,
                 })
             }
             FrameType::StreamChunk => {

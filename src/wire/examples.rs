@@ -119,6 +119,16 @@ pub fn all() -> Vec<(&'static str, Frame)> {
             Frame::Message(MessageFrame {
                 seq: 1,
                 content_type: "text/plain".into(),
+                metadata: Bytes::new(),
+                payload: Bytes::from_static(b"hello"),
+            }),
+        ),
+        (
+            "message-with-metadata",
+            Frame::Message(MessageFrame {
+                seq: 4,
+                content_type: "text/plain".into(),
+                metadata: Bytes::from_static(b"clip-7"),
                 payload: Bytes::from_static(b"hello"),
             }),
         ),
@@ -129,7 +139,21 @@ pub fn all() -> Vec<(&'static str, Frame)> {
                 stream_id: 1,
                 total_len: Some(3),
                 hash: Some(BLAKE3_ABC),
+                offer: false,
                 content_type: "image/png".into(),
+                metadata: Bytes::new(),
+            }),
+        ),
+        (
+            "stream-open-offer",
+            Frame::StreamOpen(StreamOpen {
+                seq: 5,
+                stream_id: 3,
+                total_len: Some(3),
+                hash: Some(BLAKE3_ABC),
+                offer: true,
+                content_type: "image/png".into(),
+                metadata: Bytes::from_static(b"clip-8"),
             }),
         ),
         (
@@ -139,7 +163,9 @@ pub fn all() -> Vec<(&'static str, Frame)> {
                 stream_id: 2,
                 total_len: None,
                 hash: None,
+                offer: false,
                 content_type: "application/octet-stream".into(),
+                metadata: Bytes::new(),
             }),
         ),
         (
@@ -173,6 +199,23 @@ pub fn all() -> Vec<(&'static str, Frame)> {
                 stream_id: 1,
                 reason: ReasonCode::Normal,
                 text: String::new(),
+            }),
+        ),
+        (
+            "stream-result-already-have",
+            Frame::StreamResult(StreamResult {
+                seq: 10,
+                stream_id: 3,
+                reason: ReasonCode::AlreadyHave,
+                text: String::new(),
+            }),
+        ),
+        (
+            "credit-accept-offer",
+            Frame::Credit(Credit {
+                stream_id: 3,
+                acked: 0,
+                limit: 4_194_304,
             }),
         ),
         ("ack", Frame::Ack(Ack { last_seq: 3 })),

@@ -21,6 +21,15 @@ pub const FLAG_IGNORABLE: u16 = 0x8000;
 pub const FLAG_LENGTH_KNOWN: u16 = 0x0001;
 /// `STREAM_OPEN` flag: the `hash` field is meaningful.
 pub const FLAG_HASH_KNOWN: u16 = 0x0002;
+/// `MESSAGE` and `STREAM_OPEN` flag: a `metadata` field follows the content type (§5.1).
+/// Legal only when both sides set [`CAP_METADATA`].
+pub const FLAG_METADATA: u16 = 0x0004;
+/// `STREAM_OPEN` flag: the stream is an offer; its sender sends no chunk and no `STREAM_END`
+/// until the receiver accepts it with a `CREDIT` (§5.2). Legal only when both sides set
+/// [`CAP_OFFERS`].
+pub const FLAG_OFFER: u16 = 0x0008;
+/// Longest application metadata on a `MESSAGE` or `STREAM_OPEN`, in bytes.
+pub const MAX_METADATA_LEN: usize = 1024;
 /// Longest reason text in `AUTH_RESULT`, `STREAM_ABORT` and `GOAWAY`, in bytes of UTF-8.
 pub const MAX_TEXT_LEN: usize = 1024;
 /// Longest content type, in bytes (its length travels in one byte).
@@ -38,6 +47,12 @@ pub const MAX_EXTENSION_LEN: usize = 1024;
 pub const CAP_STREAMS: u32 = 1 << 0;
 /// Capability bit: the peer keeps sessions for resumption (§4).
 pub const CAP_RESUME: u32 = 1 << 1;
+/// Capability bit: the peer understands application metadata on `MESSAGE` and `STREAM_OPEN`
+/// ([`FLAG_METADATA`]).
+pub const CAP_METADATA: u32 = 1 << 2;
+/// Capability bit: the peer understands stream offers ([`FLAG_OFFER`]) and the reason
+/// `already have` (20).
+pub const CAP_OFFERS: u32 = 1 << 3;
 
 /// A frame's type byte (PROTOCOL.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -162,7 +177,8 @@ impl FrameType {
     /// set on a type this build knows).
     pub(super) fn allowed_flags(self) -> u16 {
         match self {
-            Self::StreamOpen => FLAG_LENGTH_KNOWN | FLAG_HASH_KNOWN,
+            Self::Message => FLAG_METADATA,
+            Self::StreamOpen => FLAG_LENGTH_KNOWN | FLAG_HASH_KNOWN | FLAG_METADATA | FLAG_OFFER,
             _ => 0,
         }
     }
@@ -306,6 +322,9 @@ pub struct MessageFrame {
     pub seq: u64,
     /// Content type, 1 to 255 bytes of printable ASCII.
     pub content_type: String,
+    /// Application metadata (flag `METADATA`), at most [`MAX_METADATA_LEN`] bytes; empty
+    /// when absent (the encoder sets the flag only for non-empty metadata).
+    pub metadata: Bytes,
     /// The payload: the rest of the frame.
     pub payload: Bytes,
 }
@@ -321,8 +340,13 @@ pub struct StreamOpen {
     pub total_len: Option<u64>,
     /// BLAKE3 of the whole payload, when the sender knows it in advance.
     pub hash: Option<[u8; 32]>,
+    /// Flag `OFFER`: no bytes flow until the receiver accepts with a `CREDIT`.
+    pub offer: bool,
     /// Content type, 1 to 255 bytes of printable ASCII.
     pub content_type: String,
+    /// Application metadata (flag `METADATA`), at most [`MAX_METADATA_LEN`] bytes; empty
+    /// when absent.
+    pub metadata: Bytes,
 }
 
 /// `STREAM_CHUNK` (0x22): bytes of a stream at an offset (§5.3).

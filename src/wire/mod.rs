@@ -15,6 +15,7 @@
 //! let frame = Frame::Message(MessageFrame {
 //!     seq: 1,
 //!     content_type: "text/plain".into(),
+//!     metadata: Bytes::from_static(b"clip=1"),
 //!     payload: Bytes::from_static(b"hi"),
 //! });
 //! let bytes = frame.encode()?;

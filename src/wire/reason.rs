@@ -52,6 +52,9 @@ pub enum ReasonCode {
     ReplayOverflow,
     /// 19: a bug or resource failure on the sender's side.
     InternalError,
+    /// 20: the receiver declines a stream because it already has the payload (its announced
+    /// BLAKE3 names content the receiver holds): nothing is missing, nothing needs sending.
+    AlreadyHave,
     /// A code this build does not know (from a newer peer).
     Other(u16),
 }
@@ -80,6 +83,7 @@ impl ReasonCode {
             Self::SessionExpired => 17,
             Self::ReplayOverflow => 18,
             Self::InternalError => 19,
+            Self::AlreadyHave => 20,
             Self::Other(c) => c,
         }
     }
@@ -107,6 +111,7 @@ impl ReasonCode {
             17 => Self::SessionExpired,
             18 => Self::ReplayOverflow,
             19 => Self::InternalError,
+            20 => Self::AlreadyHave,
             c => Self::Other(c),
         }
     }
@@ -151,12 +156,13 @@ impl ReasonCode {
             Self::SessionExpired => "session expired",
             Self::ReplayOverflow => "replay overflow",
             Self::InternalError => "internal error",
+            Self::AlreadyHave => "already have",
             Self::Other(_) => "unknown reason",
         }
     }
 
     /// Every reason this build knows, in code order (for tables and tests).
-    pub const ALL: [ReasonCode; 20] = [
+    pub const ALL: [ReasonCode; 21] = [
         Self::Normal,
         Self::ProtocolError,
         Self::FrameTooLarge,
@@ -177,6 +183,7 @@ impl ReasonCode {
         Self::SessionExpired,
         Self::ReplayOverflow,
         Self::InternalError,
+        Self::AlreadyHave,
     ];
 }
 

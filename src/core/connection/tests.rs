@@ -82,10 +82,20 @@ enum Op {
         from: Side,
         size: u16,
         bad_type: bool,
+        /// Carries metadata (the tag, repeated): the receiver checks it.
+        meta: bool,
     },
     Open {
         from: Side,
         len: Option<u32>,
+        /// With a length: announce the BLAKE3 of the pattern, an offer.
+        hashed: bool,
+        meta: bool,
+    },
+    /// The receiver declines an incoming stream (`already have`).
+    Decline {
+        side: Side,
+        pick: u8,
     },
     Write {
         from: Side,
@@ -125,15 +135,22 @@ enum Op {
     },
 }
 
+/// Stream lengths: empty and small ones often (an offer's held `STREAM_END`), large ones too.
+fn stream_len() -> impl Strategy<Value = u32> {
+    prop_oneof![1 => Just(0u32), 1 => 1u32..5000, 2 => 0u32..200_000]
+}
+
 fn side() -> impl Strategy<Value = Side> {
     prop_oneof![Just(Side::A), Just(Side::B)]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (side(), 0u16..9000, prop::bool::weighted(0.1))
-            .prop_map(|(from, size, bad_type)| Op::Send { from, size, bad_type }),
-        3 => (side(), prop::option::of(0u32..200_000)).prop_map(|(from, len)| Op::Open { from, len }),
+        6 => (side(), 0u16..9000, prop::bool::weighted(0.1), prop::bool::weighted(0.3))
+            .prop_map(|(from, size, bad_type, meta)| Op::Send { from, size, bad_type, meta }),
+        3 => (side(), prop::option::of(stream_len()), any::<bool>(), any::<bool>())
+            .prop_map(|(from, len, hashed, meta)| Op::Open { from, len, hashed, meta }),
+        1 => (side(), any::<u8>()).prop_map(|(side, pick)| Op::Decline { side, pick }),
         6 => (side(), any::<u8>(), 1u32..60_000).prop_map(|(from, pick, n)| Op::Write { from, pick, n }),
         2 => (side(), any::<u8>()).prop_map(|(from, pick)| Op::Finish { from, pick }),
         1 => (side(), any::<u8>()).prop_map(|(from, pick)| Op::Abort { from, pick }),
@@ -161,6 +178,9 @@ struct App {
     out_settled: BTreeMap<u64, Result<(), Failure>>,
     /// Opens waiting: id → tag.
     opening: BTreeMap<SendId, u64>,
+    /// Streams that announced their BLAKE3, by tag: the length announced. The application
+    /// writes exactly that many bytes (as one that hashed its payload does).
+    hashed_len: BTreeMap<u64, u64>,
     /// Messages received: tags, in order.
     received: Vec<u64>,
     /// Incoming streams: key → (tag, bytes read, unread data, end).
@@ -176,6 +196,19 @@ struct InModel {
     read: u64,
     unread: VecDeque<Bytes>,
     end: Option<Result<(), InFailure>>,
+    /// An offer the application has not started reading: the first read accepts it.
+    offer_pending: bool,
+}
+
+/// Metadata the model attaches for `tag`: the tag, repeated, so the receiver can check it.
+fn meta_of(tag: u64) -> Bytes {
+    Bytes::from(tag.to_be_bytes().repeat(1 + (tag % 5) as usize))
+}
+
+/// The BLAKE3 of `len` bytes of stream `tag`'s pattern.
+fn pattern_hash(tag: u64, len: u64) -> [u8; 32] {
+    let data: Vec<u8> = (0..len).map(|o| pattern(tag, o)).collect();
+    *blake3::hash(&data).as_bytes()
 }
 
 struct Peer {
@@ -222,6 +255,8 @@ fn attach(session: Resumption) -> Attach {
     Attach {
         peer_limits: limits(),
         streams: true,
+        metadata: true,
+        offers: true,
         session,
     }
 }
@@ -266,6 +301,7 @@ impl Model {
                 from,
                 size,
                 bad_type,
+                meta,
             } => {
                 let tag = self.tag();
                 let p = self.peer(from);
@@ -282,7 +318,13 @@ impl Model {
                     "text/plain"
                 };
                 let phase = p.core.phase();
-                match p.core.send(id, ct.into(), Bytes::from(payload), now) {
+                let metadata = if meta { meta_of(tag) } else { Bytes::new() };
+                let wire_size =
+                    u32::from(size) + 8 + if meta { 2 + metadata.len() as u32 } else { 0 };
+                match p
+                    .core
+                    .send(id, ct.into(), metadata, Bytes::from(payload), now)
+                {
                     Ok(()) if bad_type => return Err("an invalid content type was queued".into()),
                     Ok(()) => {
                         p.app.sent_messages.insert(id, tag);
@@ -292,12 +334,17 @@ impl Model {
                             return Err("an invalid send changed the connection".into());
                         }
                     }
-                    Err(Failure::TooLarge { .. }) if u32::from(size) + 8 > MAX_MESSAGE => {}
+                    Err(Failure::TooLarge { .. }) if wire_size > MAX_MESSAGE => {}
                     Err(Failure::NotSent(_)) if phase == Phase::Closed => {}
                     Err(e) => return Err(format!("send refused: {e:?}")),
                 }
             }
-            Op::Open { from, len } => {
+            Op::Open {
+                from,
+                len,
+                hashed,
+                meta,
+            } => {
                 let tag = self.tag();
                 let p = self.peer(from);
                 if !p.core.can_take() {
@@ -306,8 +353,26 @@ impl Model {
                 p.app.next_id += 1;
                 let id = p.app.next_id;
                 let ct = format!("test/{tag}");
-                if p.core.open_stream(id, ct, len.map(u64::from), now).is_ok() {
+                let len = len.map(u64::from);
+                let hash = len.filter(|_| hashed).map(|l| pattern_hash(tag, l));
+                let metadata = if meta { meta_of(tag) } else { Bytes::new() };
+                if p.core
+                    .open_stream_with(id, ct, len, hash, metadata, now)
+                    .is_ok()
+                {
                     p.app.opening.insert(id, tag);
+                    if let (Some(l), Some(_)) = (len, hash) {
+                        p.app.hashed_len.insert(tag, l);
+                    }
+                }
+            }
+            Op::Decline { side, pick } => {
+                let p = self.peer(side);
+                let keys: Vec<_> = p.app.incoming.keys().copied().collect();
+                if let Some(key) = pick_of(&keys, pick) {
+                    p.app.incoming.remove(&key);
+                    let verdict = (ReasonCode::AlreadyHave, "model".to_string());
+                    p.core.stream_release(key, Some(verdict), now);
                 }
             }
             Op::Write { from, pick, n } => {
@@ -315,7 +380,11 @@ impl Model {
                 let keys: Vec<_> = p.app.out.keys().copied().collect();
                 if let Some(key) = pick_of(&keys, pick) {
                     let (tag, written, finished) = p.app.out[&key];
-                    if !finished && p.core.accepts_data(key) {
+                    let n = match p.app.hashed_len.get(&tag) {
+                        Some(len) => u32::try_from(len - written).unwrap_or(u32::MAX).min(n),
+                        None => n,
+                    };
+                    if !finished && n > 0 && p.core.accepts_data(key) {
                         let data: Vec<u8> = (written..written + u64::from(n))
                             .map(|o| pattern(tag, o))
                             .collect();
@@ -346,6 +415,10 @@ impl Model {
                 let keys: Vec<_> = p.app.incoming.keys().copied().collect();
                 if let Some(key) = pick_of(&keys, pick) {
                     let m = p.app.incoming.get_mut(&key).unwrap();
+                    if std::mem::take(&mut m.offer_pending) {
+                        // As the driver does at the first read: accept the offer.
+                        p.core.stream_accept(key, now);
+                    }
                     let mut taken = 0u64;
                     while taken < u64::from(n) {
                         let Some(mut b) = m.unread.pop_front() else {
@@ -661,8 +734,13 @@ impl Model {
                     }
                 }
             }
-            Output::Message { payload, .. } => {
+            Output::Message {
+                payload, metadata, ..
+            } => {
                 let tag = tag_of(&payload);
+                if !metadata.is_empty() && metadata != meta_of(tag) {
+                    return Err(format!("message {tag} arrived with foreign metadata"));
+                }
                 if self.not_sent.contains(&tag) {
                     return Err(format!(
                         "message {tag} received after it was reported not sent"
@@ -678,13 +756,32 @@ impl Model {
                 p.app.received.push(tag);
             }
             Output::Incoming {
-                key, content_type, ..
+                key,
+                content_type,
+                metadata,
+                offer,
+                hash,
+                total_len,
             } => {
-                let tag = content_type
+                let tag: Option<u64> = content_type
                     .strip_prefix("test/")
                     .and_then(|t| t.parse().ok());
+                if let Some(t) = tag {
+                    if !metadata.is_empty() && metadata != meta_of(t) {
+                        return Err(format!("stream {t} arrived with foreign metadata"));
+                    }
+                    if offer != hash.is_some() {
+                        return Err(format!("stream {t}: offer {offer} but hash {hash:?}"));
+                    }
+                    if let (Some(h), Some(l)) = (hash, total_len) {
+                        if h != pattern_hash(t, l) {
+                            return Err(format!("stream {t} arrived with a foreign hash"));
+                        }
+                    }
+                }
                 let m = InModel {
                     tag,
+                    offer_pending: offer,
                     ..InModel::default()
                 };
                 if p.app.incoming.insert(key, m).is_some() {
@@ -693,6 +790,9 @@ impl Model {
             }
             Output::Data { key, data } => {
                 if let Some(m) = p.app.incoming.get_mut(&key) {
+                    if m.offer_pending {
+                        return Err(format!("bytes of offer {key:?} before it was accepted"));
+                    }
                     m.unread.push_back(data);
                     let unread: u64 = m.unread.iter().map(|b| b.len() as u64).sum();
                     if unread > u64::from(STREAM_WINDOW) + u64::from(CHUNK) {
@@ -704,6 +804,9 @@ impl Model {
                 if let Some(m) = p.app.incoming.get_mut(&key) {
                     if m.end.is_some() {
                         return Err(format!("stream {key:?} ended twice"));
+                    }
+                    if m.offer_pending && result.is_ok() {
+                        return Err(format!("offer {key:?} ended before it was accepted"));
                     }
                     m.end = Some(result.clone());
                     if result.is_err() {
@@ -837,6 +940,8 @@ fn a_restarted_peer_gets_a_clean_session() {
         Op::Open {
             from: Side::B,
             len: None,
+            hashed: false,
+            meta: false,
         },
         Op::Pump(3),
         Op::Write {
@@ -847,6 +952,8 @@ fn a_restarted_peer_gets_a_clean_session() {
         Op::Open {
             from: Side::A,
             len: None,
+            hashed: false,
+            meta: false,
         },
         Op::Pump(3),
         Op::Write {
@@ -860,6 +967,8 @@ fn a_restarted_peer_gets_a_clean_session() {
         Op::Open {
             from: Side::B,
             len: Some(10),
+            hashed: false,
+            meta: false,
         },
         Op::Pump(3),
         Op::Write {
@@ -884,6 +993,8 @@ fn dropping_a_stream_after_a_resume_keeps_the_windows() {
         Op::Open {
             from: Side::A,
             len: None,
+            hashed: false,
+            meta: false,
         },
         Op::Pump(2),
         Op::Write {
@@ -913,17 +1024,20 @@ fn queued_sends_survive_a_lost_session_and_bad_types_harm_nothing() {
             from: Side::A,
             size: 10,
             bad_type: true,
+            meta: false,
         },
         Op::Cut { half_open: false },
         Op::Send {
             from: Side::A,
             size: 10,
             bad_type: false,
+            meta: false,
         },
         Op::Send {
             from: Side::A,
             size: 10,
             bad_type: false,
+            meta: false,
         },
         Op::Restart(Side::B),
         Op::Reconnect,
@@ -948,6 +1062,7 @@ fn a_resume_replaces_a_half_open_connection_at_once() {
             from: Side::A,
             size: 10,
             bad_type: false,
+            meta: false,
         },
         Op::Pump(3),
         Op::Cut { half_open: true },
@@ -956,6 +1071,7 @@ fn a_resume_replaces_a_half_open_connection_at_once() {
             from: Side::B,
             size: 10,
             bad_type: false,
+            meta: false,
         },
         Op::Pump(5),
     ];
@@ -1022,6 +1138,8 @@ fn writing_past_the_announced_length_fails_the_stream() {
         Op::Open {
             from: Side::A,
             len: Some(216),
+            hashed: false,
+            meta: false,
         },
         Op::Write {
             from: Side::A,

@@ -44,6 +44,8 @@ pub(super) fn failure_to_error(f: Failure) -> SendError {
         Failure::TooLarge { size, max } => SendError::TooLarge { size, max },
         Failure::InvalidContentType(d) => SendError::InvalidContentType(d),
         Failure::StreamsUnsupported => SendError::StreamsUnsupported,
+        Failure::InvalidMetadata(d) => SendError::InvalidMetadata(d),
+        Failure::MetadataUnsupported => SendError::MetadataUnsupported,
         Failure::Stream { reason, detail } => SendError::Stream { reason, detail },
     }
 }
@@ -167,9 +169,11 @@ impl Driver {
             }
             Output::Message {
                 content_type,
+                metadata,
                 payload,
             } => self.deliveries.push_back(Incoming::Message(Message {
                 content_type,
+                metadata,
                 payload,
             })),
             Output::Incoming {
@@ -177,6 +181,8 @@ impl Driver {
                 content_type,
                 total_len,
                 hash,
+                metadata,
+                offer,
             } => {
                 tracing::debug!(id = key.id, %content_type, ?total_len, "stream incoming");
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -195,9 +201,13 @@ impl Driver {
                 );
                 let stream = IncomingStream::new(
                     key,
-                    content_type,
-                    total_len,
-                    hash,
+                    super::super::stream::StreamHead {
+                        content_type,
+                        total_len,
+                        hash,
+                        metadata,
+                        offer,
+                    },
                     rx,
                     self.signals_tx.clone(),
                     progress_rx,
