@@ -37,6 +37,19 @@ pub const CHUNK_OVERHEAD: u32 = PeerLimits::CHUNK_OVERHEAD;
 /// Every setting of the transport. Build it with [`Default`] and struct update syntax, or load
 /// it from TOML. Memory per connection is bounded by `connection_window` (receive side) plus
 /// `replay_buffer_bytes` and `stream_window` per open stream (send side), not by payload size.
+///
+/// ```
+/// use std::time::Duration;
+/// use clipsync::config::TransportConfig;
+/// let cfg = TransportConfig {
+///     heartbeat_interval: Duration::from_secs(5),
+///     ..TransportConfig::default()
+/// };
+/// cfg.validate()?;
+/// let from_file = TransportConfig::from_toml_str("chunk_size = 32768\n")?;
+/// assert_eq!(from_file.chunk_size, 32768);
+/// # Ok::<(), clipsync::error::ConfigError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {

@@ -43,14 +43,22 @@
 //! | 0. wire format | [`wire`] | frames to bytes and back; pure data (`PROTOCOL.md` at the repository root) |
 //! | 1. socket seam | [`net`] | dial / bind / accept as an abstract trait; tokio TCP and Unix sockets |
 //! | 2. secure channel | [`secure`] | TLS 1.3, WebSocket upgrade, SSH-key authentication |
-//! | 3. connection core | [`core`] | sans-I/O state machines: the whole connection's rules (sessions and their replacement, the ledger of sends, stream scheduling, credit, heartbeats, the redial policy and the tie-break) |
-//! | 4. driver | [`driver`] | the async tasks per connection: a pump between socket, timers, application and the core |
+//! | 3. connection core | `core` (hidden) | sans-I/O state machines: the whole connection's rules (sessions and their replacement, the ledger of sends, stream scheduling, credit, heartbeats, the redial policy and the tie-break) |
+//! | 4. driver | `driver` (private) | the async tasks per connection: a pump between socket, timers, application and the core |
 //! | 5. public API | [`transport`] | `Transport`, `Connection`, `Listener` |
 //!
 //! The connection core sits beside the secure channel, not on top of it: both use the wire
 //! format, neither knows the other, and the driver joins them. Every rule a test could name
 //! lives in the core, where a model test (two cores joined in memory, random operations, cuts
 //! and restarts, invariants after every step) checks it.
+//!
+//! What is public is what an application uses: [`transport`] (the API), [`config`], [`error`],
+//! [`net::Address`], [`secure::SshAuthenticator`] and [`secure::TlsSetup`], the [`ssh_key`]
+//! types in their signatures, and [`wire`] (the frame codec, for tools and other
+//! implementations). The connection core (`clipsync::core`) and the handshake internals
+//! (`secure::handshake`, `secure::dial`, …) are `#[doc(hidden)]`: the simulator, the fuzzers,
+//! benchmarks and protocol tests drive them directly; they carry no stability promise. The
+//! driver is private.
 //!
 //! Beside the layers: [`config`] (every tunable with its default and the reason for it) and
 //! [`error`] (one error enum per layer).
@@ -65,8 +73,9 @@
 #![warn(missing_docs)]
 
 pub mod config;
+#[doc(hidden)]
 pub mod core;
-pub mod driver;
+mod driver;
 pub mod error;
 pub mod net;
 pub mod secure;

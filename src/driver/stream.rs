@@ -17,6 +17,18 @@ use crate::wire::ReasonCode;
 
 /// What [`crate::transport::Connection::receive`] returns: the peer's messages and streams,
 /// in the order the peer sent them.
+///
+/// ```no_run
+/// # async fn demo(incoming: clipsync::transport::Incoming) -> Result<(), clipsync::transport::StreamError> {
+/// use clipsync::transport::Incoming;
+/// match incoming {
+///     Incoming::Message(m) => println!("{} bytes of {}", m.payload.len(), m.content_type),
+///     // Read it (or `into_bytes` for both kinds at once); dropping it cancels it.
+///     Incoming::Stream(s) => println!("{} bytes", s.read_to_end(64 << 20).await?.len()),
+///     _ => {}
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Incoming {
@@ -112,6 +124,25 @@ impl From<StreamError> for io::Error {
 /// [`StreamSender::finish`], which resolves once the receiver verified the whole payload.
 ///
 /// Dropping it without finishing aborts the stream with `cancelled`.
+///
+/// ```no_run
+/// # async fn demo(conn: clipsync::transport::Connection, chunks: Vec<bytes::Bytes>)
+/// # -> Result<(), clipsync::error::SendError> {
+/// let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+/// let mut s = conn.open_stream("application/octet-stream", Some(total)).await?;
+/// let mut progress = s.progress();
+/// tokio::spawn(async move {
+///     while progress.changed().await.is_ok() {
+///         let p = progress.borrow().clone();
+///         println!("{} of {:?} acknowledged", p.acked, p.total);
+///     }
+/// });
+/// for c in chunks {
+///     s.write(c).await?; // waits while the receiver's window is full
+/// }
+/// s.finish().await // the receiver has verified length and BLAKE3
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct StreamSender {
     pub(crate) id: u64,

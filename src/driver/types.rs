@@ -8,6 +8,15 @@ use bytes::Bytes;
 use crate::core::CloseCause;
 
 /// One application message: bytes and what they are.
+///
+/// ```
+/// use clipsync::transport::Message;
+/// let text = Message::text("copied text");
+/// assert_eq!(text.content_type, "text/plain; charset=utf-8");
+/// let png = Message::new("image/png", vec![0x89, b'P', b'N', b'G'])
+///     .with_metadata(&b"clip=7"[..]);
+/// assert_eq!(png.payload.len(), 4);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// A MIME type such as `text/plain; charset=utf-8` or `image/png` (1–255 printable
@@ -132,6 +141,16 @@ pub enum ConnectionState {
 }
 
 /// A connection's measured health. Watch it with `Connection::health`.
+///
+/// ```no_run
+/// # async fn demo(conn: clipsync::transport::Connection) {
+/// let mut health = conn.health();
+/// while health.changed().await.is_ok() {
+///     let h = *health.borrow();
+///     println!("rtt {:?} degraded {} reconnects {}", h.rtt, h.degraded, h.reconnects);
+/// }
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Health {
     /// Smoothed round-trip time of `PING`/`PONG`, once measured.

@@ -97,6 +97,17 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 
 /// Authentication with an SSH key (a private key in memory, or one `ssh-agent` holds) and a
 /// list of trusted public keys.
+///
+/// ```
+/// use clipsync::secure::SshAuthenticator;
+/// // In an engine: SshAuthenticator::from_files(identity, trusted_keys_file), or
+/// // with_agent for a key ssh-agent holds. Here: two keys made from seeds.
+/// let mine = SshAuthenticator::ed25519_from_seed([1; 32]);
+/// let laptop = SshAuthenticator::ed25519_from_seed([2; 32]).public_key().clone();
+/// let auth = SshAuthenticator::new(mine, vec![laptop])?;
+/// assert_eq!(auth.trusted_keys().len(), 1);
+/// # Ok::<(), clipsync::secure::auth::KeyError>(())
+/// ```
 pub struct SshAuthenticator {
     key: Signer,
     public: Bytes,

@@ -8,10 +8,13 @@
 
 pub mod agent;
 pub mod auth;
+#[doc(hidden)]
 pub mod budget;
+#[doc(hidden)]
 pub mod handshake;
 mod rsa_sign;
 pub mod tls;
+#[doc(hidden)]
 pub mod ws;
 
 pub use agent::AgentSigner;
@@ -33,6 +36,7 @@ use crate::net::{Address, BoxStream, Network};
 use crate::wire::{ReasonCode, Role, SessionId};
 
 /// An authenticated channel: the WebSocket and what the handshake established.
+#[doc(hidden)]
 pub struct Channel {
     /// The WebSocket, past the handshake.
     pub ws: Ws,
@@ -49,6 +53,7 @@ impl std::fmt::Debug for Channel {
 }
 
 /// What the setup needs besides the stream.
+#[doc(hidden)]
 #[derive(Debug)]
 pub struct ChannelParams<'a> {
     /// Limits and deadlines.
@@ -68,6 +73,7 @@ pub struct ChannelParams<'a> {
 }
 
 /// Dials `addr` and runs the whole setup as the dialer.
+#[doc(hidden)]
 pub async fn dial(
     net: &dyn Network,
     addr: &Address,
@@ -88,6 +94,7 @@ pub async fn dial(
 }
 
 /// Runs the whole setup as the listener on an accepted stream.
+#[doc(hidden)]
 pub async fn accept(stream: BoxStream, p: ChannelParams<'_>) -> Result<Channel, ConnectError> {
     setup(stream, Role::Listener, p).await
 }

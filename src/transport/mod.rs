@@ -58,6 +58,16 @@ pub use sender::ConnectionSender;
 
 /// A peer as the discovery component hands it in: a name, where it can be reached, and
 /// optionally the SSH key it must present.
+///
+/// ```
+/// use clipsync::secure::SshAuthenticator;
+/// use clipsync::transport::{Address, PeerInfo};
+/// let key = SshAuthenticator::ed25519_from_seed([2; 32]).public_key().clone();
+/// let laptop = PeerInfo::new("laptop", vec!["192.168.1.20:7700".parse::<Address>()?])
+///     .with_key(key); // required by Transport::open and Peers::add
+/// assert_eq!(laptop.addresses.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
     /// A name for logs (the peer's id in the sync engine).
@@ -163,6 +173,32 @@ impl TransportBuilder {
 /// is dropped (or on [`Transport::shutdown`]) every connection closes with `going away`, every
 /// pending send settles and every dial and listener stops. Keep it alive as long as you use
 /// its connections.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use clipsync::config::TransportConfig;
+/// use clipsync::secure::SshAuthenticator;
+/// use clipsync::transport::{Message, PeerInfo, Transport};
+/// let auth = Arc::new(SshAuthenticator::from_files(
+///     "/home/me/.ssh/id_ed25519".as_ref(),
+///     "/home/me/.config/clipsync/trusted_keys".as_ref(),
+/// )?);
+/// let transport = Transport::new(TransportConfig::default())?;
+/// // One side listens…
+/// let mut listener = transport.listen(&"0.0.0.0:7700".parse()?, auth.clone()).await?;
+/// tokio::spawn(async move {
+///     while let Ok(mut conn) = listener.accept().await {
+///         tokio::spawn(async move { while conn.receive().await.is_ok() {} });
+///     }
+/// });
+/// // …the other dials (one attempt; `open` keeps redialling with backoff instead).
+/// let peer = PeerInfo::new("desktop", vec!["192.168.1.10:7700".parse()?]);
+/// let conn = transport.connect(&peer, auth).await?;
+/// conn.send(Message::text("copied on the laptop")).await?; // acknowledged by the peer
+/// transport.shutdown().await; // GOAWAY `going away` on every connection
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Transport {
     inner: Arc<Inner>,
@@ -1029,6 +1065,19 @@ pub enum AcceptError {
 
 /// Incoming authenticated connections. Dropping it stops listening; connections already
 /// accepted live on.
+///
+/// ```no_run
+/// # async fn demo(mut listener: clipsync::transport::Listener) {
+/// println!("listening on {}", listener.local_addr());
+/// while let Ok(conn) = listener.accept().await {
+///     println!("{} connected", conn.peer_fingerprint());
+///     tokio::spawn(async move {
+///         let (_tx, mut rx) = conn.split();
+///         while let Ok(incoming) = rx.receive().await { /* ... */ }
+///     });
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Listener {
     rx: mpsc::Receiver<Result<Connection, AcceptError>>,
@@ -1059,6 +1108,27 @@ impl Drop for Listener {
 ///
 /// Dropping it closes the connection (reason `normal`); messages not yet acknowledged are
 /// reported as of unknown fate to their senders.
+///
+/// ```no_run
+/// # async fn demo(mut conn: clipsync::transport::Connection) -> Result<(), Box<dyn std::error::Error>> {
+/// use clipsync::transport::{ConnectionState, Incoming, Message};
+/// let mut state = conn.state();
+/// tokio::spawn(async move {
+///     while state.changed().await.is_ok() {
+///         if let ConnectionState::Closed(cause) = &*state.borrow() {
+///             println!("closed: {cause}");
+///         }
+///     }
+/// });
+/// conn.send(Message::text("hello")).await?;
+/// match conn.receive().await? {
+///     Incoming::Message(m) => println!("{}: {} bytes", m.content_type, m.payload.len()),
+///     Incoming::Stream(s) => println!("a stream of {:?} bytes", s.total_len()),
+///     _ => {} // non_exhaustive: later versions may add kinds
+/// }
+/// conn.close().await;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Connection {
     handles: Handles,

@@ -1,61 +1,4 @@
-//! [`Peers`]: the transport as a sync engine needs it. The engine says which peers it should
-//! be linked to ([`Peers::add`], [`Peers::remove`], at any time) and where to listen
-//! ([`Peers::listen`]); the transport keeps exactly one live, authenticated link per peer,
-//! whichever side dialled, and gives back one ordered stream of what happens
-//! ([`PeerEvents`]): messages and streams from every peer, and each peer's link events.
-//!
-//! ```no_run
-//! # async fn demo(
-//! #     transport: clipsync::transport::Transport,
-//! #     auth: std::sync::Arc<dyn clipsync::secure::Authenticator>,
-//! #     laptop: clipsync::transport::PeerInfo,
-//! # ) -> Result<(), Box<dyn std::error::Error>> {
-//! use clipsync::transport::{Incoming, Message, PeerEvent};
-//! let (peers, mut events) = transport.peers(auth);
-//! peers.listen(&"127.0.0.1:7700".parse()?).await?;
-//! peers.add(laptop)?; // from discovery: id, addresses and SSH key
-//! for (peer, outcome) in peers.broadcast(Message::text("copied text")).await {
-//!     println!("{}: {outcome:?}", peer.id());
-//! }
-//! while let Some(event) = events.next().await {
-//!     match event {
-//!         PeerEvent::Received { peer, incoming: Incoming::Message(m) } => {
-//!             println!("{} sent {} bytes", peer.id(), m.payload.len());
-//!         }
-//!         PeerEvent::Received { incoming: Incoming::Stream(s), .. } => {
-//!             let _image = s.read_to_end(64 << 20).await?;
-//!         }
-//!         // The peer may have missed what we sent before: push the current state again.
-//!         PeerEvent::Connected(peer) | PeerEvent::SessionLost(peer) => {
-//!             peer.send(Message::text("current clipboard")).await?;
-//!         }
-//!         _ => {}
-//!     }
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! ## How the one link is kept
-//!
-//! Both sides dial every peer they were given an address for (the side with the smaller key
-//! at once, the other after `backoff_initial`, so that at start both seldom dial at once; then
-//! with the per-peer backoff) and accept the peer's dials. When both dials succeed, the
-//! simultaneous-dial tie-break (`PROTOCOL.md` §7, reason 13) keeps the connection dialled by
-//! the peer with the smaller key on both sides; the other side then waits for that connection
-//! instead of dialling again. A side that holds an accepted link does not dial while the link
-//! stands or waits for its peer to resume it; it dials again once the link has ended (the
-//! resume window ran out, or the peer closed it). A restarted peer's fresh connection replaces
-//! the old link at once (reason 12). Incoming connections from keys that are not peers of this
-//! set are refused at authentication with `key not authorized` (6).
-//!
-//! ## Events
-//!
-//! Per peer, in order with its messages: [`PeerEvent::Connected`] for the first session,
-//! [`PeerEvent::Resumed`] when a broken link came back with its session (nothing lost),
-//! [`PeerEvent::SessionLost`] when a new session replaced an earlier one (the peer restarted,
-//! the session expired, or a link ended and a new one began): what was sent before may be
-//! missing, so an engine pushes its state again; [`PeerEvent::Disconnected`] when the link
-//! broke; [`PeerEvent::Removed`] last, after [`Peers::remove`].
+//! [`Peers`]: the transport as a sync engine needs it (see its docs).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -83,8 +26,76 @@ const PENDING: usize = 64;
 /// Events waiting in the shared queue, across peers.
 const INBOX: usize = 64;
 
-/// A set of peers kept linked: see the [module docs](self). Cheap to clone; when the last clone
-/// is dropped the set shuts down as [`Peers::shutdown`] does, without waiting.
+/// The transport as a sync engine needs it: a set of peers kept linked. The engine says which peers it should
+/// be linked to ([`Peers::add`], [`Peers::remove`], at any time) and where to listen
+/// ([`Peers::listen`]); the transport keeps exactly one live, authenticated link per peer,
+/// whichever side dialled, and gives back one ordered stream of what happens
+/// ([`PeerEvents`]): messages and streams from every peer, and each peer's link events.
+///
+/// ```no_run
+/// # async fn demo(
+/// #     transport: clipsync::transport::Transport,
+/// #     auth: std::sync::Arc<dyn clipsync::secure::Authenticator>,
+/// #     laptop: clipsync::transport::PeerInfo,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use clipsync::transport::{Incoming, Message, PeerEvent};
+/// let (peers, mut events) = transport.peers(auth);
+/// peers.listen(&"127.0.0.1:7700".parse()?).await?;
+/// peers.add(laptop)?; // from discovery: id, addresses and SSH key
+/// for (peer, outcome) in peers.broadcast(Message::text("copied text")).await {
+///     println!("{}: {outcome:?}", peer.id());
+/// }
+/// while let Some(event) = events.next().await {
+///     match event {
+///         PeerEvent::Received { peer, incoming: Incoming::Message(m) } => {
+///             println!("{} sent {} bytes", peer.id(), m.payload.len());
+///         }
+///         PeerEvent::Received { incoming: Incoming::Stream(s), .. } => {
+///             let _image = s.read_to_end(64 << 20).await?;
+///         }
+///         // The peer may have missed what we sent before: push the current state again.
+///         PeerEvent::Connected(peer) | PeerEvent::SessionLost(peer) => {
+///             peer.send(Message::text("current clipboard")).await?;
+///         }
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// ## How the one link is kept
+///
+/// Both sides dial every peer they were given an address for (the side with the smaller key
+/// at once, the other after `backoff_initial`, so that at start both seldom dial at once; then
+/// with the per-peer backoff) and accept the peer's dials. When both dials succeed, the
+/// simultaneous-dial tie-break (`PROTOCOL.md` §7, reason 13) keeps the connection dialled by
+/// the peer with the smaller key on both sides; the other side then waits for that connection
+/// instead of dialling again. A side that holds an accepted link does not dial while the link
+/// stands or waits for its peer to resume it; it dials again once the link has ended (the
+/// resume window ran out, or the peer closed it). A restarted peer's fresh connection replaces
+/// the old link at once (reason 12). Incoming connections from keys that are not peers of this
+/// set are refused at authentication with `key not authorized` (6).
+///
+/// ## Events
+///
+/// Per peer, in order with its messages: [`PeerEvent::Connected`] for the first session,
+/// [`PeerEvent::Resumed`] when a broken link came back with its session (nothing lost),
+/// [`PeerEvent::SessionLost`] when a new session replaced an earlier one (the peer restarted,
+/// the session expired, or a link ended and a new one began): what was sent before may be
+/// missing, so an engine pushes its state again; [`PeerEvent::Disconnected`] when the link
+/// broke; [`PeerEvent::Removed`] last, after [`Peers::remove`].
+///
+/// A send settles on the link it went out on. If that link ends before the peer acknowledged
+/// it — it broke, or another connection of the same peer replaced it, as when a restarted peer
+/// and this side dial each other at once — the send fails with
+/// [`SendError::Unknown`](crate::error::SendError::Unknown): the peer may or may not have it,
+/// and the transport does not guess (resending could deliver it twice). An engine whose data is
+/// idempotent (a clipboard: the newest clip wins, a held one is declined) sends it again; the
+/// reference sync (`examples/clipboard_sync.rs`) does. Sends that never left are carried to
+/// the next link by the transport itself.
+///
+/// Cheap to clone; when the last clone is dropped the set shuts down as [`Peers::shutdown`]
+/// does, without waiting.
 #[derive(Clone, Debug)]
 pub struct Peers {
     mesh: Arc<Mesh>,

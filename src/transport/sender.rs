@@ -10,6 +10,20 @@ use crate::error::{CloseCause, SendError};
 
 /// The sending half of a [`super::Connection`] ([`super::Connection::sender`]): send messages
 /// and streams from any task while another one receives. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo(tx: clipsync::transport::ConnectionSender) -> Result<(), clipsync::error::SendError> {
+/// use clipsync::error::SendError;
+/// use clipsync::transport::Message;
+/// tx.send(Message::text("small: one MESSAGE")).await?;
+/// tx.send(Message::new("image/png", vec![0u8; 8 << 20])).await?; // large: streamed
+/// match tx.try_send(Message::text("if there is room")) {
+///     Ok(delivered) => { tokio::spawn(delivered); }
+///     Err(SendError::Full) => println!("queue full: try later"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ConnectionSender {
     commands: mpsc::Sender<Command>,
