@@ -139,6 +139,28 @@ fn mesh(s: &Scenario, log: &Log, end: &Ending, v: &mut Vec<Violation>) {
             );
         }
     }
+    // A decline is truthful: an offer settles `already have` only where the addressee
+    // declined it holding that very clip.
+    for (uid, send) in &m.sends {
+        let Some((_, Settled::Failed(why))) = &send.settled else {
+            continue;
+        };
+        if !why.contains("already have") {
+            continue;
+        }
+        let by = m.declined.iter().find(|(_, u, _)| u == uid);
+        match by {
+            Some((tag, _, held))
+                if tag.split('#').next() == Some(send.to.as_str())
+                    && held.is_some()
+                    && held == &send.clip => {}
+            other => violation(
+                v,
+                "transport-exactly-once",
+                format!("{uid} settled `already have`, declined as {other:?}"),
+            ),
+        }
+    }
     for (uid, send) in &m.sends {
         let acked = matches!(send.settled, Some((_, Settled::Delivered)));
         let crashed_after = m

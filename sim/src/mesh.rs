@@ -8,8 +8,11 @@
 //! A clip is `(ts, origin, id)`: the simulated millisecond it was copied, the peer
 //! incarnation that copied it (`name#incarnation`), its number there. Clips are ordered by
 //! that triple, and a peer's clipboard only moves forward (last writer wins). Three messages
-//! travel, each with a header line and, for clips, filler up to the clip's size (large clips
-//! go as streams: `Peer::send` switches above `stream_threshold`):
+//! travel, each with a header line as application metadata (kind, clip, send id) and, for
+//! clips, the clip's content as payload: a line naming the clip, then filler up to its size, so
+//! the same clip has the same BLAKE3 wherever it is sent from. A clip above `stream_threshold`
+//! goes as an *offer* (a stream announcing that BLAKE3): a peer that holds the clip already
+//! declines it before any byte flows (`already have`), and that counts as the peer having it.
 //!
 //! - `C`: a clip. Sent to every peer when copied locally, and in answer to `W`.
 //! - `H`: "I have this clip" (or none). Sent to a peer whenever its link comes up
@@ -28,7 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clipsync::secure::SshAuthenticator;
-use clipsync::transport::{Incoming, Message, PeerEvent, PeerInfo, Peers};
+use clipsync::transport::{Incoming, Message, PeerEvent, PeerInfo, Peers, StreamSpec};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
@@ -96,6 +99,9 @@ pub struct LinkSnap {
 /// Everything the peers of a mesh did.
 #[derive(Clone, Debug, Default)]
 pub struct MeshLog {
+    /// Offers declined as held already: (decliner `name#incarnation`, send id, the clip it
+    /// held then).
+    pub declined: Vec<(String, String, Option<Clip>)>,
     /// The peers' names.
     pub names: Vec<String>,
     /// Every send by its unique id (`name#incarnation:n`).
@@ -211,6 +217,16 @@ struct Node {
     others: BTreeMap<String, (Vec<u8>, PeerInfo)>,
     engine: Mutex<Engine>,
     sends: AtomicU64,
+    /// Clips with more content than this go as offers (the transport's `stream_threshold`).
+    threshold: usize,
+}
+
+/// A clip's content: a line naming it, then filler up to its size (the same bytes wherever it
+/// is sent from, so the same BLAKE3).
+fn content(c: &Clip) -> Bytes {
+    let mut b = format!("{} {} {}\n", c.ts, c.origin, c.id).into_bytes();
+    b.resize(b.len().max(c.size), b'.');
+    Bytes::from(b)
 }
 
 fn now() -> Duration {
@@ -269,12 +285,14 @@ impl Node {
         };
         let n = self.sends.fetch_add(1, Ordering::Relaxed) + 1;
         let uid = format!("{}:{n}", self.tag);
-        let mut payload = header(kind, clip.as_ref(), &uid).into_bytes();
-        if let (Some(c), 'C') = (&clip, kind) {
-            payload.resize(payload.len().max(c.size), b'.');
-        }
+        let meta = Bytes::from(header(kind, clip.as_ref(), &uid));
+        let payload = match (&clip, kind) {
+            (Some(c), 'C') => content(c),
+            _ => Bytes::from_static(b"-"),
+        };
+        let offer = payload.len() > self.threshold;
         let shown = clip.as_ref().map_or("-".to_string(), Clip::to_string);
-        tracing::debug!(target: "clipsync_sim", to, kind = %kind, clip = %shown, size = payload.len(), %uid, "mesh send");
+        tracing::debug!(target: "clipsync_sim", to, kind = %kind, clip = %shown, size = payload.len(), offer, %uid, "mesh send");
         with_log(&self.log, |l| {
             l.mesh.sends.insert(
                 uid.clone(),
@@ -290,20 +308,32 @@ impl Node {
         });
         let node = self.clone();
         tokio::spawn(async move {
-            let result = peer
-                .send(Message::new(CONTENT_TYPE, Bytes::from(payload)))
-                .await;
+            let result = if offer {
+                let spec = StreamSpec::new(CONTENT_TYPE)
+                    .len(payload.len() as u64)
+                    .hash(*blake3::hash(&payload).as_bytes())
+                    .metadata(meta);
+                match peer.open_stream_with(spec).await {
+                    Ok(s) => s.send_all(&mut &payload[..]).await.map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                let m = Message::new(CONTENT_TYPE, payload).with_metadata(meta);
+                peer.send(m).await
+            };
             let settled = match &result {
                 Ok(()) => Settled::Delivered,
                 Err(e) => Settled::Failed(e.to_string()),
             };
-            tracing::debug!(target: "clipsync_sim", %uid, ok = result.is_ok(), "mesh send settled");
+            // Declined as held already: the peer has the clip, though this send never arrived.
+            let ok = result.as_ref().is_ok() || result.as_ref().is_err_and(|e| e.already_had());
+            tracing::debug!(target: "clipsync_sim", %uid, ok = result.is_ok(), declined = ok && result.is_err(), "mesh send settled");
             with_log(&node.log, |l| {
                 if let Some(s) = l.mesh.sends.get_mut(&uid) {
                     s.settled = Some((now(), settled));
                 }
             });
-            then(&node, result.is_ok());
+            then(&node, ok);
         });
     }
 
@@ -412,8 +442,8 @@ impl Node {
         }
     }
 
-    fn received(self: &Arc<Self>, from: &str, payload: &[u8]) {
-        let Some((kind, clip, uid)) = parse(payload) else {
+    fn received(self: &Arc<Self>, from: &str, meta: &[u8], payload: &[u8]) {
+        let Some((kind, clip, uid)) = parse(meta) else {
             tracing::warn!(target: "clipsync_sim", from, "unreadable payload");
             return;
         };
@@ -422,6 +452,9 @@ impl Node {
             l.mesh.receipts.push((self.tag.clone(), uid.clone(), now()))
         });
         match (kind, clip) {
+            ('C', Some(clip)) if payload != content(&clip) => {
+                tracing::warn!(target: "clipsync_sim", from, %uid, "clip content differs from its clip");
+            }
             ('C', Some(clip)) => {
                 let newer = self.with(|e| {
                     raise(&mut e.known, from, clip.clone());
@@ -505,12 +538,34 @@ impl Node {
             PeerEvent::Received { peer, incoming } => {
                 let from = peer.id().to_string();
                 match incoming {
-                    Incoming::Message(m) => self.received(&from, &m.payload),
+                    Incoming::Message(m) => self.received(&from, &m.metadata, &m.payload),
                     Incoming::Stream(s) => {
+                        let meta = s.metadata().clone();
+                        // An offer of the clip we hold: decline it, nothing flows.
+                        let held = self.with(|e| e.clip.clone());
+                        let offered = parse(&meta).and_then(|(_, c, uid)| Some((c?, uid)));
+                        if let (Some((clip, uid)), Some(h)) = (&offered, s.hash()) {
+                            if held.as_ref() == Some(clip)
+                                && h == *blake3::hash(&content(clip)).as_bytes()
+                            {
+                                tracing::debug!(target: "clipsync_sim", from, %uid, clip = %clip, "offer declined: held");
+                                with_log(&self.log, |l| {
+                                    l.mesh.declined.push((
+                                        self.tag.clone(),
+                                        uid.clone(),
+                                        held.clone(),
+                                    ))
+                                });
+                                // The sender has this clip too; it is known to hold it.
+                                self.with(|e| raise(&mut e.known, &from, clip.clone()));
+                                s.decline();
+                                return;
+                            }
+                        }
                         let node = self.clone();
                         tokio::spawn(async move {
                             match s.read_to_end(MAX_CLIP).await {
-                                Ok(p) => node.received(&from, &p),
+                                Ok(p) => node.received(&from, &meta, &p),
                                 Err(e) => {
                                     tracing::debug!(target: "clipsync_sim", from, error = %e, "clip stream failed")
                                 }
@@ -643,6 +698,7 @@ async fn run_peer(
         others,
         engine: Mutex::new(Engine::default()),
         sends: AtomicU64::new(0),
+        threshold: transport.config().stream_threshold as usize,
     });
     tokio::spawn(snapshot_links(node.clone(), incarnation));
     tokio::spawn(workload(node.clone(), s.clone(), seed, incarnation));
