@@ -1,13 +1,18 @@
 //! `clipsync-sim`: run seeded failure scenarios against the real transport, replay one seed.
 //!
 //! ```text
-//! clipsync-sim run [SCENARIO...] [--seeds N] [--seed S] [--jobs J] [--check-determinism]
+//! clipsync-sim run [SCENARIO...] [--seeds N | --seed S | --seed-range A..B] [--jobs J] [--check-determinism]
+//! clipsync-sim sweep [SCENARIO...] --minutes M [--from S] [--jobs J] [--check-determinism]
 //! clipsync-sim replay SCENARIO --seed S [--trace]
 //! ```
 //!
 //! `run` prints one line per failing seed, with the broken invariant and the command that
-//! reproduces it, then `N passed, M failed`; it exits 1 if any run failed. `replay` prints the
-//! event trace (with `--trace`) and the verdict; two replays of one seed print the same bytes.
+//! reproduces it, then `N passed, M failed`; it exits 1 if any run failed. `--seed-range A..B`
+//! runs seeds A to B−1 of every scenario given (a long sweep beyond CI's seeds in one command).
+//! `sweep` runs fresh seeds (from `--from`, default 1000) of every scenario given, a batch at a
+//! time, until `--minutes` of wall time are spent, then reports as `run` does plus the seeds
+//! per minute. `replay` prints the event trace (with `--trace`) and the verdict; two replays of
+//! one seed print the same bytes.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +45,9 @@ enum Command {
         /// Run only this seed.
         #[arg(long, conflicts_with = "seeds")]
         seed: Option<u64>,
+        /// Run seeds A to B−1 (`A..B`) of every scenario, instead of its own seeds.
+        #[arg(long, conflicts_with_all = ["seeds", "seed"], value_parser = parse_range)]
+        seed_range: Option<(u64, u64)>,
         /// Worker threads (default: the number of cores).
         #[arg(long)]
         jobs: Option<usize>,
@@ -49,6 +57,23 @@ enum Command {
         /// Test only: break the harness on purpose (`drop-one-delivery`).
         #[arg(long, hide = true)]
         sabotage: Option<String>,
+    },
+    /// Run fresh seeds until a time budget is spent; report seeds per minute.
+    Sweep {
+        /// Scenario files or names (default: every file in scenarios/).
+        scenarios: Vec<String>,
+        /// Wall-time budget, in minutes.
+        #[arg(long)]
+        minutes: f64,
+        /// First seed (each scenario runs seeds from here upward).
+        #[arg(long, default_value_t = 1000)]
+        from: u64,
+        /// Worker threads (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Run each seed twice; a differing trace hash is a failure.
+        #[arg(long)]
+        check_determinism: bool,
     },
     /// Run one seed in this process and print its essentials (what `run` workers call).
     #[command(hide = true)]
@@ -103,6 +128,19 @@ fn load(args: &[String]) -> Result<Vec<Scenario>, String> {
         .collect()
 }
 
+/// `A..B`, A < B.
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once("..").ok_or("expected A..B")?;
+    let (a, b): (u64, u64) = (
+        a.parse().map_err(|e| format!("{a}: {e}"))?,
+        b.parse().map_err(|e| format!("{b}: {e}"))?,
+    );
+    if a >= b {
+        return Err(format!("empty range {a}..{b}"));
+    }
+    Ok((a, b))
+}
+
 fn parse_sabotage(s: Option<&str>) -> Result<Sabotage, String> {
     match s {
         None => Ok(Sabotage::default()),
@@ -119,6 +157,7 @@ fn main() -> ExitCode {
             scenarios,
             seeds,
             seed,
+            seed_range,
             jobs,
             check_determinism,
             sabotage,
@@ -139,9 +178,10 @@ fn main() -> ExitCode {
             };
             let mut pairs = Vec::new();
             for (i, s) in scenarios.iter().enumerate() {
-                match seed {
-                    Some(one) => pairs.push((i, one)),
-                    None => {
+                match (seed, seed_range) {
+                    (Some(one), _) => pairs.push((i, one)),
+                    (None, Some((a, b))) => pairs.extend((a..b).map(|k| (i, k))),
+                    (None, None) => {
                         let mut all: Vec<u64> = (1..=seeds.unwrap_or(s.seeds)).collect();
                         all.extend(&s.regressions);
                         all.sort_unstable();
@@ -150,77 +190,72 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-            });
+            let jobs = jobs_or_cores(jobs);
             // Wall time of the sweep, for the figures printed at the end (the harness's own
             // clock; nothing simulated reads it).
             let started = std::time::Instant::now();
-            // Each run in a fresh process: see `Isolation::Process` for why.
-            let isolation = match std::env::current_exe() {
-                Ok(exe) => Isolation::Process(exe),
-                Err(_) => Isolation::InProcess,
-            };
             let outcomes = run_many(
                 &scenarios,
                 &pairs,
                 jobs,
                 check_determinism,
-                &isolation,
+                &isolation(),
                 sabotage,
             );
-            let wall = started.elapsed().as_secs_f64();
-            let mut failed = 0;
-            for o in &outcomes {
-                if o.violations.is_empty() {
-                    continue;
+            report(&scenarios, &outcomes, started.elapsed().as_secs_f64(), jobs)
+        }
+        Command::Sweep {
+            scenarios,
+            minutes,
+            from,
+            jobs,
+            check_determinism,
+        } => {
+            let scenarios = match load(&scenarios) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("clipsync-sim: {e}");
+                    return ExitCode::from(2);
                 }
-                failed += 1;
-                let s = &scenarios[o.scenario];
-                for v in &o.violations {
-                    println!("FAIL {} seed {}: {v}", s.name, o.seed);
-                }
-                println!("  reproduce: {}", reproduce_command(s, o.seed));
-            }
-            for (i, s) in scenarios.iter().enumerate() {
-                let mine: Vec<_> = outcomes.iter().filter(|o| o.scenario == i).collect();
-                let bad = mine.iter().filter(|o| !o.violations.is_empty()).count();
-                let mut conv: Vec<u128> = mine
-                    .iter()
-                    .filter_map(|o| o.convergence.map(|c| c.as_millis()))
+            };
+            let jobs = jobs_or_cores(jobs);
+            let budget = std::time::Duration::from_secs_f64(minutes.max(0.0) * 60.0);
+            let started = std::time::Instant::now();
+            let isolation = isolation();
+            let mut outcomes = Vec::new();
+            let mut next = from;
+            // Batches of a few seeds per worker and scenario: short enough to stop near the
+            // budget, long enough to keep every worker busy.
+            let per_batch = (jobs as u64 * 2)
+                .div_ceil(scenarios.len().max(1) as u64)
+                .max(1);
+            while started.elapsed() < budget {
+                let pairs: Vec<(usize, u64)> = (0..scenarios.len())
+                    .flat_map(|i| (next..next + per_batch).map(move |k| (i, k)))
                     .collect();
-                conv.sort_unstable();
-                let figures = match (conv.get(conv.len() / 2), conv.last()) {
-                    (Some(median), Some(max)) => {
-                        format!(
-                            ", converged after the last fault or copy in {median} ms median, {max} ms max"
-                        )
-                    }
-                    _ => String::new(),
-                };
-                println!(
-                    "{:<24} {:>4} seeds, {:>4} failed{figures}",
-                    s.name,
-                    mine.len(),
-                    bad
+                next += per_batch;
+                let batch = run_many(
+                    &scenarios,
+                    &pairs,
+                    jobs,
+                    check_determinism,
+                    &isolation,
+                    Sabotage::default(),
                 );
+                for o in batch.iter().filter(|o| !o.violations.is_empty()) {
+                    let s = &scenarios[o.scenario];
+                    println!("FAIL {} seed {}: {}", s.name, o.seed, o.violations[0]);
+                }
+                outcomes.extend(batch);
             }
-            let runs: u32 = outcomes.iter().map(|o| o.runs).sum();
-            let simulated: f64 = outcomes
-                .iter()
-                .map(|o| o.simulated.as_secs_f64() * f64::from(o.runs))
-                .sum();
+            let wall = started.elapsed().as_secs_f64();
             println!(
-                "{runs} runs in {wall:.1} s on {jobs} threads: {:.1} runs/s, {:.0} simulated s per wall s",
-                f64::from(runs) / wall,
-                simulated / wall
+                "swept seeds {from}..{next} of {} scenarios: {} seeds in {wall:.0} s, {:.0} seeds per minute",
+                scenarios.len(),
+                outcomes.len(),
+                outcomes.len() as f64 * 60.0 / wall.max(1e-9)
             );
-            println!("{} passed, {failed} failed", outcomes.len() - failed);
-            if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            report(&scenarios, &outcomes, wall, jobs)
         }
         Command::Child {
             scenario,
@@ -289,5 +324,80 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+fn jobs_or_cores(jobs: Option<usize>) -> usize {
+    jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    })
+}
+
+/// Each run in a fresh process: see `Isolation::Process` for why.
+fn isolation() -> Isolation {
+    match std::env::current_exe() {
+        Ok(exe) => Isolation::Process(exe),
+        Err(_) => Isolation::InProcess,
+    }
+}
+
+/// Prints the failures with their reproduce commands, a line per scenario, the speed and the
+/// totals; the exit status says whether everything passed.
+fn report(
+    scenarios: &[Scenario],
+    outcomes: &[clipsync_sim::runner::Outcome],
+    wall: f64,
+    jobs: usize,
+) -> ExitCode {
+    let mut failed = 0;
+    for o in outcomes {
+        if o.violations.is_empty() {
+            continue;
+        }
+        failed += 1;
+        let s = &scenarios[o.scenario];
+        for v in &o.violations {
+            println!("FAIL {} seed {}: {v}", s.name, o.seed);
+        }
+        println!("  reproduce: {}", reproduce_command(s, o.seed));
+    }
+    for (i, s) in scenarios.iter().enumerate() {
+        let mine: Vec<_> = outcomes.iter().filter(|o| o.scenario == i).collect();
+        let bad = mine.iter().filter(|o| !o.violations.is_empty()).count();
+        let mut conv: Vec<u128> = mine
+            .iter()
+            .filter_map(|o| o.convergence.map(|c| c.as_millis()))
+            .collect();
+        conv.sort_unstable();
+        let figures = match (conv.get(conv.len() / 2), conv.last()) {
+            (Some(median), Some(max)) => {
+                format!(
+                    ", converged after the last fault or copy in {median} ms median, {max} ms max"
+                )
+            }
+            _ => String::new(),
+        };
+        println!(
+            "{:<24} {:>4} seeds, {:>4} failed{figures}",
+            s.name,
+            mine.len(),
+            bad
+        );
+    }
+    let runs: u32 = outcomes.iter().map(|o| o.runs).sum();
+    let simulated: f64 = outcomes
+        .iter()
+        .map(|o| o.simulated.as_secs_f64() * f64::from(o.runs))
+        .sum();
+    println!(
+        "{runs} runs in {wall:.1} s on {jobs} threads: {:.1} runs/s, {:.0} simulated s per wall s",
+        f64::from(runs) / wall,
+        simulated / wall
+    );
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
