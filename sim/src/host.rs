@@ -2,7 +2,7 @@
 //! scenario and the seed, and the workload that drives it. What the hosts observe goes into
 //! the [`Log`], which the invariants read after the run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -244,7 +244,14 @@ pub fn register(
                             let state = conn.state();
                             tokio::spawn(send_back(sender, state, w, seed, log.clone(), back));
                         }
-                        tokio::spawn(serve_connection(conn, log.clone(), names.clone(), sabotage));
+                        let reader = (seed, scenario.workload.read_delay_ms);
+                        tokio::spawn(serve_connection(
+                            conn,
+                            log.clone(),
+                            names.clone(),
+                            sabotage,
+                            reader,
+                        ));
                     }
                     Err(AcceptError::Closed) => return Ok(()),
                     Err(_) => {} // logged by the transport
@@ -270,6 +277,7 @@ pub fn register(
             let mut conn = None;
             let mut attempts = 0;
             let mut id = 1;
+            let mut in_flight: VecDeque<tokio::task::JoinHandle<bool>> = VecDeque::new();
             while id <= w.messages {
                 if !trusted_client && attempts >= w.messages {
                     break;
@@ -309,6 +317,18 @@ pub fn register(
                 let payload = make_payload(index, id, size);
                 let Some(c) = conn.as_ref() else { continue };
                 tracing::debug!(target: "clipsync_sim", id, size, as_stream, "send");
+                if w.pipeline > 1 {
+                    let failed =
+                        pipelined_send(&log, &name, id, c, payload, w.pipeline, &mut in_flight)
+                            .await;
+                    id += 1;
+                    if failed && c.is_closed() {
+                        // The connection is over (its sends in flight settle by themselves).
+                        conn = None;
+                        tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
+                    }
+                    continue;
+                }
                 let result = if as_stream {
                     logged_send(&log, &name, id, send_stream(&c.sender, payload)).await
                 } else {
@@ -325,6 +345,10 @@ pub fn register(
                     conn = None;
                     tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
                 }
+            }
+            // Pipelined sends settle before the client goes.
+            for h in in_flight {
+                let _ = h.await;
             }
             if w.both_ways {
                 // The server's sends to this client settle before the client goes.
@@ -540,8 +564,19 @@ async fn serve_connection(
     log: SharedLog,
     names: Vec<String>,
     sabotage: Sabotage,
+    (seed, read_delay): (u64, [u64; 2]),
 ) {
-    while let Ok(incoming) = conn.receive().await {
+    let mut rng =
+        ChaCha20Rng::from_seed(derive(seed, &format!("reader/{}", conn.peer_fingerprint())));
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) && read_delay[1] > 0 {
+            let pause = read_delay[0] + rng.next_u64() % (read_delay[1] - read_delay[0] + 1);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let Ok(incoming) = conn.receive().await else {
+            break;
+        };
         let payload = match incoming {
             Incoming::Message(m) => m.payload,
             Incoming::Stream(s) => match s.read_to_end(MAX_STREAM).await {
@@ -687,12 +722,20 @@ fn register_mutual(
                 log.clone(),
                 names.clone(),
                 sabotage,
+                (seed, scenario.workload.read_delay_ms),
             ));
             loop {
                 match listener.accept().await {
                     Ok(conn) => {
                         add_link(&links, &name, false, &conn);
-                        tokio::spawn(serve_connection(conn, log.clone(), names.clone(), sabotage));
+                        let reader = (seed, scenario.workload.read_delay_ms);
+                        tokio::spawn(serve_connection(
+                            conn,
+                            log.clone(),
+                            names.clone(),
+                            sabotage,
+                            reader,
+                        ));
                     }
                     Err(AcceptError::Closed) => return Ok(()),
                     Err(_) => {}
@@ -772,6 +815,83 @@ fn register_mutual(
         conn.close().await;
         Ok(())
     });
+}
+
+/// Issues send `id` with `try_send`, keeping at most `depth` in flight: waits for the oldest
+/// while `depth` are, or while the send queue is full. Returns whether a send settled as failed
+/// in the meantime (this one, refused at once, or an older one).
+async fn pipelined_send(
+    log: &SharedLog,
+    name: &str,
+    id: u64,
+    c: &ClientConn,
+    payload: Bytes,
+    depth: usize,
+    in_flight: &mut VecDeque<tokio::task::JoinHandle<bool>>,
+) -> bool {
+    let mut failed = false;
+    let message = Message::new(CONTENT_TYPE, payload);
+    let issued = now();
+    let record = |log: &SharedLog| {
+        with_log(log, |l| {
+            l.sent.insert(
+                (name.to_string(), id),
+                SendRecord {
+                    issued,
+                    settled: None,
+                },
+            )
+        })
+    };
+    loop {
+        if in_flight.len() >= depth {
+            if let Some(h) = in_flight.pop_front() {
+                failed |= !h.await.unwrap_or(false);
+            }
+            continue;
+        }
+        match c.sender.try_send(message.clone()) {
+            Ok(settles) => {
+                record(log);
+                let (log, name) = (log.clone(), name.to_string());
+                in_flight.push_back(tokio::spawn(async move {
+                    logged_settle(&log, &name, id, settles.await).is_ok()
+                }));
+                return failed;
+            }
+            Err(SendError::Full) if !in_flight.is_empty() => {
+                tracing::debug!(target: "clipsync_sim", id, "send queue full");
+                if let Some(h) = in_flight.pop_front() {
+                    failed |= !h.await.unwrap_or(false);
+                }
+            }
+            Err(e) => {
+                record(log);
+                let _ = logged_settle(log, name, id, Err(e));
+                return true;
+            }
+        }
+    }
+}
+
+/// Logs how send `id` settled.
+fn logged_settle(
+    log: &SharedLog,
+    name: &str,
+    id: u64,
+    result: Result<(), SendError>,
+) -> Result<(), SendError> {
+    let settled = match &result {
+        Ok(()) => Settled::Delivered,
+        Err(e) => Settled::Failed(describe(e)),
+    };
+    tracing::debug!(target: "clipsync_sim", id, ?settled, "settled");
+    with_log(log, |l| {
+        if let Some(r) = l.sent.get_mut(&(name.to_string(), id)) {
+            r.settled = Some((now(), settled));
+        }
+    });
+    result
 }
 
 /// Runs one workload send, logging when it was issued and how it settled.

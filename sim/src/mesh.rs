@@ -116,7 +116,7 @@ pub struct MeshLog {
     pub incarnation: BTreeMap<String, u32>,
     /// Peers crashed and not bounced (kept by the runner).
     pub crashed: BTreeSet<String>,
-    /// Every crash: (peer, when).
+    /// Every crash, and every bounce of a running host (a restart): (host, when).
     pub crashes: Vec<(String, Duration)>,
     /// Peer incarnations that finished their workload.
     pub done: BTreeSet<String>,

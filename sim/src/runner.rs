@@ -130,7 +130,11 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
                                 l.mesh.crashes.push((host.clone(), at));
                             }
                             FaultKind::Bounce { host } => {
-                                l.mesh.crashed.remove(host);
+                                // A bounce of a running host restarts it: a crash too.
+                                let was_down = l.mesh.crashed.remove(host);
+                                if !was_down {
+                                    l.mesh.crashes.push((host.clone(), at));
+                                }
                             }
                             _ => {}
                         }

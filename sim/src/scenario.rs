@@ -423,6 +423,17 @@ pub struct Workload {
     /// The pause of mesh churn, `[min, max]` ms.
     #[serde(default = "default_churn_ms")]
     pub churn_ms: [u64; 2],
+    /// Pipelined sends (clients): up to this many sends in flight at once, each issued with
+    /// `try_send` (a payload above `stream_threshold` streams) the moment the pause after the
+    /// previous one ends; a full send queue (`SendError::Full`) waits for the oldest send in
+    /// flight to settle, then tries again. 0 or 1: one send at a time, each awaited.
+    #[serde(default)]
+    pub pipeline: usize,
+    /// A slow receiving application (the server): after each message or stream it takes, it
+    /// pauses `[min, max]` ms (drawn from the seed) before it receives again, so the
+    /// connection backs up into the windows and the send queue.
+    #[serde(default)]
+    pub read_delay_ms: [u64; 2],
 }
 
 fn default_churn_ms() -> [u64; 2] {

@@ -287,6 +287,22 @@ struct QueuedMessage {
     payload: Bytes,
 }
 
+/// A send waiting in front of the session.
+#[derive(Debug)]
+enum Queued {
+    Message(QueuedMessage),
+    Open(QueuedOpen),
+}
+
+impl Queued {
+    fn id(&self) -> SendId {
+        match self {
+            Self::Message(m) => m.id,
+            Self::Open(o) => o.id,
+        }
+    }
+}
+
 /// A stream open waiting for the peer's `max_streams`.
 #[derive(Debug)]
 struct QueuedOpen {
@@ -323,10 +339,10 @@ pub struct Connection {
     suspended_at: Duration,
     session: Option<Session>,
     epoch: u32,
-    /// Messages waiting for a session or for room under the replay bound, in order.
-    messages: VecDeque<QueuedMessage>,
-    /// Stream opens waiting for a session or the peer's `max_streams`, in order.
-    opens: VecDeque<QueuedOpen>,
+    /// Messages and stream opens waiting for a session, for room under the replay bound or
+    /// for the peer's `max_streams`, in the order they were handed in: one queue, so neither
+    /// kind overtakes the other and the peer receives them in that order.
+    pending: VecDeque<Queued>,
     /// Sends in the current session awaiting acknowledgement, by sequence number.
     awaiting: BTreeMap<u64, SendId>,
     /// Outgoing streams of the current session, by id.
@@ -349,8 +365,7 @@ impl Connection {
             suspended_at: Duration::ZERO,
             session: None,
             epoch: 0,
-            messages: VecDeque::new(),
-            opens: VecDeque::new(),
+            pending: VecDeque::new(),
             awaiting: BTreeMap::new(),
             out: BTreeMap::new(),
             incoming: BTreeMap::new(),
@@ -387,7 +402,7 @@ impl Connection {
     /// Whether another send or stream open may be handed in now (the queues in front of the
     /// session hold at most `send_queue`).
     pub fn can_take(&self) -> bool {
-        self.phase != Phase::Closed && self.messages.len() + self.opens.len() < self.p.send_queue
+        self.phase != Phase::Closed && self.pending.len() < self.p.send_queue
     }
 
     fn session_params(&self, a: &Attach) -> SessionParams {
@@ -444,8 +459,7 @@ impl Connection {
     fn connected(&mut self, resumed: bool) {
         self.phase = Phase::Connected;
         self.outputs.push_back(Output::Connected { resumed });
-        self.pump_messages();
-        self.pump_opens();
+        self.pump_sends();
     }
 
     /// The listener took a new connection for this session while the current one still
@@ -510,7 +524,7 @@ impl Connection {
             }
         }
         for m in carried.into_iter().rev() {
-            self.messages.push_front(m);
+            self.pending.push_front(Queued::Message(m));
         }
         for (_, id) in std::mem::take(&mut self.awaiting) {
             unknown += 1;
@@ -609,13 +623,13 @@ impl Connection {
                 return Err(Failure::TooLarge { size, max });
             }
         }
-        self.messages.push_back(QueuedMessage {
+        self.pending.push_back(Queued::Message(QueuedMessage {
             id,
             content_type,
             metadata,
             payload,
-        });
-        self.pump_messages();
+        }));
+        self.pump_sends();
         self.absorb(now);
         Ok(())
     }
@@ -651,14 +665,14 @@ impl Connection {
         if self.session.as_ref().is_some_and(|s| !s.streams_enabled()) {
             return Err(Failure::StreamsUnsupported);
         }
-        self.opens.push_back(QueuedOpen {
+        self.pending.push_back(Queued::Open(QueuedOpen {
             id,
             content_type,
             total_len,
             hash,
             metadata,
-        });
-        self.pump_opens();
+        }));
+        self.pump_sends();
         self.absorb(now);
         Ok(())
     }
@@ -689,86 +703,68 @@ impl Connection {
         Ok(())
     }
 
-    /// Hands queued messages to the session while the replay bound allows.
-    fn pump_messages(&mut self) {
+    /// Hands queued messages and stream opens to the session, in order, while the replay
+    /// bound and the peer's `max_streams` allow; stops at the first that must wait.
+    fn pump_sends(&mut self) {
         let Some(s) = self.session.as_mut() else {
             return;
         };
         if self.phase == Phase::Closed {
             return;
         }
-        while let Some(m) = self.messages.pop_front() {
-            match s.send_message(
-                m.content_type.clone(),
-                m.metadata.clone(),
-                m.payload.clone(),
-                Duration::ZERO,
-            ) {
-                Ok(seq) => {
-                    self.awaiting.insert(seq, m.id);
-                }
-                Err(SendRefusal::Blocked | SendRefusal::Closed) => {
-                    self.messages.push_front(m);
-                    return;
-                }
-                Err(SendRefusal::TooLarge { size, max }) => {
-                    self.outputs
-                        .push_back(Output::Failed(m.id, Failure::TooLarge { size, max }));
-                }
-                Err(SendRefusal::StreamsUnsupported) => {
-                    self.outputs
-                        .push_back(Output::Failed(m.id, Failure::StreamsUnsupported));
-                }
-                Err(SendRefusal::MetadataUnsupported) => {
-                    self.outputs
-                        .push_back(Output::Failed(m.id, Failure::MetadataUnsupported));
-                }
-            }
-        }
-    }
-
-    /// Opens queued streams while the peer's `max_streams` allows.
-    fn pump_opens(&mut self) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        if self.phase == Phase::Closed {
-            return;
-        }
-        while let Some(o) = self.opens.pop_front() {
-            match s.open_stream(
-                o.content_type.clone(),
-                o.total_len,
-                o.hash,
-                o.metadata.clone(),
-            ) {
-                Ok(id) => {
-                    self.out.insert(id, OutStream::default());
-                    self.outputs.push_back(Output::StreamReady {
-                        open: o.id,
-                        key: StreamKey {
-                            epoch: self.epoch,
-                            id,
-                        },
-                    });
-                }
-                Err(SendRefusal::Blocked | SendRefusal::Closed) => {
-                    self.opens.push_front(o);
-                    return;
-                }
-                Err(SendRefusal::StreamsUnsupported) => {
-                    self.outputs
-                        .push_back(Output::Failed(o.id, Failure::StreamsUnsupported));
-                }
-                Err(SendRefusal::TooLarge { size, max }) => {
-                    self.outputs
-                        .push_back(Output::Failed(o.id, Failure::TooLarge { size, max }));
-                }
-                Err(SendRefusal::MetadataUnsupported) => {
-                    self.outputs
-                        .push_back(Output::Failed(o.id, Failure::MetadataUnsupported));
-                }
-            }
+        while let Some(q) = self.pending.pop_front() {
+            let (id, refused) = match q {
+                Queued::Message(m) => match s.send_message(
+                    m.content_type.clone(),
+                    m.metadata.clone(),
+                    m.payload.clone(),
+                    Duration::ZERO,
+                ) {
+                    Ok(seq) => {
+                        self.awaiting.insert(seq, m.id);
+                        continue;
+                    }
+                    Err(SendRefusal::Blocked | SendRefusal::Closed) => {
+                        self.pending.push_front(Queued::Message(m));
+                        return;
+                    }
+                    Err(r) => (m.id, r),
+                },
+                Queued::Open(o) => match s.open_stream(
+                    o.content_type.clone(),
+                    o.total_len,
+                    o.hash,
+                    o.metadata.clone(),
+                ) {
+                    Ok(id) => {
+                        self.out.insert(id, OutStream::default());
+                        self.outputs.push_back(Output::StreamReady {
+                            open: o.id,
+                            key: StreamKey {
+                                epoch: self.epoch,
+                                id,
+                            },
+                        });
+                        continue;
+                    }
+                    Err(SendRefusal::Blocked | SendRefusal::Closed) => {
+                        self.pending.push_front(Queued::Open(o));
+                        return;
+                    }
+                    Err(r) => (o.id, r),
+                },
+            };
+            let failure = match refused {
+                SendRefusal::TooLarge { size, max } => Failure::TooLarge { size, max },
+                SendRefusal::StreamsUnsupported => Failure::StreamsUnsupported,
+                SendRefusal::MetadataUnsupported => Failure::MetadataUnsupported,
+                // Both wait above; never here.
+                SendRefusal::Blocked | SendRefusal::Closed => Failure::NotSent(CloseCause::Local(
+                    ReasonCode::InternalError,
+                    "refused while waiting".into(),
+                )),
+            };
+            self.outputs.push_back(Output::Failed(id, failure));
         }
     }
 
@@ -916,6 +912,13 @@ impl Connection {
 
     // ----- incoming streams -----
 
+    /// Whether the application has taken every byte received of an incoming stream that has
+    /// not ended (and is no pending offer): it may be waiting for more, which only reading the
+    /// connection brings.
+    pub fn incoming_starved(&self) -> bool {
+        self.session.as_ref().is_some_and(Session::incoming_starved)
+    }
+
     /// The application accepts incoming offer `key` (it starts reading it): its bytes may
     /// flow. Nothing for a stream that is no pending offer.
     pub fn stream_accept(&mut self, key: StreamKey, now: Duration) {
@@ -1057,7 +1060,7 @@ impl Connection {
                     for (_, id) in std::mem::replace(&mut self.awaiting, rest) {
                         self.outputs.push_back(Output::Delivered(id));
                     }
-                    self.pump_messages();
+                    self.pump_sends();
                 }
                 Event::Rtt(rtt) => self.outputs.push_back(Output::Rtt(rtt)),
                 Event::Health { degraded, rtt, why } => {
@@ -1107,7 +1110,7 @@ impl Connection {
                         result: result
                             .map_err(|(reason, detail)| Failure::Stream { reason, detail }),
                     });
-                    self.pump_opens();
+                    self.pump_sends();
                 }
                 Event::Closed(cause) => self.connection_ended(cause, now),
             }
@@ -1141,11 +1144,8 @@ impl Connection {
             };
             self.fail(id, failure);
         }
-        for m in std::mem::take(&mut self.messages) {
-            self.fail(m.id, Failure::NotSent(cause.clone()));
-        }
-        for o in std::mem::take(&mut self.opens) {
-            self.fail(o.id, Failure::NotSent(cause.clone()));
+        for q in std::mem::take(&mut self.pending) {
+            self.fail(q.id(), Failure::NotSent(cause.clone()));
         }
         let epoch = self.epoch;
         for (id, _) in std::mem::take(&mut self.out) {

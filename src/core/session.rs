@@ -694,6 +694,15 @@ impl Session {
         Ok(())
     }
 
+    /// Whether an incoming stream that has not ended (and is no pending offer) has every byte
+    /// received taken by the application.
+    pub fn incoming_starved(&self) -> bool {
+        self.streams
+            .incoming
+            .values()
+            .any(|s| !s.ended && !s.offer_pending && s.received == s.consumed)
+    }
+
     /// The application accepts incoming offer `id`: the `CREDIT` that lets its bytes flow.
     /// Nothing for a stream that is no pending offer.
     pub fn stream_accept(&mut self, id: u64) {

@@ -64,6 +64,9 @@ const INCOMING: usize = 16;
 /// Delivered items the driver holds beyond that before it stops reading the socket (and TCP
 /// pushes back on the peer): with `INCOMING`, at most `(INCOMING + HELD) × max_message_size`
 /// bytes of messages wait for the application. Streams are bounded by their windows instead.
+/// One exception: while the application has consumed everything of a stream that has not
+/// ended (it is likely waiting for more), the driver reads on until the messages it holds
+/// reach `connection_window` bytes, since the stream's chunks may be behind them on the wire.
 const HELD: usize = 16;
 /// Encoded frames waiting for the writer, per lane.
 const OUTGOING: usize = 64;
@@ -204,6 +207,11 @@ struct Driver {
     waiting: BTreeMap<SendId, Waiting>,
     /// Messages and streams received, waiting for room in `incoming`.
     deliveries: VecDeque<Incoming>,
+    /// Payload and metadata bytes of the messages in `deliveries`.
+    held_bytes: usize,
+    /// How many bytes of messages `deliveries` may hold while the application waits for
+    /// stream data (the connection window): see [`HELD`].
+    starved_budget: usize,
     signals: mpsc::UnboundedReceiver<StreamSignal>,
     signals_tx: mpsc::UnboundedSender<StreamSignal>,
     out: BTreeMap<StreamKey, OutHandle>,
@@ -295,6 +303,8 @@ impl Driver {
             next_id: 0,
             waiting: BTreeMap::new(),
             deliveries: VecDeque::new(),
+            held_bytes: 0,
+            starved_budget: cfg.connection_window as usize,
             signals,
             signals_tx,
             out: BTreeMap::new(),
@@ -498,7 +508,12 @@ impl Driver {
                 self.transmit(&urgent_tx, &bulk_tx).await;
                 break;
             }
-            let can_read = self.deliveries.len() < HELD;
+            // An application waiting for the data of a stream it holds cannot take what is
+            // queued behind it: reading on (within a byte budget) is what lets the stream's
+            // chunks arrive. Not reading then deadlocked a slow reader behind a pipelining
+            // sender (simulator scenario `pipelined`).
+            let can_read = self.deliveries.len() < HELD
+                || (self.core.incoming_starved() && self.held_bytes < self.starved_budget);
             // Not reading because the application is behind is not the peer's silence.
             self.core.set_reading(can_read, self.now());
             let deadline = self.core.poll_timeout().map(|d| self.start + d);
@@ -637,11 +652,17 @@ impl Driver {
             Input::WriterFailed(detail) => self.core.connection_lost(detail, now),
             Input::Deliver(Some(permit)) => {
                 if let Some(m) = self.deliveries.pop_front() {
+                    if let Incoming::Message(msg) = &m {
+                        self.held_bytes -= msg.payload.len() + msg.metadata.len();
+                    }
                     permit.send(m);
                 }
             }
             // The application dropped its receiving end: it no longer cares.
-            Input::Deliver(None) => self.deliveries.clear(),
+            Input::Deliver(None) => {
+                self.deliveries.clear();
+                self.held_bytes = 0;
+            }
             Input::Command(Some(cmd)) => self.command(cmd, now),
             Input::Command(None) => self.core.close(
                 ReasonCode::Normal,

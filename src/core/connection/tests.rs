@@ -181,7 +181,7 @@ struct App {
     /// Streams that announced their BLAKE3, by tag: the length announced. The application
     /// writes exactly that many bytes (as one that hashed its payload does).
     hashed_len: BTreeMap<u64, u64>,
-    /// Messages received: tags, in order.
+    /// Messages and stream opens received: tags, in order.
     received: Vec<u64>,
     /// Incoming streams: key → (tag, bytes read, unread data, end).
     incoming: BTreeMap<StreamKey, InModel>,
@@ -751,7 +751,10 @@ impl Model {
                 }
                 let p = self.peer(s);
                 if p.app.received.last().is_some_and(|l| *l > tag) {
-                    return Err(format!("message {tag} out of order"));
+                    return Err(format!(
+                        "message {tag} out of order after {:?}",
+                        p.app.received.last()
+                    ));
                 }
                 p.app.received.push(tag);
             }
@@ -778,6 +781,16 @@ impl Model {
                             return Err(format!("stream {t} arrived with a foreign hash"));
                         }
                     }
+                }
+                // Streams and messages arrive in the order their sends were handed in.
+                if let Some(t) = tag {
+                    if p.app.received.last().is_some_and(|l| *l > t) {
+                        return Err(format!(
+                            "stream {t} arrived after {:?}, sent later",
+                            p.app.received.last()
+                        ));
+                    }
+                    p.app.received.push(t);
                 }
                 let m = InModel {
                     tag,

@@ -171,11 +171,14 @@ impl Driver {
                 content_type,
                 metadata,
                 payload,
-            } => self.deliveries.push_back(Incoming::Message(Message {
-                content_type,
-                metadata,
-                payload,
-            })),
+            } => {
+                self.held_bytes += payload.len() + metadata.len();
+                self.deliveries.push_back(Incoming::Message(Message {
+                    content_type,
+                    metadata,
+                    payload,
+                }));
+            }
             Output::Incoming {
                 key,
                 content_type,
