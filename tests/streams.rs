@@ -538,3 +538,57 @@ async fn metadata_travels_with_messages_and_streams() {
     assert_eq!(&got.payload[..], b"still up");
     assert!(got.metadata.is_empty());
 }
+
+/// A reader that takes a stream and waits for its data while the sender's messages keep
+/// coming: the messages overtake the stream's chunks on the wire (they have priority) and
+/// pile up behind the stream in the receiver's queue. The driver must read on for the
+/// stream's chunks instead of pausing because the application is "behind" — pausing there
+/// deadlocked the reader (found by the simulator's `pipelined` scenario).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_waiting_for_stream_data_is_not_stalled_by_messages_queued_behind_it() {
+    let (client, mut server, _transports) = pair(cfg()).await;
+    let len = 4u64 << 20;
+    let s = client.open_stream("image/png", Some(len)).await.unwrap();
+    let writer = write_pattern(s, 7, len);
+    // One task hands the messages in, in order, as fast as the send queue takes them.
+    let tx = client.sender();
+    let sending = tokio::spawn(async move {
+        let mut sent = std::collections::VecDeque::new();
+        for i in 0..300u32 {
+            let m = Message::text(format!("message {i} {}", "x".repeat(1000)));
+            loop {
+                match tx.try_send(m.clone()) {
+                    Ok(settles) => {
+                        sent.push_back(tokio::spawn(settles));
+                        break;
+                    }
+                    Err(SendError::Full) => {
+                        let oldest = sent.pop_front().expect("a full queue holds our sends");
+                        oldest.await.unwrap().unwrap();
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        sent
+    });
+    let stream = expect_stream(&mut server).await;
+    // A bound for the failure report only: without the rule the read never ends.
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(8 << 20),
+    )
+    .await
+    .expect("the stream's data never came: the reader is stalled behind queued messages")
+    .unwrap();
+    assert_eq!(got.len() as u64, len);
+    assert!(got.iter().enumerate().all(|(i, b)| *b == byte(7, i as u64)));
+    writer.await.unwrap().unwrap();
+    for i in 0..300u32 {
+        let m = server.receive().await.unwrap().into_message().unwrap();
+        assert!(m.payload.starts_with(format!("message {i} ").as_bytes()));
+    }
+    for s in sending.await.unwrap() {
+        s.await.unwrap().unwrap();
+    }
+}
