@@ -719,6 +719,17 @@ def concurrent_resume_checks(port, client_key, check):
           f"ack {acked}")
 
 
+def start_serve(binary, workdir, *extra):
+    """Starts `clipsync serve` on a free loopback port with the test keys and `extra`
+    arguments; returns (process, port, its output)."""
+    server = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", *extra,
+                               "--identity", os.path.join(workdir, "server"),
+                               "--authorized-keys", os.path.join(workdir, "trusted")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
+    return server, port, ServeOutput(server)
+
+
 def offer_checks(binary, workdir, client_key, check):
     """§3.1, §5.1, §5.2, §5.6 with the METADATA and OFFERS capabilities, against a
     `clipsync serve --out DIR` (which names saved files by their BLAKE3 and so declines an offer
@@ -727,13 +738,8 @@ def offer_checks(binary, workdir, client_key, check):
     `already have` (20) and no CREDIT at all; either flag without its capability: 4001."""
     out_dir = os.path.join(workdir, "offers")
     os.makedirs(out_dir, exist_ok=True)
-    server = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--out", out_dir,
-                               "--identity", os.path.join(workdir, "server"),
-                               "--authorized-keys", os.path.join(workdir, "trusted")],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server, port, out = start_serve(binary, workdir, "--out", out_dir)
     try:
-        port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
-        out = ServeOutput(server)
         all_caps = CAP_STREAMS | CAP_RESUME | CAP_METADATA | CAP_OFFERS
         c = Connection(port)
         theirs = authenticate(c, client_key, all_caps)
@@ -830,13 +836,8 @@ def expiry_checks(binary, workdir, client_key, check):
     config = os.path.join(workdir, "short-window.toml")
     with open(config, "w") as f:
         f.write("resume_window_ms = 300\n")
-    server = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--config", config,
-                               "--identity", os.path.join(workdir, "server"),
-                               "--authorized-keys", os.path.join(workdir, "trusted")],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server, port, out = start_serve(binary, workdir, "--config", config)
     try:
-        port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
-        out = ServeOutput(server)
         d = Dialer(port, client_key)
         old = d.session
         d.message("expiry")

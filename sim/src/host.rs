@@ -906,18 +906,7 @@ async fn logged_send(
         settled: None,
     };
     with_log(log, |l| l.sent.insert((name.to_string(), id), record));
-    let result = send.await;
-    let settled = match &result {
-        Ok(()) => Settled::Delivered,
-        Err(e) => Settled::Failed(describe(e)),
-    };
-    tracing::debug!(target: "clipsync_sim", id, ?settled, "settled");
-    with_log(log, |l| {
-        if let Some(r) = l.sent.get_mut(&(name.to_string(), id)) {
-            r.settled = Some((now(), settled));
-        }
-    });
-    result
+    logged_settle(log, name, id, send.await)
 }
 
 fn describe(e: &SendError) -> String {
