@@ -244,7 +244,7 @@ pub fn register(
                             let state = conn.state();
                             tokio::spawn(send_back(sender, state, w, seed, log.clone(), back));
                         }
-                        let reader = (seed, scenario.workload.read_delay_ms);
+                        let reader = Reader::new(&scenario, seed);
                         tokio::spawn(serve_connection(
                             conn,
                             log.clone(),
@@ -558,20 +558,42 @@ async fn receive_back(
     conn
 }
 
+/// How the server's application reads (`[workload] read_delay_ms`, `drop_stream_every`).
+#[derive(Clone, Copy)]
+struct Reader {
+    seed: u64,
+    delay_ms: [u64; 2],
+    drop_every: u64,
+}
+
+impl Reader {
+    fn new(s: &Scenario, seed: u64) -> Self {
+        Self {
+            seed,
+            delay_ms: s.workload.read_delay_ms,
+            drop_every: s.workload.drop_stream_every,
+        }
+    }
+}
+
 /// Receives on `conn` until it ends, checking every payload and logging its delivery.
 async fn serve_connection(
     mut conn: Connection,
     log: SharedLog,
     names: Vec<String>,
     sabotage: Sabotage,
-    (seed, read_delay): (u64, [u64; 2]),
+    reader: Reader,
 ) {
-    let mut rng =
-        ChaCha20Rng::from_seed(derive(seed, &format!("reader/{}", conn.peer_fingerprint())));
+    let [lo, hi] = reader.delay_ms;
+    let mut rng = ChaCha20Rng::from_seed(derive(
+        reader.seed,
+        &format!("reader/{}", conn.peer_fingerprint()),
+    ));
+    let mut streams = 0u64;
     let mut first = true;
     loop {
-        if !std::mem::take(&mut first) && read_delay[1] > 0 {
-            let pause = read_delay[0] + rng.next_u64() % (read_delay[1] - read_delay[0] + 1);
+        if !std::mem::take(&mut first) && hi > 0 {
+            let pause = lo + rng.next_u64() % (hi - lo + 1);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         let Ok(incoming) = conn.receive().await else {
@@ -579,6 +601,16 @@ async fn serve_connection(
         };
         let payload = match incoming {
             Incoming::Message(m) => m.payload,
+            Incoming::Stream(s)
+                if reader.drop_every > 0 && {
+                    streams += 1;
+                    streams % reader.drop_every == 0
+                } =>
+            {
+                tracing::debug!(target: "clipsync_sim", id = s.id(), "stream dropped unread");
+                drop(s);
+                continue;
+            }
             Incoming::Stream(s) => match s.read_to_end(MAX_STREAM).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -722,13 +754,13 @@ fn register_mutual(
                 log.clone(),
                 names.clone(),
                 sabotage,
-                (seed, scenario.workload.read_delay_ms),
+                Reader::new(&scenario, seed),
             ));
             loop {
                 match listener.accept().await {
                     Ok(conn) => {
                         add_link(&links, &name, false, &conn);
-                        let reader = (seed, scenario.workload.read_delay_ms);
+                        let reader = Reader::new(&scenario, seed);
                         tokio::spawn(serve_connection(
                             conn,
                             log.clone(),

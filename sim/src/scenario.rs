@@ -434,6 +434,10 @@ pub struct Workload {
     /// connection backs up into the windows and the send queue.
     #[serde(default)]
     pub read_delay_ms: [u64; 2],
+    /// An application that does not want everything (the server): it drops every n-th
+    /// stream it receives unread (0: never), so its sender's stream settles `cancelled`.
+    #[serde(default)]
+    pub drop_stream_every: u64,
 }
 
 fn default_churn_ms() -> [u64; 2] {
