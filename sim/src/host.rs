@@ -129,9 +129,15 @@ pub struct Sabotage {
 /// The transport configuration for `host`: defaults, the scenario's overrides, a seed
 /// derived from the root seed.
 pub fn transport_config(s: &Scenario, seed: u64, host: &str) -> Result<TransportConfig, String> {
+    let mut table = s.config.clone();
+    for (key, [lo, hi]) in &s.config_draw {
+        let span = hi.saturating_sub(*lo).max(0) as u64 + 1;
+        let v = lo + (derive_u64(seed, &format!("config/{key}")) % span) as i64;
+        table.insert(key.clone(), toml::Value::Integer(v));
+    }
     let mut cfg =
-        TransportConfig::from_toml_str(&toml::to_string(&s.config).map_err(|e| e.to_string())?)
-            .map_err(|e| format!("[config]: {e}"))?;
+        TransportConfig::from_toml_str(&toml::to_string(&table).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("[config] with [config_draw]: {e}"))?;
     cfg.rng_seed = Some(derive_u64(seed, &format!("rng/{host}")));
     Ok(cfg)
 }

@@ -31,6 +31,11 @@ pub struct Scenario {
     /// `TransportConfig` keys applied to every host (TOML keys, e.g. `heartbeat_timeout_ms`).
     #[serde(default)]
     pub config: toml::Table,
+    /// `TransportConfig` keys drawn per seed: key → `[min, max]` (integers), the same draw
+    /// for every host of a run, applied over `config`. Limits get exercised, not only
+    /// defaults; a draw the configuration refuses fails the run at start.
+    #[serde(default)]
+    pub config_draw: std::collections::BTreeMap<String, [i64; 2]>,
     /// Faults at simulated times.
     #[serde(default)]
     pub timeline: Vec<Fault>,

@@ -354,9 +354,13 @@ impl Session {
                 "connection: received {received} > granted {granted}"
             ));
         }
-        if granted > consumed + window {
+        // What is buffered stays within the window, plus (only for starved streams, see
+        // `Streams::starved_credit`) a stream window per open incoming stream.
+        let starved_room = self.streams.incoming_count() as u64 * self.streams.stream_window();
+        if received - consumed > window + starved_room {
             return Err(format!(
-                "connection: granted {granted} > consumed {consumed} + window {window}"
+                "connection: {} bytes buffered > window {window} + {starved_room}",
+                received - consumed
             ));
         }
         let sw = self.streams.stream_window();
@@ -531,6 +535,9 @@ impl Session {
                 let id = c.stream_id;
                 let inbound = self.streams.on_chunk(c);
                 self.inbound(id, inbound);
+                if let Some(c) = self.streams.starved_credit() {
+                    self.outbox.push_back(Frame::Credit(c));
+                }
             }
             Frame::StreamEnd(e) => {
                 let inbound = self.streams.on_end(e);
@@ -720,6 +727,9 @@ impl Session {
             return;
         }
         for c in self.streams.consumed(id, n) {
+            self.outbox.push_back(Frame::Credit(c));
+        }
+        if let Some(c) = self.streams.starved_credit() {
             self.outbox.push_back(Frame::Credit(c));
         }
     }

@@ -706,6 +706,42 @@ impl Streams {
         out
     }
 
+    /// Connection credit beyond the connection window for a starved stream: when the
+    /// application has taken everything of a stream that has not ended (it waits for more)
+    /// while data of other streams it has not read yet fills the connection window, the
+    /// stream's next chunk could never come — a deadlock for an application that reads in
+    /// order (found by the simulator's `pipelined` scenario with drawn windows). The limit is
+    /// raised by a stream window, never beyond `connection_window` plus a stream window per
+    /// open incoming stream: every stream stays within its own window, so that is the bound
+    /// on what is buffered (PROTOCOL.md §6.2).
+    pub(crate) fn starved_credit(&mut self) -> Option<Credit> {
+        let starved = self
+            .incoming
+            .values()
+            .any(|s| !s.ended && !s.offer_pending && s.received == s.consumed);
+        let room = self.conn_granted.saturating_sub(self.conn_received);
+        if !starved || room >= self.max_chunk {
+            return None;
+        }
+        let cap = self.conn_consumed
+            + self.connection_window
+            + self.incoming.len() as u64 * self.stream_window;
+        let limit = (self.conn_granted + self.stream_window).min(cap);
+        (limit > self.conn_granted).then(|| {
+            self.conn_granted = limit;
+            Credit {
+                stream_id: 0,
+                acked: self.conn_received,
+                limit,
+            }
+        })
+    }
+
+    /// Open incoming streams (for the buffering bound).
+    pub(crate) fn incoming_count(&self) -> usize {
+        self.incoming.len()
+    }
+
     /// The connection-wide `CREDIT`, when a quarter window is due (or always, if `force`).
     pub(crate) fn connection_credit(&mut self, force: bool) -> Option<Credit> {
         let limit = self.conn_consumed + self.connection_window;
