@@ -219,6 +219,8 @@ fn main() -> ExitCode {
                 }
             };
             let jobs = jobs_or_cores(jobs);
+            // The sweep's budget is wall time, on the harness's own clock: it decides how many
+            // seeds run, never what happens inside one (each run is simulated and seeded).
             let budget = std::time::Duration::from_secs_f64(minutes.max(0.0) * 60.0);
             let started = std::time::Instant::now();
             let isolation = isolation();
