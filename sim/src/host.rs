@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::TurmoilNet;
 use crate::crypto::{SimTime, derive, derive_u64, seeded_provider};
+use crate::link::Shaper;
 use crate::scenario::Scenario;
 
 /// The port every simulated server listens on.
@@ -154,8 +155,17 @@ pub(crate) fn build_transport(
     incarnation: u32,
 ) -> Result<Transport, String> {
     let cfg = transport_config(s, seed, &format!("{host}#{incarnation}"))?;
+    let model = s.link.model();
+    let net = if model.is_active() {
+        TurmoilNet::shaped(Shaper::new(
+            model,
+            derive(seed, &format!("link/{host}#{incarnation}")),
+        ))
+    } else {
+        TurmoilNet::default()
+    };
     Transport::builder(cfg)
-        .network(Arc::new(TurmoilNet))
+        .network(Arc::new(net))
         .crypto_provider(seeded_provider(derive(
             seed,
             &format!("tls/{host}#{incarnation}"),
@@ -284,6 +294,7 @@ pub fn register(
             let mut attempts = 0;
             let mut id = 1;
             let mut in_flight: VecDeque<tokio::task::JoinHandle<bool>> = VecDeque::new();
+            let mut background = None;
             while id <= w.messages {
                 if !trusted_client && attempts >= w.messages {
                     break;
@@ -303,7 +314,17 @@ pub fn register(
                     match result {
                         Ok(c) if trusted_client => {
                             watch_close(&log, &name, c.state());
-                            conn = Some(ClientConn::new(c, w.both_ways, &log, &server, &name))
+                            let cc = ClientConn::new(c, w.both_ways, &log, &server, &name);
+                            if w.background_stream > 0 && background.is_none() {
+                                let payload = make_payload(index, 0, w.background_stream);
+                                let (log, name, sender) =
+                                    (log.clone(), name.clone(), cc.sender.clone());
+                                background = Some(tokio::spawn(async move {
+                                    let send = send_stream(&sender, payload);
+                                    logged_send(&log, &name, 0, send).await.is_ok()
+                                }));
+                            }
+                            conn = Some(cc)
                         }
                         Ok(c) => c.close().await,
                         Err(_) => {
@@ -352,8 +373,8 @@ pub fn register(
                     tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
                 }
             }
-            // Pipelined sends settle before the client goes.
-            for h in in_flight {
+            // Pipelined sends and the background stream settle before the client goes.
+            for h in in_flight.into_iter().chain(background) {
                 let _ = h.await;
             }
             if w.both_ways {

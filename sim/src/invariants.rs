@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clipsync::wire::ReasonCode;
 
-use crate::host::{Log, Settled};
+use crate::host::{Log, SendRecord, Settled};
 use crate::scenario::Scenario;
 
 /// One broken invariant.
@@ -46,7 +46,7 @@ pub fn check(s: &Scenario, log: &Log, end: &Ending) -> Vec<Violation> {
     settled(log, &mut v);
     no_protocol_violation(log, &mut v);
     if let Some(ms) = s.invariants.max_send_ms {
-        max_send_time(log, Duration::from_millis(ms), &mut v);
+        max_send_time(s, log, Duration::from_millis(ms), &mut v);
     }
     if let Some(ms) = s.invariants.reconnect_within_ms {
         reconnected(s, log, end, Duration::from_millis(ms), &mut v);
@@ -326,8 +326,8 @@ fn exactly_once_in_order(log: &Log, v: &mut Vec<Violation>) {
     let mut last: BTreeMap<&str, u64> = BTreeMap::new();
     let mut count: BTreeMap<(&str, u64), usize> = BTreeMap::new();
     for (client, id, at) in &log.delivered {
-        let prev = last.insert(client, *id).unwrap_or(0);
-        if *id <= prev {
+        let prev = last.insert(client, *id);
+        if let Some(prev) = prev.filter(|prev| id <= prev) {
             violation(
                 v,
                 "exactly-once-in-order",
@@ -390,8 +390,13 @@ fn settled(log: &Log, v: &mut Vec<Violation>) {
     }
 }
 
-fn max_send_time(log: &Log, bound: Duration, v: &mut Vec<Violation>) {
+/// Every message settles within the bound (a background stream, id 0, takes what its size
+/// takes: the bound is for the messages beside it).
+fn max_send_time(s: &Scenario, log: &Log, bound: Duration, v: &mut Vec<Violation>) {
     for ((client, id), rec) in &log.sent {
+        if *id == 0 && s.workload.background_stream > 0 {
+            continue;
+        }
         if let Some((at, how)) = &rec.settled {
             let took = at.saturating_sub(rec.issued);
             if took > bound {
@@ -513,4 +518,79 @@ fn all_delivered(log: &Log, v: &mut Vec<Violation>) {
             );
         }
     }
+}
+
+/// The run's figures, for comparison with the real network (`tests/netns/conformance.py`)
+/// and for the report: with a background stream, the probes' latency behind it
+/// (`probe_under_stream_p50_ms`, `..._max_ms`: messages issued while it was on the way, runs
+/// without faults only) and its throughput (`stream_mbit_s`); every run, the message latency
+/// (`probe_p50_ms`); after a fault, the time from the last heal to the first message
+/// delivered after it (`heal_to_delivery_ms`).
+pub fn figures(s: &Scenario, log: &Log, end: &Ending) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let pct = |xs: &mut Vec<f64>, q: f64| -> Option<f64> {
+        xs.sort_by(f64::total_cmp);
+        let i = ((xs.len() as f64 * q) as usize).min(xs.len().checked_sub(1)?);
+        Some(xs[i])
+    };
+    let delivered = |rec: &SendRecord| match &rec.settled {
+        Some((at, Settled::Delivered)) => Some(*at),
+        _ => None,
+    };
+    let mut took: Vec<f64> = Vec::new();
+    let mut under: Vec<f64> = Vec::new();
+    let faultless = s.timeline.is_empty() && s.swarm.is_none();
+    for ((client, id), rec) in &log.sent {
+        let Some(at) = delivered(rec) else { continue };
+        if *id == 0 && s.workload.background_stream > 0 {
+            let secs = at.saturating_sub(rec.issued).as_secs_f64();
+            if secs > 0.0 {
+                let mbit = s.workload.background_stream as f64 * 8.0 / secs / 1e6;
+                out.insert("stream_mbit_s".to_string(), round2(mbit));
+            }
+            continue;
+        }
+        let ms = at.saturating_sub(rec.issued).as_secs_f64() * 1000.0;
+        took.push(ms);
+        let stream_done = log
+            .sent
+            .get(&(client.clone(), 0))
+            .and_then(|r| r.settled.as_ref().map(|(t, _)| *t));
+        if faultless
+            && s.workload.background_stream > 0
+            && stream_done.is_some_and(|d| rec.issued < d)
+        {
+            under.push(ms);
+        }
+    }
+    if let Some(p) = pct(&mut took, 0.5) {
+        out.insert("probe_p50_ms".into(), round2(p));
+    }
+    if let Some(p) = pct(&mut under, 0.5) {
+        out.insert("probe_under_stream_p50_ms".into(), round2(p));
+        out.insert(
+            "probe_under_stream_max_ms".into(),
+            round2(under[under.len() - 1]),
+        );
+    }
+    if let Some(heal) = end.last_heal {
+        let first = log
+            .sent
+            .iter()
+            .filter(|((_, id), _)| *id > 0)
+            .filter_map(|(_, r)| delivered(r))
+            .filter(|at| *at > heal)
+            .min();
+        if let Some(at) = first {
+            out.insert(
+                "heal_to_delivery_ms".into(),
+                round2((at - heal).as_secs_f64() * 1000.0),
+            );
+        }
+    }
+    out
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }

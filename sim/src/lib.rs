@@ -18,6 +18,7 @@
 pub mod crypto;
 pub mod host;
 pub mod invariants;
+pub mod link;
 pub mod mesh;
 mod net;
 pub mod runner;

@@ -14,6 +14,7 @@
 //! per minute. `replay` prints the event trace (with `--trace`) and the verdict; two replays of
 //! one seed print the same bytes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -274,6 +275,7 @@ fn main() -> ExitCode {
                     simulated: r.simulated,
                     violations: r.violations,
                     convergence: r.convergence,
+                    figures: r.figures,
                 };
                 print!("{}", e.to_lines());
                 ExitCode::SUCCESS
@@ -314,6 +316,9 @@ fn main() -> ExitCode {
                     "converged: {} ms after the last fault or copy",
                     c.as_millis()
                 );
+            }
+            for (name, value) in &report.figures {
+                println!("figure: {name} {value}");
             }
             if report.passed() {
                 println!("verdict: pass");
@@ -385,6 +390,22 @@ fn report(
             mine.len(),
             bad
         );
+        let mut by_name: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for o in &mine {
+            for (name, value) in &o.figures {
+                by_name.entry(name).or_default().push(*value);
+            }
+        }
+        for (name, mut values) in by_name {
+            values.sort_by(f64::total_cmp);
+            println!(
+                "  figure {name}: median {} max {} min {} ({} seeds)",
+                values[values.len() / 2],
+                values[values.len() - 1],
+                values[0],
+                values.len()
+            );
+        }
     }
     let runs: u32 = outcomes.iter().map(|o| o.runs).sum();
     let simulated: f64 = outcomes

@@ -1,16 +1,44 @@
 //! The socket seam on turmoil: the only code in the project that knows turmoil's sockets.
 
 use std::io;
+use std::sync::Arc;
 
 use clipsync::net::{Address, BoxFuture, BoxStream, NetListener, Network};
+
+use crate::link::Shaper;
 
 /// The socket seam on turmoil's simulated TCP.
 ///
 /// `unix:` addresses have no simulated counterpart (turmoil has no Unix sockets) and fail
 /// with `Unsupported`; real Unix sockets are covered by the real-socket tests. A listener binds
 /// `0.0.0.0` on the port given (turmoil accepts no other host for binding).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TurmoilNet;
+///
+/// With a [`Shaper`] (the scenario's `[link]` has `bandwidth_mbit` or `loss`), every
+/// connection, dialled or accepted, goes through the link model ([`crate::link`]); without
+/// one, turmoil's streams are used as they are.
+#[derive(Clone, Debug, Default)]
+pub struct TurmoilNet {
+    shaper: Option<Arc<Shaper>>,
+}
+
+impl TurmoilNet {
+    /// Turmoil's sockets behind `shaper`'s link model.
+    pub fn shaped(shaper: Shaper) -> Self {
+        Self {
+            shaper: Some(Arc::new(shaper)),
+        }
+    }
+
+    fn wrap(&self, s: turmoil::net::TcpStream) -> io::Result<BoxStream> {
+        Ok(match &self.shaper {
+            Some(shaper) => {
+                let peer = s.peer_addr()?.ip();
+                Box::new(shaper.wrap(s, peer)) as BoxStream
+            }
+            None => Box::new(s) as BoxStream,
+        })
+    }
+}
 
 impl Network for TurmoilNet {
     fn dial<'a>(&'a self, addr: &'a Address) -> BoxFuture<'a, io::Result<BoxStream>> {
@@ -18,7 +46,7 @@ impl Network for TurmoilNet {
             match addr {
                 Address::Tcp(a) => {
                     let s = turmoil::net::TcpStream::connect(a.as_str()).await?;
-                    Ok(Box::new(s) as BoxStream)
+                    self.wrap(s)
                 }
                 Address::Unix(_) => Err(unsupported()),
             }
@@ -34,7 +62,7 @@ impl Network for TurmoilNet {
                         .and_then(|(_, p)| p.parse::<u16>().ok())
                         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, a.clone()))?;
                     let l = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-                    Ok(Box::new(TurmoilListener(l)) as Box<dyn NetListener>)
+                    Ok(Box::new(TurmoilListener(l, self.clone())) as Box<dyn NetListener>)
                 }
                 Address::Unix(_) => Err(unsupported()),
             }
@@ -49,7 +77,7 @@ fn unsupported() -> io::Error {
     )
 }
 
-struct TurmoilListener(turmoil::net::TcpListener);
+struct TurmoilListener(turmoil::net::TcpListener, TurmoilNet);
 
 impl std::fmt::Debug for TurmoilListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,7 +89,7 @@ impl NetListener for TurmoilListener {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, String)>> {
         Box::pin(async move {
             let (s, peer) = self.0.accept().await?;
-            Ok((Box::new(s) as BoxStream, peer.to_string()))
+            Ok((self.1.wrap(s)?, peer.to_string()))
         })
     }
 

@@ -1,6 +1,7 @@
 //! Runs scenarios: one seed ([`run_one`]) or many in parallel ([`run_many`]).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -32,6 +33,8 @@ pub struct RunReport {
     pub log: Log,
     /// Mesh scenarios: how long the peers took to converge after the last fault or copy.
     pub convergence: Option<Duration>,
+    /// The run's figures ([`invariants::figures`]).
+    pub figures: BTreeMap<String, f64>,
 }
 
 impl RunReport {
@@ -170,6 +173,7 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
     };
     let violations = invariants::check(s, &log, &ending);
     let convergence = invariants::convergence(&log, &ending);
+    let figures = invariants::figures(s, &log, &ending);
     let lines = trace.lines();
     RunReport {
         scenario: s.name.clone(),
@@ -180,6 +184,7 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
         simulated,
         log,
         convergence,
+        figures,
     }
 }
 
@@ -198,6 +203,8 @@ pub struct Outcome {
     pub runs: u32,
     /// Mesh scenarios: convergence time (of the first run).
     pub convergence: Option<Duration>,
+    /// The run's figures (of the first run).
+    pub figures: BTreeMap<String, f64>,
 }
 
 /// Where each run of a sweep executes.
@@ -226,6 +233,8 @@ pub struct Essentials {
     pub violations: Vec<Violation>,
     /// Mesh scenarios: convergence time.
     pub convergence: Option<Duration>,
+    /// The run's figures.
+    pub figures: BTreeMap<String, f64>,
 }
 
 impl Essentials {
@@ -238,6 +247,9 @@ impl Essentials {
         );
         if let Some(c) = self.convergence {
             out.push_str(&format!("convergence {}\n", c.as_nanos()));
+        }
+        for (name, value) in &self.figures {
+            out.push_str(&format!("figure {name} {value}\n"));
         }
         for v in &self.violations {
             out.push_str(&format!(
@@ -253,6 +265,7 @@ impl Essentials {
         let mut hash = None;
         let mut simulated = None;
         let mut convergence = None;
+        let mut figures = BTreeMap::new();
         let mut violations = Vec::new();
         for line in text.lines() {
             if let Some(h) = line.strip_prefix("hash ") {
@@ -261,6 +274,12 @@ impl Essentials {
                 simulated = n.parse::<u64>().ok().map(Duration::from_nanos);
             } else if let Some(n) = line.strip_prefix("convergence ") {
                 convergence = n.parse::<u64>().ok().map(Duration::from_nanos);
+            } else if let Some((name, value)) =
+                line.strip_prefix("figure ").and_then(|f| f.split_once(' '))
+            {
+                if let Ok(v) = value.parse::<f64>() {
+                    figures.insert(name.to_string(), v);
+                }
             } else if let Some(v) = line.strip_prefix("violation ") {
                 let (name, detail) = v.split_once('\t').unwrap_or((v, ""));
                 violations.push(Violation {
@@ -274,6 +293,7 @@ impl Essentials {
             simulated: simulated.ok_or("child printed no simulated time")?,
             violations,
             convergence,
+            figures,
         })
     }
 }
@@ -316,6 +336,7 @@ fn run_essentials(
                 simulated: r.simulated,
                 violations: r.violations,
                 convergence: r.convergence,
+                figures: r.figures,
             }
         }
         Isolation::Process(exe) => {
@@ -336,6 +357,7 @@ fn run_essentials(
                     detail,
                 }],
                 convergence: None,
+                figures: BTreeMap::new(),
             };
             match out {
                 Ok(o) if o.status.success() => {
@@ -396,6 +418,7 @@ pub fn run_many(
                         simulated: first.simulated,
                         runs,
                         convergence: first.convergence,
+                        figures: first.figures,
                     };
                     results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(outcome);
                 }

@@ -2,6 +2,7 @@
 //! `scenarios/README.md` documents every key.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -68,6 +69,19 @@ pub struct Link {
     /// Probability that a failed link repairs itself at each step.
     #[serde(default)]
     pub repair_rate: f64,
+    /// The link model ([`crate::link`]): bandwidth each way, in Mbit/s (unlimited if absent).
+    #[serde(default)]
+    pub bandwidth_mbit: Option<f64>,
+    /// The bottleneck queue, in milliseconds at that bandwidth.
+    #[serde(default = "default_queue_ms")]
+    pub queue_ms: u64,
+    /// Probability that a TCP segment is lost (a pause of the byte stream, never a gap).
+    #[serde(default)]
+    pub loss: f64,
+}
+
+fn default_queue_ms() -> u64 {
+    100
 }
 
 impl Default for Link {
@@ -76,6 +90,21 @@ impl Default for Link {
             latency_ms: [0, 100],
             fail_rate: 0.0,
             repair_rate: 0.0,
+            bandwidth_mbit: None,
+            queue_ms: default_queue_ms(),
+            loss: 0.0,
+        }
+    }
+}
+
+impl Link {
+    /// The link model these keys describe.
+    pub fn model(&self) -> crate::link::LinkModel {
+        crate::link::LinkModel {
+            bandwidth_bps: self.bandwidth_mbit.map(|m| m * 1e6),
+            queue: Duration::from_millis(self.queue_ms),
+            loss: self.loss,
+            max_latency: Duration::from_millis(self.latency_ms[1]),
         }
     }
 }
@@ -443,6 +472,11 @@ pub struct Workload {
     /// stream it receives unread (0: never), so its sender's stream settles `cancelled`.
     #[serde(default)]
     pub drop_stream_every: u64,
+    /// A stream of this many bytes that each client sends, as message id 0, from its first
+    /// connection on while its messages go (0: none), as `clipsync send --messages N FILE`
+    /// does: the messages are probes of the latency behind a stream (the run's figures).
+    #[serde(default)]
+    pub background_stream: usize,
 }
 
 fn default_churn_ms() -> [u64; 2] {
@@ -623,6 +657,17 @@ impl Scenario {
         }
         if self.link.latency_ms[0] > self.link.latency_ms[1] {
             return Err("link latency must be [min, max]".into());
+        }
+        if let Some(m) = self.link.bandwidth_mbit {
+            if !(0.01..=100_000.0).contains(&m) {
+                return Err("[link] bandwidth_mbit must be within 0.01..=100000".into());
+            }
+        }
+        if self.link.queue_ms > 10_000 {
+            return Err("[link] queue_ms must be at most 10000".into());
+        }
+        if !(0.0..=0.5).contains(&self.link.loss) {
+            return Err("[link] loss must be within 0..=0.5".into());
         }
         if self.tick_ms == 0 {
             return Err("tick_ms must be at least 1".into());

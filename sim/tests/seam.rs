@@ -23,7 +23,7 @@ fn transport(seed: u64) -> Transport {
         ..TransportConfig::default()
     };
     Transport::builder(cfg)
-        .network(Arc::new(TurmoilNet))
+        .network(Arc::new(TurmoilNet::default()))
         .build()
         .unwrap()
 }

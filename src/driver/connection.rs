@@ -566,6 +566,9 @@ impl Driver {
             self.input(input);
         }
         let cause = self.closed.clone();
+        // The network broke (the peer fell silent) and the session waits for the next
+        // connection: this one may be half-open with its writer stuck on a full socket.
+        let suspended = self.core.phase() == Phase::Suspended;
         // Say goodbye with the reason, unless the connection is already gone.
         if replacement.is_none() {
             let close = match &cause {
@@ -574,7 +577,12 @@ impl Driver {
                 _ => None,
             };
             if let Some(f) = close {
-                let _ = bulk_tx.send(WriterCmd::Close(f)).await;
+                if suspended {
+                    // Best effort: a writer stuck on a dead path must not hold the redial.
+                    let _ = bulk_tx.try_send(WriterCmd::Close(f));
+                } else {
+                    let _ = bulk_tx.send(WriterCmd::Close(f)).await;
+                }
             }
         }
         drop((bulk_tx, urgent_tx));
@@ -587,10 +595,13 @@ impl Driver {
                 .and_then(|r| r.ok().flatten())
                 .and_then(|sink| sink.reunite(stream).ok())
         };
-        if replacement.is_some() {
-            // A replaced connection is half-open: its writer may be stuck on a peer that no
-            // longer reads (a stream was flowing when the laptop slept) until write_timeout.
-            // Its teardown happens in the background; the new connection takes over now.
+        if replacement.is_some() || suspended {
+            // A replaced or broken connection may be half-open: its writer may be stuck on a
+            // peer that no longer reads (a stream was flowing when the laptop slept or the
+            // path died) until write_timeout. Its teardown happens in the background; the new
+            // connection takes over now, or the redial starts now. Waiting here held the
+            // redial for write_timeout (30 s) whenever the socket was full at the break
+            // (simulator scenario `conform_blackhole`, with the link model).
             tokio::spawn(
                 async move {
                     if let Some(ws) = writer_done.await {
