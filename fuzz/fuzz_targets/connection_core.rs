@@ -142,7 +142,7 @@ fuzz_target!(|data: &[u8]| {
                     {
                         Resumption::Resumed { peer_received }
                     } else {
-                        Resumption::Lost
+                        Resumption::Lost(ReasonCode::SessionExpired)
                     };
                     core.attach(attach(session), now);
                 }

@@ -57,6 +57,9 @@ pub fn check(s: &Scenario, log: &Log, end: &Ending) -> Vec<Violation> {
     if s.invariants.all_delivered {
         all_delivered(log, &mut v);
     }
+    if let Some(code) = s.invariants.session_lost_reason {
+        session_lost_reason(log, code, &mut v);
+    }
     if s.invariants.single_connection {
         single_connection(s, log, &mut v);
     }
@@ -392,6 +395,22 @@ fn settled(log: &Log, v: &mut Vec<Violation>) {
 
 /// Every message settles within the bound (a background stream, id 0, takes what its size
 /// takes: the bound is for the messages beside it).
+/// Sends failed by a lost session say why the peer lost it, with the reason it gave.
+fn session_lost_reason(log: &Log, code: u16, v: &mut Vec<Violation>) {
+    let want = format!("({code})");
+    for ((client, id), rec) in &log.sent {
+        if let Some((_, Settled::Failed(why))) = &rec.settled {
+            if why.contains("closed by peer with session") && !why.contains(&want) {
+                violation(
+                    v,
+                    "session-lost-reason",
+                    format!("{client}/{id} failed with {why:?}, expected reason {code}"),
+                );
+            }
+        }
+    }
+}
+
 fn max_send_time(s: &Scenario, log: &Log, bound: Duration, v: &mut Vec<Violation>) {
     for ((client, id), rec) in &log.sent {
         if *id == 0 && s.workload.background_stream > 0 {

@@ -21,6 +21,7 @@ pub mod invariants;
 pub mod link;
 pub mod mesh;
 mod net;
+pub mod roam;
 pub mod runner;
 pub mod scenario;
 pub mod trace;

@@ -15,7 +15,8 @@ use crate::link::Shaper;
 ///
 /// With a [`Shaper`] (the scenario's `[link]` has `bandwidth_mbit` or `loss`), every
 /// connection, dialled or accepted, goes through the link model ([`crate::link`]); without
-/// one, turmoil's streams are used as they are.
+/// one, turmoil's streams are used as they are. In a run with `roam` faults every connection
+/// can also be cut by its ends' roaming ([`crate::roam`]).
 #[derive(Clone, Debug, Default)]
 pub struct TurmoilNet {
     shaper: Option<Arc<Shaper>>,
@@ -30,13 +31,12 @@ impl TurmoilNet {
     }
 
     fn wrap(&self, s: turmoil::net::TcpStream) -> io::Result<BoxStream> {
-        Ok(match &self.shaper {
-            Some(shaper) => {
-                let peer = s.peer_addr()?.ip();
-                Box::new(shaper.wrap(s, peer)) as BoxStream
-            }
+        let (local, peer) = (s.local_addr()?.ip(), s.peer_addr()?.ip());
+        let stream = match &self.shaper {
+            Some(shaper) => Box::new(shaper.wrap(s, peer)) as BoxStream,
             None => Box::new(s) as BoxStream,
-        })
+        };
+        Ok(crate::roam::wrap(stream, local, peer))
     }
 }
 

@@ -79,8 +79,26 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, fault: &FaultKind) {
+fn apply(sim: &mut turmoil::Sim<'_>, s: &Scenario, fault: &FaultKind) {
+    let others = |host: &str| {
+        s.hosts
+            .iter()
+            .filter(|h| h.name != host)
+            .map(|h| h.name.clone())
+            .collect::<Vec<_>>()
+    };
     match fault {
+        FaultKind::Roam { host } => crate::roam::roam(sim.lookup(host.as_str())),
+        FaultKind::Suspend { host } => {
+            for other in others(host) {
+                sim.hold(host.as_str(), other.as_str());
+            }
+        }
+        FaultKind::Wake { host } => {
+            for other in others(host) {
+                sim.release(host.as_str(), other.as_str());
+            }
+        }
         FaultKind::Partition { a, b } => sim.partition(a.as_str(), b.as_str()),
         FaultKind::PartitionOneway { from, to } => sim.partition_oneway(from.as_str(), to.as_str()),
         FaultKind::Repair { a, b } => sim.repair(a.as_str(), b.as_str()),
@@ -100,6 +118,11 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
     PANICS.with(|p| p.borrow_mut().clear());
     let trace = Trace::default();
     let log: SharedLog = Arc::new(Mutex::new(Log::default()));
+    let roams = s
+        .timeline
+        .iter()
+        .any(|f| matches!(f.kind, FaultKind::Roam { .. }));
+    crate::roam::start_run(roams.then(Default::default));
     let subscriber = tracing_subscriber::registry().with(trace.layer());
     let (error, simulated, first_fault, last_heal) =
         tracing::subscriber::with_default(subscriber, || {
@@ -122,7 +145,7 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
                 loop {
                     while next < timeline.len() && sim.elapsed() >= ms(timeline[next].at_ms) {
                         let fault = &timeline[next].kind;
-                        apply(&mut sim, fault);
+                        apply(&mut sim, s, fault);
                         trace.push(sim.elapsed(), "harness", &format!("FAULT {fault:?}"));
                         // Which peers are down, for the mesh invariants.
                         let at = sim.elapsed();
@@ -300,7 +323,8 @@ impl Essentials {
 
 /// The static name for an invariant name read back from a child.
 fn invariant_name(name: &str) -> &'static str {
-    const KNOWN: [&str; 17] = [
+    const KNOWN: [&str; 18] = [
+        "session-lost-reason",
         "single-connection",
         "single-link",
         "no-protocol-violation",

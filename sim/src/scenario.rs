@@ -207,6 +207,15 @@ impl TryFrom<RawFault> for Fault {
                 b: need(r.b, "b")?,
                 ms: r.ms.ok_or("fault \"latency\" needs `ms`")?,
             },
+            "roam" => FaultKind::Roam {
+                host: need(r.host, "host")?,
+            },
+            "suspend" => FaultKind::Suspend {
+                host: need(r.host, "host")?,
+            },
+            "wake" => FaultKind::Wake {
+                host: need(r.host, "host")?,
+            },
             "fail_rate" => FaultKind::FailRate {
                 rate: r.rate.ok_or("fault \"fail_rate\" needs `rate`")?,
             },
@@ -274,6 +283,24 @@ pub enum FaultKind {
         /// The host.
         host: String,
     },
+    /// The host's network changes (roaming, [`crate::roam`]): its open connections go
+    /// half-open at both ends; new ones work at once.
+    Roam {
+        /// The host.
+        host: String,
+    },
+    /// The host stops running, as a laptop whose lid closes: nothing goes in or out of it
+    /// (turmoil holds everything between it and every other host) until `wake`. Its own timers
+    /// keep running, where a suspended machine's stop: see scenarios/README.md.
+    Suspend {
+        /// The host.
+        host: String,
+    },
+    /// A suspended host runs again: what was held is delivered.
+    Wake {
+        /// The host.
+        host: String,
+    },
     /// Set the latency of the link between `a` and `b`.
     Latency {
         /// One side.
@@ -299,6 +326,8 @@ impl FaultKind {
                 | Self::RepairOneway { .. }
                 | Self::Release { .. }
                 | Self::Bounce { .. }
+                | Self::Roam { .. }
+                | Self::Wake { .. }
         ) || matches!(self, Self::FailRate { rate } if *rate == 0.0)
     }
 }
@@ -510,6 +539,10 @@ pub struct Invariants {
     /// Mesh: after the later of the last healing fault and the last clip created, every live
     /// peer holds the same latest clip within this many milliseconds.
     pub converge_within_ms: Option<u64>,
+    /// Every send that failed because the peer lost the session names this reason code (as
+    /// `SESSION_LOST` gave it): 16 `session unknown` after a restart, 17 `session expired`
+    /// after the resume window ran out.
+    pub session_lost_reason: Option<u16>,
 }
 
 /// Why a scenario file cannot be used.
@@ -616,6 +649,11 @@ impl Scenario {
                     if !mesh && host != self.server() {
                         return Err(format!("only the server can crash or bounce, not {host:?}"));
                     }
+                }
+                FaultKind::Roam { host }
+                | FaultKind::Suspend { host }
+                | FaultKind::Wake { host } => {
+                    known(host)?;
                 }
                 FaultKind::FailRate { rate } if !(0.0..=1.0).contains(rate) => {
                     return Err(format!("fail rate {rate} not within 0 and 1"));

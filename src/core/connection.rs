@@ -109,8 +109,9 @@ pub enum Resumption {
         /// The peer's `last_received`.
         peer_received: u64,
     },
-    /// The peer does not have the session (`SESSION_LOST`): a fresh one replaces it.
-    Lost,
+    /// The peer does not have the session (`SESSION_LOST`, with its reason): a fresh one
+    /// replaces it.
+    Lost(ReasonCode),
 }
 
 /// Which writer queue a frame takes. Each keeps its order; the urgent one is drained first, so
@@ -490,10 +491,21 @@ impl Connection {
     /// The peer lost the session: settle everything of the old one truthfully, carry the
     /// messages that never left over to a fresh session with the new peer's limits.
     fn session_lost(&mut self, a: &Attach, now: Duration) {
-        let cause = CloseCause::Peer(
-            ReasonCode::SessionUnknown,
-            "the peer lost the session (it restarted, or the session expired)".into(),
-        );
+        // What the peer said (PROTOCOL.md §4), so a failed send tells the truth about why.
+        let cause = match a.session {
+            Resumption::Lost(ReasonCode::SessionExpired) => CloseCause::Peer(
+                ReasonCode::SessionExpired,
+                "the peer dropped the session when its resume window ran out".into(),
+            ),
+            Resumption::Lost(r @ ReasonCode::ReplayOverflow) => CloseCause::Peer(
+                r,
+                "the peer could not keep what the session needed to resume".into(),
+            ),
+            _ => CloseCause::Peer(
+                ReasonCode::SessionUnknown,
+                "the peer does not know the session (it restarted, or the session ended)".into(),
+            ),
+        };
         let old = match self.session.as_mut() {
             Some(s) => s.abandon(),
             None => Default::default(),

@@ -416,7 +416,7 @@ impl Driver {
         let session = match channel.handshake.resume {
             _ if first => Resumption::New,
             ResumeAnswer::Resumed { peer_received } => Resumption::Resumed { peer_received },
-            ResumeAnswer::Lost => Resumption::Lost,
+            ResumeAnswer::Lost(reason) => Resumption::Lost(reason),
             ResumeAnswer::Asked(r) if !self.core.resume_point_valid(r.last_received) => {
                 let detail = format!(
                     "RESUME says {} of our frames received; impossible for this session",
@@ -441,11 +441,11 @@ impl Driver {
                 }
             }
         };
-        if first || session == Resumption::Lost {
+        if first || matches!(session, Resumption::Lost(_)) {
             self.session_id = channel.handshake.session;
         }
         if !first {
-            let lost = u32::from(session == Resumption::Lost);
+            let lost = u32::from(matches!(session, Resumption::Lost(_)));
             self.health.send_modify(|h| {
                 h.reconnects += 1;
                 h.sessions_lost += lost;

@@ -74,8 +74,9 @@ pub enum ResumeAnswer {
         /// The listener's `last_received`.
         peer_received: u64,
     },
-    /// Dialer: `SESSION_LOST` — a fresh session replaces the one asked for.
-    Lost,
+    /// Dialer: `SESSION_LOST` — a fresh session replaces the one asked for; the listener's
+    /// reason (16 `session unknown`, 17 `session expired`, 18 `replay overflow`).
+    Lost(ReasonCode),
     /// Listener: the dialer's `RESUME`, not answered yet (the caller decides, knowing its
     /// sessions, and sends `RESUMED` or `SESSION_LOST`).
     Asked(Resume),
@@ -185,7 +186,7 @@ pub async fn run(ws: &mut Ws, input: HandshakeInput<'_>) -> Result<Handshaked, C
                         peer_received: r.last_received,
                     },
                 ),
-                (_, Frame::SessionLost(l)) => (l.new_session, ResumeAnswer::Lost),
+                (_, Frame::SessionLost(l)) => (l.new_session, ResumeAnswer::Lost(l.reason)),
                 (_, other) => return unexpected(ws, FrameType::Resumed, other.frame_type()).await,
             }
         }

@@ -557,7 +557,9 @@ impl Model {
             self.b.core.attach(attach(Resumption::New), now);
         } else if b_phase == Phase::Connecting || !self.shared_session {
             // The listener does not have the session: SESSION_LOST, a fresh one on both sides.
-            self.a.core.attach(attach(Resumption::Lost), now);
+            self.a
+                .core
+                .attach(attach(Resumption::Lost(ReasonCode::SessionUnknown)), now);
             if b_phase != Phase::Connecting {
                 self.b
                     .core
@@ -1177,4 +1179,42 @@ fn writing_past_the_announced_length_fails_the_stream() {
         ),
         "{failed:?}"
     );
+}
+
+/// A dialer told `SESSION_LOST` fails the sends the peer may or may not have got with the
+/// reason the peer gave (PROTOCOL.md §4), not with a guess: found by the simulator's `suspend`
+/// scenario, whose expired session was reported as `session unknown`.
+#[test]
+fn a_lost_session_fails_unacknowledged_sends_with_the_peers_reason() {
+    for reason in [
+        ReasonCode::SessionExpired,
+        ReasonCode::SessionUnknown,
+        ReasonCode::ReplayOverflow,
+    ] {
+        let mut a = Connection::new(params(Resume::Redial));
+        let now = Duration::ZERO;
+        a.attach(attach(Resumption::New), now);
+        a.send(
+            1,
+            "text/plain".into(),
+            Bytes::new(),
+            Bytes::from_static(b"x"),
+            now,
+        )
+        .unwrap();
+        // The message goes out and is never acknowledged.
+        while a.poll_transmit(now, false).is_some() {}
+        a.connection_lost("cut".into(), now);
+        a.attach(attach(Resumption::Lost(reason)), now);
+        let mut failed = None;
+        while let Some(o) = a.poll_output() {
+            if let Output::Failed(1, f) = o {
+                failed = Some(f);
+            }
+        }
+        match failed {
+            Some(Failure::Unknown(cause)) => assert_eq!(cause.reason(), Some(reason)),
+            other => panic!("{reason:?}: the send settled as {other:?}"),
+        }
+    }
 }
