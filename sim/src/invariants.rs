@@ -57,6 +57,22 @@ pub fn check(s: &Scenario, log: &Log, end: &Ending) -> Vec<Violation> {
     if s.invariants.all_delivered {
         all_delivered(log, &mut v);
     }
+    if let Some(ms) = s.invariants.deliver_after_heal_ms {
+        let took = figures(s, log, end).get("heal_to_delivery_ms").copied();
+        match took {
+            Some(t) if t <= ms as f64 => {}
+            Some(t) => violation(
+                &mut v,
+                "deliver-after-heal",
+                format!("first delivery {t} ms after the last heal, bound {ms} ms"),
+            ),
+            None => violation(
+                &mut v,
+                "deliver-after-heal",
+                "nothing delivered after the last heal".into(),
+            ),
+        }
+    }
     if let Some(code) = s.invariants.session_lost_reason {
         session_lost_reason(log, code, &mut v);
     }

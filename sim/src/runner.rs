@@ -323,7 +323,8 @@ impl Essentials {
 
 /// The static name for an invariant name read back from a child.
 fn invariant_name(name: &str) -> &'static str {
-    const KNOWN: [&str; 18] = [
+    const KNOWN: [&str; 19] = [
+        "deliver-after-heal",
         "session-lost-reason",
         "single-connection",
         "single-link",

@@ -526,6 +526,10 @@ pub struct Invariants {
     /// After the last healing fault, every client that had lost its connection is connected
     /// again within this many milliseconds.
     pub reconnect_within_ms: Option<u64>,
+    /// After the last healing fault, some message is acknowledged within this many
+    /// milliseconds (the `heal_to_delivery_ms` figure): the transport came back by itself
+    /// without waiting out a grown backoff.
+    pub deliver_after_heal_ms: Option<u64>,
     /// Every connection attempt by an untrusted client is refused with `key not authorized`,
     /// and nothing of theirs is delivered.
     #[serde(default)]
