@@ -591,6 +591,8 @@ struct Reader {
     seed: u64,
     delay_ms: [u64; 2],
     drop_every: u64,
+    stall_every: u64,
+    stall_ms: [u64; 2],
 }
 
 impl Reader {
@@ -599,6 +601,8 @@ impl Reader {
             seed,
             delay_ms: s.workload.read_delay_ms,
             drop_every: s.workload.drop_stream_every,
+            stall_every: s.workload.stall_every,
+            stall_ms: s.workload.stall_ms,
         }
     }
 }
@@ -618,11 +622,19 @@ async fn serve_connection(
     ));
     let mut streams = 0u64;
     let mut first = true;
+    let mut taken = 0u64;
     loop {
         if !std::mem::take(&mut first) && hi > 0 {
             let pause = lo + rng.next_u64() % (hi - lo + 1);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
+        if reader.stall_every > 0 && taken > 0 && taken % reader.stall_every == 0 {
+            let [slo, shi] = reader.stall_ms;
+            let stall = slo + rng.next_u64() % (shi.saturating_sub(slo) + 1);
+            tracing::debug!(target: "clipsync_sim", stall_ms = stall, "application stalls");
+            tokio::time::sleep(Duration::from_millis(stall)).await;
+        }
+        taken += 1;
         let Ok(incoming) = conn.receive().await else {
             break;
         };

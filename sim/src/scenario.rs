@@ -501,6 +501,14 @@ pub struct Workload {
     /// stream it receives unread (0: never), so its sender's stream settles `cancelled`.
     #[serde(default)]
     pub drop_stream_every: u64,
+    /// An application that stalls (the server): after every n-th item it takes, it pauses
+    /// `stall_ms` (drawn from the seed) before it receives again (0: never), longer than the
+    /// heartbeat timeout if it likes: the connection must survive a stalled application.
+    #[serde(default)]
+    pub stall_every: u64,
+    /// The stall, `[min, max]` ms.
+    #[serde(default)]
+    pub stall_ms: [u64; 2],
     /// A stream of this many bytes that each client sends, as message id 0, from its first
     /// connection on while its messages go (0: none), as `clipsync send --messages N FILE`
     /// does: the messages are probes of the latency behind a stream (the run's figures).

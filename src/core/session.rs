@@ -339,10 +339,20 @@ impl Session {
         self.streams.out.get(&id).map(|s| s.open_seq)
     }
 
-    /// Checks the receive side's promises: credit granted on this connection never exceeds
-    /// what was consumed plus the window, nothing consumed that was not received, and each
-    /// stream's grant stays within consumed plus its window.
+    /// Checks the session's promises: the replay buffer holds only unacknowledged frames;
+    /// credit granted on this connection never exceeds what was consumed plus the window,
+    /// nothing consumed that was not received, and each stream's grant stays within consumed
+    /// plus its window.
     pub fn check_invariants(&self) -> Result<(), String> {
+        // The replay buffer holds only what the peer has not acknowledged.
+        if let Some((seq, _, _)) = self.unacked.front() {
+            if *seq <= self.peer_acked {
+                return Err(format!(
+                    "replay buffer holds frame {seq}, acknowledged up to {}",
+                    self.peer_acked
+                ));
+            }
+        }
         let (received, consumed, granted, window) = self.streams.connection_accounting();
         if consumed > received {
             return Err(format!(
