@@ -85,3 +85,17 @@ pub mod wire;
 /// The SSH key types used in this crate's signatures (`PeerInfo::with_key`, `SshAuthenticator`),
 /// so an engine needs no `ssh-key` dependency of its own (and never a mismatched version).
 pub use ssh_key;
+
+/// Whether connections check the core's invariants after every step (off unless
+/// [`enable_self_checks`] was called).
+pub(crate) static SELF_CHECKS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Turns self-checks on for every connection in this process: after every step the protocol
+/// core's invariants (credit within the windows, bounded buffering, the replay buffer holding
+/// only unacknowledged frames) are checked, and a broken one closes the connection with
+/// `internal error`. The simulator turns them on; production leaves them off.
+#[doc(hidden)]
+pub fn enable_self_checks() {
+    SELF_CHECKS.store(true, std::sync::atomic::Ordering::Relaxed);
+}

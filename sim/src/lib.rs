@@ -21,6 +21,7 @@ pub mod invariants;
 pub mod link;
 pub mod mesh;
 mod net;
+pub mod process;
 pub mod roam;
 pub mod runner;
 pub mod scenario;

@@ -45,6 +45,14 @@ impl Network for TurmoilNet {
         Box::pin(async move {
             match addr {
                 Address::Tcp(a) => {
+                    let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+                    if crate::process::is_killed(host) {
+                        // The machine is up, its process is not: the kernel refuses at once.
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            "connection refused (the process is dead)",
+                        ));
+                    }
                     let s = turmoil::net::TcpStream::connect(a.as_str()).await?;
                     self.wrap(s)
                 }

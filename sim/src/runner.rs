@@ -106,7 +106,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, s: &Scenario, fault: &FaultKind) {
         FaultKind::Hold { a, b } => sim.hold(a.as_str(), b.as_str()),
         FaultKind::Release { a, b } => sim.release(a.as_str(), b.as_str()),
         FaultKind::Crash { host } => sim.crash(host.as_str()),
-        FaultKind::Bounce { host } => sim.bounce(host.as_str()),
+        FaultKind::Kill { host } => {
+            crate::process::kill(host);
+            sim.crash(host.as_str());
+        }
+        FaultKind::Bounce { host } => {
+            crate::process::revive(host);
+            sim.bounce(host.as_str());
+        }
         FaultKind::Latency { a, b, ms: v } => sim.set_link_latency(a.as_str(), b.as_str(), ms(*v)),
         FaultKind::FailRate { rate } => sim.set_fail_rate(*rate),
     }
@@ -123,6 +130,8 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
         .iter()
         .any(|f| matches!(f.kind, FaultKind::Roam { .. }));
     crate::roam::start_run(roams.then(Default::default));
+    crate::process::start_run();
+    clipsync::enable_self_checks();
     let subscriber = tracing_subscriber::registry().with(trace.layer());
     let (error, simulated, first_fault, last_heal) =
         tracing::subscriber::with_default(subscriber, || {
@@ -151,7 +160,7 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
                         let at = sim.elapsed();
                         let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
                         match fault {
-                            FaultKind::Crash { host } => {
+                            FaultKind::Crash { host } | FaultKind::Kill { host } => {
                                 l.mesh.crashed.insert(host.clone());
                                 l.mesh.crashes.push((host.clone(), at));
                             }

@@ -199,6 +199,9 @@ impl TryFrom<RawFault> for Fault {
             "crash" => FaultKind::Crash {
                 host: need(r.host, "host")?,
             },
+            "kill" => FaultKind::Kill {
+                host: need(r.host, "host")?,
+            },
             "bounce" => FaultKind::Bounce {
                 host: need(r.host, "host")?,
             },
@@ -275,6 +278,12 @@ pub enum FaultKind {
     },
     /// Stop a host's software (peers see a clean end of stream).
     Crash {
+        /// The host.
+        host: String,
+    },
+    /// Kill a host's process on a machine that stays up ([`crate::process`]): as `crash`,
+    /// but dials to it are refused at once instead of hanging.
+    Kill {
         /// The host.
         host: String,
     },
@@ -656,7 +665,9 @@ impl Scenario {
                     known(from)?;
                     known(to)?;
                 }
-                FaultKind::Crash { host } | FaultKind::Bounce { host } => {
+                FaultKind::Crash { host }
+                | FaultKind::Kill { host }
+                | FaultKind::Bounce { host } => {
                     known(host)?;
                     if !mesh && host != self.server() {
                         return Err(format!("only the server can crash or bounce, not {host:?}"));

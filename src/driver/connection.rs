@@ -659,12 +659,13 @@ impl Driver {
 
     fn input(&mut self, input: Input) {
         self.step(input);
-        // The simulator builds with `self-checks`: every promise the core can check about
-        // itself (credit, buffering, the replay buffer) is checked after every step of every
-        // simulated run, and a broken one ends the connection with `internal error`, which
-        // the simulator's `no-protocol-violation` invariant reports.
-        #[cfg(feature = "self-checks")]
-        if let Err(e) = self.core.check_invariants() {
+        // The simulator turns self-checks on (`crate::enable_self_checks`): every promise the
+        // core can check about itself (credit, buffering, the replay buffer) is checked after
+        // every step of every simulated run, and a broken one ends the connection with
+        // `internal error`, which the simulator's `no-protocol-violation` invariant reports.
+        if crate::SELF_CHECKS.load(std::sync::atomic::Ordering::Relaxed)
+            && let Err(e) = self.core.check_invariants()
+        {
             tracing::error!(error = %e, "core invariant broken");
             let now = self.now();
             self.core.close(

@@ -49,10 +49,6 @@ EXPLAINED = {
     "the stream is backlogged, so its median is its maximum; a real sender's congestion window "
     "keeps the tbf queue fuller or emptier between runs (real medians 238-347 ms, maxima "
     "471-525 ms, which the model's maximum matches)",
-    ("server_restart", "heal_to_delivery_ms"): "turmoil's crash is a machine that is down: "
-    "a dial hangs until it is back and connects at once then; the arm kills a process on a "
-    "live machine, so each dial is refused at once and the next waits out the backoff (real "
-    "76-1702 ms between runs)",
 }
 
 NOISE_MS = 20.0
