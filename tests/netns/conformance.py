@@ -49,6 +49,10 @@ EXPLAINED = {
     "the stream is backlogged, so its median is its maximum; a real sender's congestion window "
     "keeps the tbf queue fuller or emptier between runs (real medians 238-347 ms, maxima "
     "471-525 ms, which the model's maximum matches)",
+    ("loss5", "file_mbit_s"): "under 5% loss the real rate is set by TCP's congestion control "
+    "(the window halves at each loss) and by the CPU: 51-919 Mbit/s between real runs on this "
+    "machine; the model leaves congestion control out and keeps the link's rate (scenarios/"
+    "README.md, The link model), so only the order of magnitude is predicted",
 }
 
 NOISE_MS = 20.0
