@@ -9,7 +9,8 @@ The simulator gives each figure over N seeds (20 by default): a median and a ran
 passes when the real one is within 2x of that range (from half its minimum to twice its
 maximum: a figure that depends on where the backoff timer stood at the heal varies as much
 between real runs as between seeds, so one real run is compared with the spread, not with one
-value), or, for latencies, when both are below 20 ms (timer and scheduling noise on a real
+value; for the heal-to-delivery delay, drawn from the backoff's jitter, only the upper end
+counts), or, for latencies, when both are below 20 ms (timer and scheduling noise on a real
 machine: a 7 ms against a 2 ms probe is the same answer). The table shows the median's ratio
 too. A figure that differs for a reason the model
 leaves out on purpose is listed in EXPLAINED with the reason, which scenarios/README.md ("The
@@ -57,6 +58,11 @@ EXPLAINED = {
 
 NOISE_MS = 20.0
 
+# Figures drawn from the redial backoff's full jitter (uniform from zero up): a real run can
+# land anywhere from near zero, below the least of a few seeds (a CI run measured 40 ms against
+# the simulator's 96-1444), so only the upper end is compared.
+ANY_LOWER = {"heal_to_delivery_ms"}
+
 
 def real_figures(binary):
     cases = sorted({c for c, _, _ in CASES})
@@ -98,6 +104,8 @@ def verdict(case, figure, real, sim, span):
     if figure.endswith("_ms") and real < NOISE_MS and sim < NOISE_MS:
         return "pass (both below noise)"
     lo, hi = span or (sim, sim)
+    if figure in ANY_LOWER:
+        lo = 0.0
     ratio = f"{sim / real:.2f}x" if real > 0 else "-"
     if lo / 2 <= real <= hi * 2:
         return f"pass ({ratio}; simulator {lo:g}-{hi:g})"
