@@ -340,10 +340,10 @@ fn jobs_or_cores(jobs: Option<usize>) -> usize {
     })
 }
 
-/// Each run in a fresh process: see `Isolation::Process` for why.
+/// Each run that crashes a host in a fresh process, the others here: see `Isolation::Auto`.
 fn isolation() -> Isolation {
     match std::env::current_exe() {
-        Ok(exe) => Isolation::Process(exe),
+        Ok(exe) => Isolation::Auto(exe),
         Err(_) => Isolation::InProcess,
     }
 }

@@ -139,7 +139,7 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
                 .rng_seed(seed)
                 .epoch(crate::crypto::epoch())
                 .simulation_duration(Duration::from_secs(s.duration_s))
-                .tick_duration(ms(s.tick_ms))
+                .tick_duration(s.tick_for(seed))
                 .min_message_latency(ms(s.link.latency_ms[0]))
                 .max_message_latency(ms(s.link.latency_ms[1]))
                 .fail_rate(s.link.fail_rate)
@@ -252,6 +252,10 @@ pub enum Isolation {
     /// different order the second time. A fresh process starts every run from the same state,
     /// exactly as `replay` does.
     Process(std::path::PathBuf),
+    /// A fresh child process for the runs that crash a host (the only ones whose trace
+    /// depends on tokio's process-wide task numbering, see `Process`), this process for the
+    /// rest: starting a child costs more than many a short run.
+    Auto(std::path::PathBuf),
 }
 
 /// The essentials of one run, as a child process reports them.
@@ -362,8 +366,13 @@ fn run_essentials(
     isolation: &Isolation,
     sabotage: Sabotage,
 ) -> Essentials {
-    match isolation {
-        Isolation::InProcess => {
+    let child = match isolation {
+        Isolation::InProcess => None,
+        Isolation::Process(exe) => Some(exe),
+        Isolation::Auto(exe) => s.crashes_hosts(seed).then_some(exe),
+    };
+    match child {
+        None => {
             let r = run_one(s, seed, sabotage);
             Essentials {
                 hash: r.hash,
@@ -373,7 +382,7 @@ fn run_essentials(
                 figures: r.figures,
             }
         }
-        Isolation::Process(exe) => {
+        Some(exe) => {
             let mut cmd = std::process::Command::new(exe);
             cmd.arg("child")
                 .arg(&s.path)

@@ -24,6 +24,11 @@ pub struct Scenario {
     /// Seeds that once found a bug, run in every sweep besides `1..=seeds`.
     #[serde(default)]
     pub regressions: Vec<u64>,
+    /// The step the `regressions` seeds run with (default `tick_ms`): the one they found
+    /// their bug with, so that a scenario moved to another step size still replays them as
+    /// they were found (a different step makes a seed a different run).
+    #[serde(default)]
+    pub regression_tick_ms: Option<u64>,
     /// The network between hosts.
     #[serde(default)]
     pub link: Link,
@@ -365,6 +370,26 @@ impl Scenario {
     /// The peers of a mesh, in file order.
     pub fn peers(&self) -> impl Iterator<Item = &HostSpec> {
         self.hosts.iter().filter(|h| h.role == Role::Peer)
+    }
+
+    /// The simulated time per step for `seed`: `regression_tick_ms` for a regression seed,
+    /// `tick_ms` otherwise.
+    pub fn tick_for(&self, seed: u64) -> Duration {
+        let ms = match self.regression_tick_ms {
+            Some(t) if self.regressions.contains(&seed) => t,
+            _ => self.tick_ms,
+        };
+        Duration::from_millis(ms)
+    }
+
+    /// Whether the run of `seed` crashes or restarts a host (`crash`, `kill`, `bounce`).
+    pub fn crashes_hosts(&self, seed: u64) -> bool {
+        self.timeline_for(seed).iter().any(|f| {
+            matches!(
+                f.kind,
+                FaultKind::Crash { .. } | FaultKind::Kill { .. } | FaultKind::Bounce { .. }
+            )
+        })
     }
 
     /// The timeline for `seed`: the fixed one plus, in swarm mode, the seed's own faults and
@@ -730,8 +755,8 @@ impl Scenario {
         if !(0.0..=0.5).contains(&self.link.loss) {
             return Err("[link] loss must be within 0..=0.5".into());
         }
-        if self.tick_ms == 0 {
-            return Err("tick_ms must be at least 1".into());
+        if self.tick_ms == 0 || self.regression_tick_ms == Some(0) {
+            return Err("tick_ms and regression_tick_ms must be at least 1".into());
         }
         // The transport configuration must be valid as well.
         crate::host::transport_config(self, 0, "check").map(|_| ())
