@@ -3,9 +3,10 @@
 
 Usage: scripts/mutants.py [--seeds N] [MUTANT_ID ...]
 
-Each mutant below is one realistic single-point bug in `src/core` or `src/driver`: the script
-applies it, builds the simulator in release, runs every scenario for N seeds (5 by default:
-`clipsync-sim run --seeds N`, each run in a fresh process), restores the file, and prints one
+Each mutant below is one realistic single-point bug in `src/core` or `src/driver` (one in the
+API, `src/transport`, where the simulator's harness uses `close_and_drain`): the script applies
+it, builds the simulator in release, runs every scenario for N seeds (5 by default: `clipsync-sim
+run --seeds N`, with each scenario's regression seeds), restores the file, and prints one
 line per mutant: `caught` (some invariant failed, with the first failure), `MISSED` (every
 scenario passed), `equivalent` (every scenario passed, and EQUIVALENT says why no run can tell
 it from the original), or `not viable` (it did not compile). Then the kill rate over the viable
@@ -87,6 +88,37 @@ MUTANTS = [
      "if replacement.is_some() || suspended {",
      "if replacement.is_some() {",
      "a broken connection's redial waits for its stuck writer"),
+    ("ended-send-waits", "src/driver/connection.rs",
+     "Some(cmd) = self.commands.recv() => settle_unsent(cmd, &cause),",
+     "Some(cmd) = std::future::pending::<Option<Command>>() => settle_unsent(cmd, &cause),",
+     "a send on a connection closed for good waits out its teardown"),
+    ("deliveries-before-settle", "src/driver/connection.rs",
+     "        self.commands.close();\n"
+     "        while let Ok(cmd) = self.commands.try_recv() {\n"
+     "            settle_unsent(cmd, &cause);\n"
+     "        }\n"
+     "        let _ = self.state.send(ConnectionState::Closed(cause));\n"
+     "        // Messages received before the end are still the application's.\n"
+     "        for m in self.deliveries.drain(..) {\n"
+     "            if self.incoming.send(m).await.is_err() {\n"
+     "                break;\n"
+     "            }\n"
+     "        }\n",
+     "        for m in self.deliveries.drain(..) {\n"
+     "            if self.incoming.send(m).await.is_err() {\n"
+     "                break;\n"
+     "            }\n"
+     "        }\n"
+     "        self.commands.close();\n"
+     "        while let Ok(cmd) = self.commands.try_recv() {\n"
+     "            settle_unsent(cmd, &cause);\n"
+     "        }\n"
+     "        let _ = self.state.send(ConnectionState::Closed(cause));\n",
+     "sends on a connection that ended wait until its application took every delivery"),
+    ("drain-returns-nothing", "src/transport/mod.rs",
+     "        self.closing(ReasonCode::Normal, String::new(), true).await\n",
+     "        self.closing(ReasonCode::Normal, String::new(), false).await\n",
+     "close_and_drain drops what the peer delivered instead of returning it"),
     ("no-starved-reading", "src/driver/connection.rs",
      "|| (self.core.incoming_starved() && self.held_bytes < self.starved_budget);",
      "|| false;",

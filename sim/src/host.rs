@@ -66,6 +66,11 @@ pub struct Log {
     pub sent: BTreeMap<(String, u64), SendRecord>,
     /// Deliveries at the server, in arrival order: (client, message id, time).
     pub delivered: Vec<(String, u64, Duration)>,
+    /// Client sends: which of the client's connections (counted from 1) each was issued on.
+    /// Order is promised within one connection, across all its reconnects and resumes, not
+    /// between two connections the application made one after the other (after a clean close,
+    /// the server's application may still be taking the old one's messages).
+    pub connection_of: BTreeMap<(String, u64), u32>,
     /// Connection attempts by client, in order.
     pub connects: BTreeMap<String, Vec<ConnectRecord>>,
     /// Mutual workloads: each host's connections to the other at the end of the run.
@@ -75,10 +80,53 @@ pub struct Log {
     pub back: BTreeMap<String, (u32, String, bool)>,
     /// How many times the server started.
     pub server_incarnations: u32,
+    /// The server's incarnations that ended in a graceful restart (the others that ended,
+    /// ended in a crash).
+    pub graceful: std::collections::BTreeSet<u32>,
     /// How connections ended: (host, cause), for every connection either side held.
     pub closes: Vec<(String, clipsync::error::CloseCause)>,
     /// Mesh scenarios: what the peers did.
     pub mesh: crate::mesh::MeshLog,
+}
+
+/// How long a client waits at its end for the server's application to take one more of its
+/// acknowledged messages (longer than any stall a scenario draws).
+const SERVED_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Waits (in simulated time) until the server's application has taken every message of
+/// `client`'s that the transport acknowledged (but those a later server crash excuses), so
+/// that a run does not end while a slow or stalled application still holds them. It gives up
+/// once the application has taken none for [`SERVED_PATIENCE`]: a message the transport lost
+/// is then reported by `exactly-once-in-order`, not as a run that never finished.
+async fn wait_until_served(log: &SharedLog, client: &str) {
+    let mut last_progress = (now(), usize::MAX);
+    loop {
+        let (taken_count, pending) = with_log(log, |l| {
+            let taken: std::collections::BTreeSet<u64> = l
+                .delivered
+                .iter()
+                .filter(|(c, _, _)| c == client)
+                .map(|(_, id, _)| *id)
+                .collect();
+            let pending = l.sent.iter().any(|((c, id), rec)| {
+                c == client
+                    && matches!(rec.settled, Some((_, Settled::Delivered)))
+                    && !taken.contains(id)
+                    && !l.mesh.crashes.iter().any(|(_, at)| *at >= rec.issued)
+            });
+            (taken.len(), pending)
+        });
+        if !pending {
+            return;
+        }
+        if taken_count != last_progress.1 {
+            last_progress = (now(), taken_count);
+        } else if now().saturating_sub(last_progress.0) >= SERVED_PATIENCE {
+            tracing::debug!(target: "clipsync_sim", "acknowledged messages still untaken");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Records how `state`'s connection ends, at `host`.
@@ -225,53 +273,70 @@ pub fn register(
         let trusted = trusted.clone();
         let names = names.clone();
         let trusted_names = trusted_names.clone();
-        let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+        let incarnations = incarnations.clone();
         async move {
-            tracing::info!(target: "clipsync_sim", incarnation, "server start");
-            with_log(&log, |l| l.server_incarnations = incarnation + 1);
             let wire_keys: Vec<Vec<u8>> = trusted
                 .iter()
                 .map(|k| k.to_bytes().unwrap_or_default())
                 .collect();
-            let transport = build_transport(&scenario, seed, &name, incarnation)?;
-            let auth = Arc::new(SshAuthenticator::new(key, trusted)?);
-            let addr = format!("0.0.0.0:{PORT}").parse()?;
-            let mut listener = transport.listen(&addr, auth).await?;
-            let mut accepted: BTreeMap<String, u32> = BTreeMap::new();
+            let mut restarts = crate::process::restart_requests(&name);
+            // One round per incarnation; a graceful restart starts the next one at once.
             loop {
-                match listener.accept().await {
-                    Ok(conn) => {
-                        watch_close(&log, &name, conn.state());
-                        let client = wire_keys
-                            .iter()
-                            .position(|k| k.as_slice() == conn.peer_key().as_ref())
-                            .and_then(|i| trusted_names.get(i).cloned());
-                        if let (true, Some(client)) = (scenario.workload.both_ways, client) {
-                            let n = accepted.entry(client.clone()).or_default();
-                            *n += 1;
-                            let back = Back {
-                                name: back_name(&name, incarnation, *n, &client),
-                                index: back_index(incarnation, *n),
-                                incarnation,
-                                client,
-                            };
-                            let w = scenario.workload.clone();
-                            let sender = conn.sender();
-                            let state = conn.state();
-                            tokio::spawn(send_back(sender, state, w, seed, log.clone(), back));
+                let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: "clipsync_sim", incarnation, "server start");
+                with_log(&log, |l| l.server_incarnations = incarnation + 1);
+                let transport = build_transport(&scenario, seed, &name, incarnation)?;
+                let auth = Arc::new(SshAuthenticator::new(key.clone(), trusted.clone())?);
+                let addr = format!("0.0.0.0:{PORT}").parse()?;
+                let mut listener = transport.listen(&addr, auth).await?;
+                let mut accepted: BTreeMap<String, u32> = BTreeMap::new();
+                loop {
+                    let accepted_conn = tokio::select! {
+                        biased;
+                        _ = restarts.changed() => break,
+                        r = listener.accept() => r,
+                    };
+                    match accepted_conn {
+                        Ok(conn) => {
+                            watch_close(&log, &name, conn.state());
+                            let client = wire_keys
+                                .iter()
+                                .position(|k| k.as_slice() == conn.peer_key().as_ref())
+                                .and_then(|i| trusted_names.get(i).cloned());
+                            if let (true, Some(client)) = (scenario.workload.both_ways, client) {
+                                let n = accepted.entry(client.clone()).or_default();
+                                *n += 1;
+                                let back = Back {
+                                    name: back_name(&name, incarnation, *n, &client),
+                                    index: back_index(incarnation, *n),
+                                    incarnation,
+                                    client,
+                                };
+                                let w = scenario.workload.clone();
+                                let sender = conn.sender();
+                                let state = conn.state();
+                                tokio::spawn(send_back(sender, state, w, seed, log.clone(), back));
+                            }
+                            let reader = Reader::new(&scenario, seed);
+                            tokio::spawn(serve_connection(
+                                conn,
+                                log.clone(),
+                                names.clone(),
+                                sabotage,
+                                reader,
+                            ));
                         }
-                        let reader = Reader::new(&scenario, seed);
-                        tokio::spawn(serve_connection(
-                            conn,
-                            log.clone(),
-                            names.clone(),
-                            sabotage,
-                            reader,
-                        ));
+                        Err(AcceptError::Closed) => return Ok(()),
+                        Err(_) => {} // logged by the transport
                     }
-                    Err(AcceptError::Closed) => return Ok(()),
-                    Err(_) => {} // logged by the transport
                 }
+                // A graceful restart: every connection says GOAWAY and every send settles; the
+                // application keeps taking what its old connections delivered (their tasks run
+                // on) while the next incarnation starts.
+                tracing::info!(target: "clipsync_sim", incarnation, "server shuts down to restart");
+                transport.shutdown().await;
+                drop(listener);
+                with_log(&log, |l| l.graceful.insert(incarnation));
             }
         }
     });
@@ -291,6 +356,8 @@ pub fn register(
             let mut rng = ChaCha20Rng::from_seed(derive(seed, &format!("workload/{name}")));
             let mut pick = |r: [u64; 2]| r[0] + rng.next_u64() % (r[1] - r[0] + 1);
             let mut conn = None;
+            // Connections made so far (order is promised within one).
+            let mut connections = 0u32;
             let mut attempts = 0;
             let mut id = 1;
             let mut in_flight: VecDeque<tokio::task::JoinHandle<bool>> = VecDeque::new();
@@ -301,7 +368,11 @@ pub fn register(
                 }
                 if conn.is_none() {
                     attempts += 1;
-                    let result = transport.connect(&peer, auth.clone()).await;
+                    let result = if w.open && trusted_client {
+                        transport.open(&peer, auth.clone())
+                    } else {
+                        transport.connect(&peer, auth.clone()).await
+                    };
                     let record = ConnectRecord {
                         at: now(),
                         result: match &result {
@@ -313,14 +384,15 @@ pub fn register(
                     with_log(&log, |l| l.connects.entry(name.clone()).or_default().push(record));
                     match result {
                         Ok(c) if trusted_client => {
+                            connections += 1;
                             watch_close(&log, &name, c.state());
                             let cc = ClientConn::new(c, w.both_ways, &log, &server, &name);
                             if w.background_stream > 0 && background.is_none() {
-                                let payload = make_payload(index, 0, w.background_stream);
-                                let (log, name, sender) =
-                                    (log.clone(), name.clone(), cc.sender.clone());
+                                let (log, name, sender, size) =
+                                    (log.clone(), name.clone(), cc.sender.clone(), w.background_stream);
+                                with_log(&log, |l| l.connection_of.insert((name.clone(), 0), connections));
                                 background = Some(tokio::spawn(async move {
-                                    let send = send_stream(&sender, payload);
+                                    let send = send_stream(&sender, index, 0, size);
                                     logged_send(&log, &name, 0, send).await.is_ok()
                                 }));
                             }
@@ -341,36 +413,47 @@ pub fn register(
                 let as_stream = w.stream_every > 0 && id % w.stream_every == 0;
                 let range = if as_stream { w.stream_size } else { w.size };
                 let size = pick([range[0] as u64, range[1] as u64]) as usize;
-                let payload = make_payload(index, id, size);
                 let Some(c) = conn.as_ref() else { continue };
                 tracing::debug!(target: "clipsync_sim", id, size, as_stream, "send");
+                with_log(&log, |l| l.connection_of.insert((name.clone(), id), connections));
+                // A clean close after this send, with it (pipelined) and others in flight.
+                let close_after = w.close_every > 0 && id % w.close_every == 0 && id < w.messages;
                 if w.pipeline > 1 {
+                    let payload = make_payload(index, id, size);
                     let failed =
                         pipelined_send(&log, &name, id, c, payload, w.pipeline, &mut in_flight)
                             .await;
                     id += 1;
                     if failed && c.is_closed() {
                         // The connection is over (its sends in flight settle by themselves).
-                        conn = None;
+                        if let Some(c) = conn.take() {
+                            c.let_go().await;
+                        }
                         tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
                     }
-                    continue;
-                }
-                let result = if as_stream {
-                    logged_send(&log, &name, id, send_stream(&c.sender, payload)).await
                 } else {
-                    let send = c.sender.send_message(Message::new(CONTENT_TYPE, payload));
-                    logged_send(&log, &name, id, send).await
-                };
-                id += 1;
-                // A both-ways client keeps its connection while the transport does (it resumes
-                // or replaces the session by itself, as an engine relies on); the others
-                // drop it on a failed send and dial again.
-                let keep = w.both_ways && !c.is_closed();
-                if result.is_err() && !keep {
-                    // Dropped: the connection closes (its receiver, if any, stops first).
-                    conn = None;
-                    tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
+                    let result = if as_stream {
+                        logged_send(&log, &name, id, send_stream(&c.sender, index, id, size)).await
+                    } else {
+                        let payload = make_payload(index, id, size);
+                        let send = c.sender.send_message(Message::new(CONTENT_TYPE, payload));
+                        logged_send(&log, &name, id, send).await
+                    };
+                    id += 1;
+                    // A both-ways or `open` client keeps its connection while the transport
+                    // does (it resumes, replaces the session or redials by itself, as an
+                    // engine relies on); the others drop it on a failed send and dial again.
+                    let keep = (w.both_ways || w.open) && !c.is_closed();
+                    if result.is_err() && !keep {
+                        if let Some(c) = conn.take() {
+                            c.let_go().await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(w.retry_ms)).await;
+                    }
+                }
+                if close_after && let Some(c) = conn.take() {
+                    tracing::debug!(target: "clipsync_sim", in_flight = in_flight.len(), "close mid-traffic");
+                    c.close().await;
                 }
             }
             // Pipelined sends and the background stream settle before the client goes.
@@ -384,6 +467,7 @@ pub fn register(
             if let Some(c) = conn {
                 c.close().await;
             }
+            wait_until_served(&log, &name).await;
             tracing::info!(target: "clipsync_sim", "client done");
             Ok(())
         });
@@ -435,12 +519,15 @@ async fn send_back(
         let as_stream = w.stream_every > 0 && id % w.stream_every == 0;
         let range = if as_stream { w.stream_size } else { w.size };
         let size = pick([range[0] as u64, range[1] as u64]) as usize;
-        let payload = make_payload(back.index, id, size);
         tracing::debug!(target: "clipsync_sim", to = %back.client, id, size, as_stream, "send back");
         let _ = if as_stream {
-            logged_send(&log, &back.name, id, send_stream(&sender, payload)).await
+            let send = send_stream(&sender, back.index, id, size);
+            logged_send(&log, &back.name, id, send).await
         } else {
-            let send = sender.send_message(Message::new(CONTENT_TYPE, payload));
+            let send = sender.send_message(Message::new(
+                CONTENT_TYPE,
+                make_payload(back.index, id, size),
+            ));
             logged_send(&log, &back.name, id, send).await
         };
     }
@@ -472,6 +559,9 @@ async fn wait_for_back(log: &SharedLog, client: &str) {
 /// the server's sends meanwhile.
 struct ClientConn {
     sender: ConnectionSender,
+    log: SharedLog,
+    server: String,
+    client: String,
     state: watch::Receiver<ConnectionState>,
     conn: Option<Connection>,
     receiver: Option<(
@@ -483,9 +573,13 @@ struct ClientConn {
 impl ClientConn {
     fn new(c: Connection, both_ways: bool, log: &SharedLog, server: &str, client: &str) -> Self {
         let (sender, state) = (c.sender(), c.state());
+        let (log, server, client) = (log.clone(), server.to_string(), client.to_string());
         if !both_ways {
             return Self {
                 sender,
+                log,
+                server,
+                client,
                 state,
                 conn: Some(c),
                 receiver: None,
@@ -496,11 +590,14 @@ impl ClientConn {
             c,
             stop_rx,
             log.clone(),
-            server.to_string(),
-            client.to_string(),
+            server.clone(),
+            client.clone(),
         ));
         Self {
             sender,
+            log,
+            server,
+            client,
             state,
             conn: None,
             receiver: Some((stop, task)),
@@ -511,18 +608,33 @@ impl ClientConn {
         matches!(*self.state.borrow(), ConnectionState::Closed(_))
     }
 
+    /// Lets go of a connection that failed: a both-ways client closes it to take what it
+    /// delivered ([`ClientConn::close`]); the others drop it (the transport closes it).
+    async fn let_go(self) {
+        if self.receiver.is_some() {
+            self.close().await;
+        }
+    }
+
+    /// Closes cleanly; a both-ways client takes what the server delivered that it had not
+    /// taken yet (the server's sends of it settled as delivered).
     async fn close(self) {
-        let conn = match (self.conn, self.receiver) {
-            (Some(c), _) => Some(c),
+        let (conn, receiving) = match (self.conn, self.receiver) {
+            (Some(c), _) => (Some(c), false),
             (None, Some((stop, task))) => {
                 let _ = stop.send(());
-                task.await.ok()
+                (task.await.ok(), true)
             }
-            (None, None) => None,
+            (None, None) => (None, false),
         };
         drop(self.sender);
-        if let Some(c) = conn {
+        let Some(c) = conn else { return };
+        if !receiving {
             c.close().await;
+            return;
+        }
+        for item in c.close_and_drain().await {
+            take_back(item, &self.log, &self.server, &self.client).await;
         }
     }
 }
@@ -545,44 +657,36 @@ async fn receive_back(
                 Err(_) => break,
             },
         };
-        let payload = match incoming {
-            Incoming::Message(m) => m.payload,
-            Incoming::Stream(s) => match s.read_to_end(MAX_STREAM).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(target: "clipsync_sim", error = %e, "stream back failed");
-                    continue;
-                }
-            },
-            _ => continue,
-        };
-        let (Some(id), Some(index)) = (
-            payload
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes),
-            payload
-                .get(8..10)
-                .and_then(|b| b.try_into().ok())
-                .map(u16::from_be_bytes),
-        ) else {
-            tracing::error!(target: "clipsync_sim", "malformed workload message back");
-            continue;
-        };
-        if !filled_with(&payload[10..], filler(id)) {
-            tracing::error!(target: "clipsync_sim", id, "payload back corrupted");
-            continue;
-        }
-        let name = back_name(
-            &server,
-            u32::from(index >> 8),
-            u32::from(index & 0xff),
-            &client,
-        );
-        tracing::debug!(target: "clipsync_sim", from = %name, id, "delivered back");
-        with_log(&log, |l| l.delivered.push((name, id, now())));
+        take_back(incoming, &log, &server, &client).await;
     }
     conn
+}
+
+/// Checks and logs one of the server's sends, as the client's application takes it.
+async fn take_back(incoming: Incoming, log: &SharedLog, server: &str, client: &str) {
+    let header = match incoming {
+        Incoming::Message(m) => check_payload(&m.payload),
+        Incoming::Stream(s) => match read_stream(s, None).await {
+            Ok(h) => h.flatten(),
+            Err(e) => {
+                tracing::debug!(target: "clipsync_sim", error = %e, "stream back failed");
+                return;
+            }
+        },
+        _ => return,
+    };
+    let Some((index, id)) = header else {
+        tracing::error!(target: "clipsync_sim", "malformed or corrupted workload payload back");
+        return;
+    };
+    let name = back_name(
+        server,
+        u32::from(index >> 8),
+        u32::from(index & 0xff),
+        client,
+    );
+    tracing::debug!(target: "clipsync_sim", from = %name, id, "delivered back");
+    with_log(log, |l| l.delivered.push((name, id, now())));
 }
 
 /// How the server's application reads (`[workload] read_delay_ms`, `drop_stream_every`).
@@ -638,35 +742,33 @@ async fn serve_connection(
         let Ok(incoming) = conn.receive().await else {
             break;
         };
-        let payload = match incoming {
-            Incoming::Message(m) => m.payload,
-            Incoming::Stream(s)
-                if reader.drop_every > 0 && {
-                    streams += 1;
-                    streams % reader.drop_every == 0
-                } =>
-            {
-                tracing::debug!(target: "clipsync_sim", id = s.id(), "stream dropped unread");
-                drop(s);
-                continue;
-            }
-            Incoming::Stream(s) => match s.read_to_end(MAX_STREAM).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(target: "clipsync_sim", error = %e, "stream failed");
-                    continue;
+        let header = match incoming {
+            Incoming::Message(m) => check_payload(&m.payload),
+            Incoming::Stream(s) => {
+                streams += 1;
+                // Every n-th stream is dropped after a part drawn from the seed (possibly
+                // nothing, possibly all but its end).
+                let stop_after = (reader.drop_every > 0 && streams % reader.drop_every == 0)
+                    .then(|| rng.next_u64() % (s.total_len().unwrap_or(0) + 1));
+                match read_stream(s, stop_after).await {
+                    Ok(Some(h)) => h,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::debug!(target: "clipsync_sim", error = %e, "stream failed");
+                        continue;
+                    }
                 }
-            },
+            }
             _ => continue,
         };
-        let Some((client, id)) = parse_payload(&payload, &names) else {
-            tracing::error!(target: "clipsync_sim", "malformed workload message");
+        let Some((index, id)) = header else {
+            tracing::error!(target: "clipsync_sim", "malformed or corrupted workload payload");
             continue;
         };
-        if !filled_with(&payload[10..], filler(id)) {
-            tracing::error!(target: "clipsync_sim", %client, id, "payload corrupted");
+        let Some(client) = names.get(usize::from(index)).cloned() else {
+            tracing::error!(target: "clipsync_sim", index, "workload payload of no client");
             continue;
-        }
+        };
         tracing::debug!(target: "clipsync_sim", %client, id, "delivered");
         if sabotage.drop_one_delivery && id == 3 && client == names[0] {
             continue;
@@ -984,14 +1086,24 @@ fn describe(e: &SendError) -> String {
     e.to_string()
 }
 
-/// Sends `payload` as a stream in uneven pieces (as a reader would hand them over).
-async fn send_stream(c: &ConnectionSender, payload: Bytes) -> Result<(), SendError> {
-    let mut s = c
-        .open_stream(CONTENT_TYPE, Some(payload.len() as u64))
-        .await?;
-    let mut rest = payload;
-    while !rest.is_empty() {
-        let piece = rest.split_to(rest.len().min(50_000));
+/// Sends the payload [`make_payload`] would make as a stream, in pieces of 50,000 bytes (as a
+/// reader would hand them over), made as they go: the filler pieces are slices of one block.
+async fn send_stream(
+    c: &ConnectionSender,
+    index: usize,
+    id: u64,
+    size: usize,
+) -> Result<(), SendError> {
+    const PIECE: usize = 50_000;
+    let size = size.max(10);
+    let mut s = c.open_stream(CONTENT_TYPE, Some(size as u64)).await?;
+    let first = make_payload(index, id, size.min(PIECE));
+    let mut left = size - first.len();
+    s.write(first).await?;
+    let block = Bytes::from(vec![filler(id); left.min(PIECE)]);
+    while left > 0 {
+        let piece = block.slice(..left.min(PIECE));
+        left -= piece.len();
         s.write(piece).await?;
     }
     s.finish().await
@@ -1018,10 +1130,53 @@ fn filled_with(p: &[u8], byte: u8) -> bool {
     p.chunks(block.len()).all(|c| c == &block[..c.len()])
 }
 
-fn parse_payload(p: &[u8], names: &[String]) -> Option<(String, u64)> {
+/// The (index, id) of a whole workload payload, if every byte is as [`make_payload`] made it.
+fn check_payload(p: &[u8]) -> Option<(u16, u64)> {
     let id = u64::from_be_bytes(p.get(..8)?.try_into().ok()?);
-    let client = u16::from_be_bytes(p.get(8..10)?.try_into().ok()?);
-    Some((names.get(usize::from(client))?.clone(), id))
+    let index = u16::from_be_bytes(p.get(8..10)?.try_into().ok()?);
+    filled_with(&p[10..], filler(id)).then_some((index, id))
+}
+
+/// Reads a workload stream a chunk at a time, checking every byte as it comes (no copy of the
+/// whole), up to its end: `Some(header)` as [`check_payload`] gives it. With `stop_after`, the
+/// application drops the stream once it has read that many bytes (its sender's stream settles
+/// `cancelled`): `None`, unless the stream ended first.
+async fn read_stream(
+    mut s: clipsync::transport::IncomingStream,
+    stop_after: Option<u64>,
+) -> Result<Option<Option<(u16, u64)>>, clipsync::transport::StreamError> {
+    let id = s.id();
+    let mut head = Vec::with_capacity(10);
+    let mut ok = true;
+    let mut read = 0u64;
+    loop {
+        // Only while some byte is unread: an application that took every byte and drops the
+        // stream before its end settles it as delivered if the transport had verified the end
+        // by then, and as cancelled if not (IncomingStream's doc), a race no log can follow.
+        if stop_after.is_some_and(|n| read >= n) && s.total_len().is_none_or(|t| read < t) {
+            tracing::debug!(target: "clipsync_sim", id, read, "stream dropped after a part");
+            return Ok(None);
+        }
+        let Some(mut chunk) = s.chunk().await? else {
+            break;
+        };
+        read += chunk.len() as u64;
+        if read > MAX_STREAM as u64 {
+            return Err(clipsync::transport::StreamError::TooLarge { max: MAX_STREAM });
+        }
+        if head.len() < 10 {
+            let take = chunk.len().min(10 - head.len());
+            head.extend_from_slice(&chunk.split_to(take));
+        }
+        if head.len() == 10 {
+            let id = u64::from_be_bytes(head[..8].try_into().unwrap_or_default());
+            ok &= filled_with(&chunk, filler(id));
+        }
+    }
+    if stop_after.is_some() {
+        tracing::debug!(target: "clipsync_sim", id, "stream read to its end before the drop");
+    }
+    Ok(Some(if ok { check_payload(&head) } else { None }))
 }
 
 #[cfg(test)]

@@ -339,13 +339,18 @@ fn finished(s: &Scenario, end: &Ending, v: &mut Vec<Violation>) {
     }
 }
 
-/// Per client: deliveries in increasing id order with no duplicate; every acknowledged send
-/// delivered exactly once; nothing delivered that was not sent.
+/// Per client connection: deliveries in increasing id order; per client: no duplicate, every
+/// acknowledged send delivered exactly once, nothing delivered that was not sent.
 fn exactly_once_in_order(log: &Log, v: &mut Vec<Violation>) {
-    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut last: BTreeMap<(&str, u32), u64> = BTreeMap::new();
     let mut count: BTreeMap<(&str, u64), usize> = BTreeMap::new();
     for (client, id, at) in &log.delivered {
-        let prev = last.insert(client, *id);
+        let conn = log
+            .connection_of
+            .get(&(client.clone(), *id))
+            .copied()
+            .unwrap_or(0);
+        let prev = last.insert((client, conn), *id);
         if let Some(prev) = prev.filter(|prev| id <= prev) {
             violation(
                 v,
@@ -395,7 +400,7 @@ fn settled(log: &Log, v: &mut Vec<Violation>) {
         let crashed = log
             .back
             .get(client)
-            .is_some_and(|(inc, _, _)| *inc < current);
+            .is_some_and(|(inc, _, _)| *inc < current && !log.graceful.contains(inc));
         if rec.settled.is_none() && !crashed {
             violation(
                 v,

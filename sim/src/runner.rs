@@ -110,6 +110,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, s: &Scenario, fault: &FaultKind) {
             crate::process::kill(host);
             sim.crash(host.as_str());
         }
+        FaultKind::GracefulRestart { host } => crate::process::request_restart(host),
         FaultKind::Bounce { host } => {
             crate::process::revive(host);
             sim.bounce(host.as_str());
@@ -121,6 +122,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, s: &Scenario, fault: &FaultKind) {
 
 /// Runs one seed of `s`.
 pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
+    let s = &s.for_seed(seed);
     install_panic_hook();
     PANICS.with(|p| p.borrow_mut().clear());
     let trace = Trace::default();
@@ -163,6 +165,9 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
                             FaultKind::Crash { host } | FaultKind::Kill { host } => {
                                 l.mesh.crashed.insert(host.clone());
                                 l.mesh.crashes.push((host.clone(), at));
+                            }
+                            FaultKind::GracefulRestart { host } => {
+                                crate::process::request_restart(host)
                             }
                             FaultKind::Bounce { host } => {
                                 // A bounce of a running host restarts it: a crash too.

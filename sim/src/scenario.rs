@@ -42,6 +42,12 @@ pub struct Scenario {
     /// defaults; a draw the configuration refuses fails the run at start.
     #[serde(default)]
     pub config_draw: std::collections::BTreeMap<String, [i64; 2]>,
+    /// `[workload]` keys drawn per seed: key → `[min, max]`, applied over `workload`, so one
+    /// scenario walks many workloads. Integer keys (`pipeline`, `stream_every`,
+    /// `drop_stream_every`, `stall_every`, `close_every`) take the number drawn; boolean keys
+    /// (`both_ways`, `open`) are true when it is not 0.
+    #[serde(default)]
+    pub workload_draw: std::collections::BTreeMap<String, [u64; 2]>,
     /// Faults at simulated times.
     #[serde(default)]
     pub timeline: Vec<Fault>,
@@ -224,6 +230,9 @@ impl TryFrom<RawFault> for Fault {
             "wake" => FaultKind::Wake {
                 host: need(r.host, "host")?,
             },
+            "graceful_restart" => FaultKind::GracefulRestart {
+                host: need(r.host, "host")?,
+            },
             "fail_rate" => FaultKind::FailRate {
                 rate: r.rate.ok_or("fault \"fail_rate\" needs `rate`")?,
             },
@@ -292,6 +301,14 @@ pub enum FaultKind {
         /// The host.
         host: String,
     },
+    /// The server's application shuts its transport down gracefully (`Transport::shutdown`:
+    /// `GOAWAY` with `going away`, every send settled) and starts a new one at once, as a
+    /// service restarted by its manager: a new incarnation, while its old connections' queued
+    /// deliveries are still taken by the application.
+    GracefulRestart {
+        /// The host (the server).
+        host: String,
+    },
     /// Restart a crashed host's software from scratch.
     Bounce {
         /// The host.
@@ -340,6 +357,7 @@ impl FaultKind {
                 | Self::RepairOneway { .. }
                 | Self::Release { .. }
                 | Self::Bounce { .. }
+                | Self::GracefulRestart { .. }
                 | Self::Roam { .. }
                 | Self::Wake { .. }
         ) || matches!(self, Self::FailRate { rate } if *rate == 0.0)
@@ -351,7 +369,8 @@ impl FaultKind {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Swarm {
-    /// The kinds to draw from: `partition`, `partition_oneway`, `hold`, `crash`, `latency`.
+    /// The kinds to draw from: `partition`, `partition_oneway`, `hold`, `crash`,
+    /// `graceful_restart` (two of the server, at the start and the end), `latency`.
     pub faults: Vec<String>,
     /// How many faults per seed, `[min, max]`.
     pub count: [u64; 2],
@@ -370,6 +389,30 @@ impl Scenario {
     /// The peers of a mesh, in file order.
     pub fn peers(&self) -> impl Iterator<Item = &HostSpec> {
         self.hosts.iter().filter(|h| h.role == Role::Peer)
+    }
+
+    /// This scenario as `seed` runs it: its `[workload_draw]` keys drawn (the same draw every
+    /// time for a seed).
+    pub fn for_seed(&self, seed: u64) -> Scenario {
+        use rand_chacha::rand_core::{RngCore, SeedableRng};
+        let mut s = self.clone();
+        let mut rng =
+            rand_chacha::ChaCha20Rng::from_seed(crate::crypto::derive(seed, "workload_draw"));
+        let w = &mut s.workload;
+        for (key, [lo, hi]) in &self.workload_draw {
+            let v = lo + rng.next_u64() % (hi - lo + 1);
+            match key.as_str() {
+                "pipeline" => w.pipeline = v as usize,
+                "stream_every" => w.stream_every = v,
+                "drop_stream_every" => w.drop_stream_every = v,
+                "stall_every" => w.stall_every = v,
+                "close_every" => w.close_every = v,
+                "both_ways" => w.both_ways = v != 0,
+                "open" => w.open = v != 0,
+                _ => {} // refused by `check`
+            }
+        }
+        s
     }
 
     /// The simulated time per step for `seed`: `regression_tick_ms` for a regression seed,
@@ -448,6 +491,14 @@ impl Scenario {
                             host: server.clone(),
                         },
                         FaultKind::Bounce {
+                            host: server.clone(),
+                        },
+                    ),
+                    "graceful_restart" => (
+                        FaultKind::GracefulRestart {
+                            host: server.clone(),
+                        },
+                        FaultKind::GracefulRestart {
                             host: server.clone(),
                         },
                     ),
@@ -548,7 +599,29 @@ pub struct Workload {
     /// does: the messages are probes of the latency behind a stream (the run's figures).
     #[serde(default)]
     pub background_stream: usize,
+    /// Clients open their connection with `Transport::open` (it dials in the background,
+    /// queues sends while it connects and reconnects by itself) instead of
+    /// `Transport::connect`; a client dials again only once that connection has closed.
+    /// Trusted clients only.
+    #[serde(default)]
+    pub open: bool,
+    /// A clean close mid-traffic: after every n-th send, the client closes its connection
+    /// (`Connection::close`) with its pipelined sends and background stream still in flight,
+    /// and dials a new one (0: never).
+    #[serde(default)]
+    pub close_every: u64,
 }
+
+/// The `[workload]` keys `[workload_draw]` can draw.
+const DRAWABLE: [&str; 7] = [
+    "pipeline",
+    "stream_every",
+    "drop_stream_every",
+    "stall_every",
+    "close_every",
+    "both_ways",
+    "open",
+];
 
 fn default_churn_ms() -> [u64; 2] {
     [200, 2000]
@@ -698,6 +771,14 @@ impl Scenario {
                         return Err(format!("only the server can crash or bounce, not {host:?}"));
                     }
                 }
+                FaultKind::GracefulRestart { host } => {
+                    if mesh || host != self.server() || self.workload.mutual {
+                        return Err(format!(
+                            "graceful_restart restarts the server of a client/server \
+                             scenario, not {host:?}"
+                        ));
+                    }
+                }
                 FaultKind::Roam { host }
                 | FaultKind::Suspend { host }
                 | FaultKind::Wake { host } => {
@@ -713,9 +794,21 @@ impl Scenario {
             }
         }
         if let Some(sw) = &self.swarm {
-            let known = ["partition", "partition_oneway", "hold", "crash", "latency"];
+            let known = [
+                "partition",
+                "partition_oneway",
+                "hold",
+                "crash",
+                "graceful_restart",
+                "latency",
+            ];
             if sw.faults.is_empty() || sw.faults.iter().any(|f| !known.contains(&f.as_str())) {
                 return Err(format!("swarm faults must be among {known:?}"));
+            }
+            if (mesh || self.workload.mutual) && sw.faults.iter().any(|f| f == "graceful_restart") {
+                return Err(
+                    "graceful_restart restarts the server of a client/server scenario".into(),
+                );
             }
             let ranges = [sw.count, sw.start_ms, sw.duration_ms];
             if ranges.iter().any(|r| r[0] > r[1]) {
@@ -754,6 +847,17 @@ impl Scenario {
         }
         if !(0.0..=0.5).contains(&self.link.loss) {
             return Err("[link] loss must be within 0..=0.5".into());
+        }
+        for (key, [lo, hi]) in &self.workload_draw {
+            if !DRAWABLE.contains(&key.as_str()) {
+                return Err(format!(
+                    "[workload_draw] cannot draw {key:?} (it draws {})",
+                    DRAWABLE.join(", ")
+                ));
+            }
+            if lo > hi {
+                return Err(format!("[workload_draw] {key}: min above max"));
+            }
         }
         if self.tick_ms == 0 || self.regression_tick_ms == Some(0) {
             return Err("tick_ms and regression_tick_ms must be at least 1".into());

@@ -357,17 +357,19 @@ impl Driver {
             .closed
             .clone()
             .unwrap_or_else(|| CloseCause::Lost("connection task ended".into()));
+        // Sends settle first: a send on a connection that has ended fails at once, not after
+        // the application took what was delivered before the end (it may be stalled).
+        self.commands.close();
+        while let Ok(cmd) = self.commands.try_recv() {
+            settle_unsent(cmd, &cause);
+        }
+        let _ = self.state.send(ConnectionState::Closed(cause));
         // Messages received before the end are still the application's.
         for m in self.deliveries.drain(..) {
             if self.incoming.send(m).await.is_err() {
                 break;
             }
         }
-        self.commands.close();
-        while let Ok(cmd) = self.commands.try_recv() {
-            settle_unsent(cmd, &cause);
-        }
-        let _ = self.state.send(ConnectionState::Closed(cause));
     }
 
     /// Serves commands, stream signals and the core's timers until `fut` is ready; `None` if
@@ -617,10 +619,27 @@ impl Driver {
         // reading until the peer's end in the background, so unread input never turns into a
         // reset (PROTOCOL.md §6.4).
         let closed = matches!(cause, Some(CloseCause::Local(..) | CloseCause::Peer(..)));
-        if let Some(ws) = writer_done.await {
-            if closed {
+        let teardown = async move {
+            if let Some(ws) = writer_done.await
+                && closed
+            {
                 let ws = finish(ws).await;
                 tokio::spawn(drain(ws).in_current_span());
+            }
+        };
+        tokio::pin!(teardown);
+        let Some(cause) = cause else {
+            teardown.await;
+            return None;
+        };
+        // The connection is over for good: meanwhile a send on it fails at once, with the
+        // cause, instead of waiting for the teardown (up to write_timeout; simulator
+        // `swarm_mix` seed 98: a send right after a graceful shutdown never settled).
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut teardown => break,
+                Some(cmd) = self.commands.recv() => settle_unsent(cmd, &cause),
             }
         }
         None

@@ -310,8 +310,10 @@ impl StreamSender {
 /// whole with [`IncomingStream::read_to_end`]. The sender can only get a window ahead of the
 /// reader, so reading slowly slows the sender instead of filling memory.
 ///
-/// Dropping it before the end cancels the stream (the sender is told `cancelled`);
-/// [`IncomingStream::decline`] tells it `already have` instead.
+/// Dropping it with bytes unread cancels the stream (the sender is told `cancelled`);
+/// [`IncomingStream::decline`] tells it `already have` instead. Dropping it after taking every
+/// byte but before reading its end (`Ok(None)`) settles it as delivered if its end had
+/// arrived and verified by then, and as cancelled if not: read to the end to know.
 ///
 /// A stream whose sender announced its BLAKE3 ([`IncomingStream::hash`]) arrives as an
 /// *offer* (PROTOCOL.md §5.2): none of its bytes flow until this side starts reading, so

@@ -1298,18 +1298,40 @@ impl Connection {
 
     /// Closes gracefully with reason `normal`: says `GOAWAY` to the peer, closes the
     /// WebSocket with code 4000, and waits for the connection's task to finish.
+    ///
+    /// What the peer delivered that the application has not taken yet is dropped, although
+    /// the peer's sends of it settled as delivered (the transport had it): an application that
+    /// must not lose it closes with [`Connection::close_and_drain`] instead.
     pub async fn close(self) {
         self.close_with(ReasonCode::Normal, String::new()).await;
     }
 
-    /// Closes with a given reason and detail.
+    /// Closes with a given reason and detail (as [`Connection::close`]).
     pub async fn close_with(self, reason: ReasonCode, detail: String) {
         self.closing(reason, detail, false).await;
     }
 
+    /// Closes as [`Connection::close`] does, and returns what the peer delivered that the
+    /// application had not taken yet, in the order the peer sent it: the peer counts those as
+    /// delivered (its sends settled, and the `GOAWAY` acknowledges the rest), so they are the
+    /// application's. A stream among them that had arrived whole still reads to its verified
+    /// end; one cut short by the close ends with an error.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: clipsync::transport::Connection) {
+    /// for item in conn.close_and_drain().await {
+    ///     if let Some(m) = item.into_message() {
+    ///         println!("{} bytes taken on the way out", m.payload.len());
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn close_and_drain(self) -> Vec<Incoming> {
+        self.closing(ReasonCode::Normal, String::new(), true).await
+    }
+
     /// Closes as [`Connection::close_with`] does, and returns what the peer delivered that the
-    /// application had not taken yet, in order: the peer counts those as delivered (its
-    /// `GOAWAY` acknowledges them), so they must reach the application, not be dropped.
+    /// application had not taken yet, in order (see [`Connection::close_and_drain`]).
     pub(crate) async fn close_collecting(
         self,
         reason: ReasonCode,
@@ -1400,6 +1422,11 @@ impl ConnectionReceiver {
     /// See [`Connection::close_with`].
     pub async fn close_with(self, reason: ReasonCode, detail: String) {
         self.conn.close_with(reason, detail).await;
+    }
+
+    /// See [`Connection::close_and_drain`].
+    pub async fn close_and_drain(self) -> Vec<Incoming> {
+        self.conn.close_and_drain().await
     }
 }
 
