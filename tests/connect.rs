@@ -273,14 +273,7 @@ async fn dropping_a_connection_closes_it_on_both_sides() {
 /// delivered is lost.
 #[tokio::test]
 async fn close_and_drain_returns_what_was_delivered_but_not_taken() {
-    let (ka, kb) = (key(1), key(2));
-    let server = transport(cfg());
-    let client = transport(cfg());
-    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
-    let peer = PeerInfo::new("server", vec![listener.local_addr().clone()])
-        .with_key(ka.public_key().clone());
-    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
-    let (c, s) = (c.unwrap(), s.unwrap());
+    let (c, s, _transports) = connected_pair(cfg()).await;
     for i in 0..20 {
         // Each returns once the receiving transport acknowledged it.
         c.send(Message::text(format!("m{i}"))).await.unwrap();
@@ -301,14 +294,7 @@ async fn close_and_drain_returns_what_was_delivered_but_not_taken() {
 /// (`swarm_mix` seed 98: a send back after a graceful restart never settled).
 #[tokio::test]
 async fn send_after_the_end_fails_while_deliveries_wait_for_the_application() {
-    let (ka, kb) = (key(1), key(2));
-    let server = transport(cfg());
-    let client = transport(cfg());
-    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
-    let peer = PeerInfo::new("server", vec![listener.local_addr().clone()])
-        .with_key(ka.public_key().clone());
-    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
-    let (c, mut s) = (c.unwrap(), s.unwrap());
+    let (c, mut s, _transports) = connected_pair(cfg()).await;
     // More than the application's queue (16) and less than what the driver holds beside it
     // before it stops reading (16 more): the driver still holds deliveries at the end.
     for i in 0..24 {

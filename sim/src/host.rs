@@ -317,14 +317,7 @@ pub fn register(
                                 let state = conn.state();
                                 tokio::spawn(send_back(sender, state, w, seed, log.clone(), back));
                             }
-                            let reader = Reader::new(&scenario, seed);
-                            tokio::spawn(serve_connection(
-                                conn,
-                                log.clone(),
-                                names.clone(),
-                                sabotage,
-                                reader,
-                            ));
+                            spawn_reader(conn, &scenario, seed, &log, &names, sabotage);
                         }
                         Err(AcceptError::Closed) => return Ok(()),
                         Err(_) => {} // logged by the transport
@@ -711,6 +704,25 @@ impl Reader {
     }
 }
 
+/// The server's application on `conn`: [`serve_connection`] as the scenario's reader.
+fn spawn_reader(
+    conn: Connection,
+    s: &Scenario,
+    seed: u64,
+    log: &SharedLog,
+    names: &[String],
+    sabotage: Sabotage,
+) {
+    let reader = Reader::new(s, seed);
+    tokio::spawn(serve_connection(
+        conn,
+        log.clone(),
+        names.to_vec(),
+        sabotage,
+        reader,
+    ));
+}
+
 /// Receives on `conn` until it ends, checking every payload and logging its delivery.
 async fn serve_connection(
     mut conn: Connection,
@@ -890,25 +902,12 @@ fn register_mutual(
             tokio::time::sleep(server_delay).await;
             let opened = transport.open(&peer, auth)?;
             add_link(&links, &name, true, &opened);
-            tokio::spawn(serve_connection(
-                opened,
-                log.clone(),
-                names.clone(),
-                sabotage,
-                Reader::new(&scenario, seed),
-            ));
+            spawn_reader(opened, &scenario, seed, &log, &names, sabotage);
             loop {
                 match listener.accept().await {
                     Ok(conn) => {
                         add_link(&links, &name, false, &conn);
-                        let reader = Reader::new(&scenario, seed);
-                        tokio::spawn(serve_connection(
-                            conn,
-                            log.clone(),
-                            names.clone(),
-                            sabotage,
-                            reader,
-                        ));
+                        spawn_reader(conn, &scenario, seed, &log, &names, sabotage);
                     }
                     Err(AcceptError::Closed) => return Ok(()),
                     Err(_) => {}

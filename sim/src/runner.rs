@@ -147,6 +147,21 @@ pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
                 .fail_rate(s.link.fail_rate)
                 .repair_rate(s.link.repair_rate)
                 .build();
+            if !s.workload_draw.is_empty() {
+                let w = &s.workload;
+                let drawn = format!(
+                    "WORKLOAD pipeline={} both_ways={} open={} close_every={} \
+                     drop_stream_every={} stall_every={} stream_every={}",
+                    w.pipeline,
+                    w.both_ways,
+                    w.open,
+                    w.close_every,
+                    w.drop_stream_every,
+                    w.stall_every,
+                    w.stream_every
+                );
+                trace.push(Duration::ZERO, "harness", &drawn);
+            }
             host::register(&mut sim, s, seed, &log, sabotage);
             let timeline = s.timeline_for(seed);
             let mut next = 0;

@@ -68,6 +68,25 @@ pub fn loopback() -> Address {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// One authenticated loopback connection, both ends: (dialer's, listener's), with the two
+/// transports (dropping one shuts it down).
+pub async fn connected_pair(
+    cfg: TransportConfig,
+) -> (
+    clipsync::transport::Connection,
+    clipsync::transport::Connection,
+    (Transport, Transport),
+) {
+    let (ka, kb) = (key(1), key(2));
+    let server = transport(cfg.clone());
+    let client = transport(cfg);
+    let mut listener = server.listen(&loopback(), auth(&ka, &[&kb])).await.unwrap();
+    let peer = clipsync::transport::PeerInfo::new("server", vec![listener.local_addr().clone()])
+        .with_key(ka.public_key().clone());
+    let (c, s) = tokio::join!(client.connect(&peer, auth(&kb, &[&ka])), listener.accept());
+    (c.unwrap(), s.unwrap(), (client, server))
+}
+
 /// The next handshake failure the listener reports.
 pub async fn next_refusal(listener: &mut Listener) -> clipsync::error::ConnectError {
     match listener.accept().await {
