@@ -178,7 +178,8 @@ def main():
                 fails = [l for l in r.stdout.splitlines() if l.startswith("FAIL ")]
                 if r.returncode != 0:
                     verdict = "caught"
-                    detail = fails[0] if fails else r.stdout.strip().splitlines()[-1]
+                    last = (r.stdout.strip() or r.stderr.strip() or "(no output)").splitlines()
+                    detail = fails[0] if fails else last[-1]
                 elif mid in EQUIVALENT:
                     verdict, detail = "equivalent", EQUIVALENT[mid]
                 else:

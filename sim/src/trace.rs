@@ -16,23 +16,54 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+/// More events than this at one simulated instant is a livelock: something loops without
+/// letting simulated time pass (a redial with no delay against a host that refuses at once),
+/// and the step it loops in would never end. A busy instant of a real run has hundreds.
+pub const LIVELOCK_EVENTS: usize = 100_000;
+
 /// The lines of one run's trace.
 #[derive(Clone, Debug, Default)]
-pub struct Trace(Arc<Mutex<Vec<String>>>);
+pub struct Trace(Arc<Mutex<TraceInner>>);
+
+#[derive(Debug, Default)]
+struct TraceInner {
+    lines: Vec<String>,
+    /// The last line's instant and how many lines it has.
+    instant: (std::time::Duration, usize),
+}
 
 impl Trace {
     /// Appends a line stamped with `at` for `host` (used by the harness, outside any host).
+    ///
+    /// # Panics
+    ///
+    /// On the [`LIVELOCK_EVENTS`]th line at one instant, in the host whose event it is: the
+    /// run then ends, with the panic reported as a `no-panic` violation, instead of hanging.
     pub fn push(&self, at: std::time::Duration, host: &str, text: &str) {
         let line = format!("{:>11.6} {:<8} {}", at.as_secs_f64(), host, text);
-        self.lock().push(line);
+        let mut t = self.lock();
+        t.lines.push(line);
+        if t.instant.0 == at {
+            t.instant.1 += 1;
+        } else {
+            t.instant = (at, 1);
+        }
+        if t.instant.1 == LIVELOCK_EVENTS {
+            drop(t);
+            panic!(
+                "livelock: {LIVELOCK_EVENTS} events at {:.6} s without simulated time passing, \
+                 the last: {host} {text}",
+                at.as_secs_f64()
+            );
+        }
     }
 
     /// A copy of the lines so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lock().clone()
+        self.lock().lines.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TraceInner> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -133,5 +164,29 @@ where
         let at = turmoil::sim_elapsed().unwrap_or_default();
         let text = format!("{:<5} {path}{}{}", meta.level(), f.message, f.rest);
         self.0.push(at, &host, &text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn many_events_over_time_are_fine() {
+        let t = Trace::default();
+        for i in 0..(2 * LIVELOCK_EVENTS) {
+            t.push(Duration::from_micros(i as u64 / 1000), "h", "x");
+        }
+        assert_eq!(t.lines().len(), 2 * LIVELOCK_EVENTS);
+    }
+
+    #[test]
+    #[should_panic(expected = "livelock")]
+    fn a_livelock_at_one_instant_ends_the_run() {
+        let t = Trace::default();
+        for _ in 0..LIVELOCK_EVENTS {
+            t.push(Duration::from_millis(7), "h", "redial");
+        }
     }
 }
