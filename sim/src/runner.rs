@@ -123,6 +123,11 @@ fn apply(sim: &mut turmoil::Sim<'_>, s: &Scenario, fault: &FaultKind) {
 /// Runs one seed of `s`.
 pub fn run_one(s: &Scenario, seed: u64, sabotage: Sabotage) -> RunReport {
     let s = &s.for_seed(seed);
+    trace::set_run(format!(
+        "{} seed {seed} (reproduce: {})",
+        s.name,
+        reproduce_command(s, seed)
+    ));
     install_panic_hook();
     PANICS.with(|p| p.borrow_mut().clear());
     let trace = Trace::default();
