@@ -657,19 +657,7 @@ async fn receive_back(
 
 /// Checks and logs one of the server's sends, as the client's application takes it.
 async fn take_back(incoming: Incoming, log: &SharedLog, server: &str, client: &str) {
-    let header = match incoming {
-        Incoming::Message(m) => check_payload(&m.payload),
-        Incoming::Stream(s) => match read_stream(s, None).await {
-            Ok(h) => h.flatten(),
-            Err(e) => {
-                tracing::debug!(target: "clipsync_sim", error = %e, "stream back failed");
-                return;
-            }
-        },
-        _ => return,
-    };
-    let Some((index, id)) = header else {
-        tracing::error!(target: "clipsync_sim", "malformed or corrupted workload payload back");
+    let Some((index, id)) = take_payload(incoming, None).await else {
         return;
     };
     let name = back_name(
@@ -754,27 +742,17 @@ async fn serve_connection(
         let Ok(incoming) = conn.receive().await else {
             break;
         };
-        let header = match incoming {
-            Incoming::Message(m) => check_payload(&m.payload),
+        // Every n-th stream is dropped after a part drawn from the seed (possibly nothing,
+        // possibly all but its end).
+        let stop_after = match &incoming {
             Incoming::Stream(s) => {
                 streams += 1;
-                // Every n-th stream is dropped after a part drawn from the seed (possibly
-                // nothing, possibly all but its end).
-                let stop_after = (reader.drop_every > 0 && streams % reader.drop_every == 0)
-                    .then(|| rng.next_u64() % (s.total_len().unwrap_or(0) + 1));
-                match read_stream(s, stop_after).await {
-                    Ok(Some(h)) => h,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::debug!(target: "clipsync_sim", error = %e, "stream failed");
-                        continue;
-                    }
-                }
+                (reader.drop_every > 0 && streams % reader.drop_every == 0)
+                    .then(|| rng.next_u64() % (s.total_len().unwrap_or(0) + 1))
             }
-            _ => continue,
+            _ => None,
         };
-        let Some((index, id)) = header else {
-            tracing::error!(target: "clipsync_sim", "malformed or corrupted workload payload");
+        let Some((index, id)) = take_payload(incoming, stop_after).await else {
             continue;
         };
         let Some(client) = names.get(usize::from(index)).cloned() else {
@@ -1127,6 +1105,28 @@ fn filler(id: u64) -> u8 {
 fn filled_with(p: &[u8], byte: u8) -> bool {
     let block = [byte; 4096];
     p.chunks(block.len()).all(|c| c == &block[..c.len()])
+}
+
+/// Takes one incoming item as a workload application does: a message whole, a stream a chunk
+/// at a time ([`read_stream`], dropped after `stop_after` bytes if given). Its (index, id) if
+/// it was taken whole and intact; `None` otherwise (a stream dropped on purpose or failed, or
+/// a malformed or corrupted payload, logged).
+async fn take_payload(incoming: Incoming, stop_after: Option<u64>) -> Option<(u16, u64)> {
+    let header = match incoming {
+        Incoming::Message(m) => check_payload(&m.payload),
+        Incoming::Stream(s) => match read_stream(s, stop_after).await {
+            Ok(h) => h?,
+            Err(e) => {
+                tracing::debug!(target: "clipsync_sim", error = %e, "stream failed");
+                return None;
+            }
+        },
+        _ => return None,
+    };
+    if header.is_none() {
+        tracing::error!(target: "clipsync_sim", "malformed or corrupted workload payload");
+    }
+    header
 }
 
 /// The (index, id) of a whole workload payload, if every byte is as [`make_payload`] made it.
