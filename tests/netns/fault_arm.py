@@ -261,6 +261,7 @@ class Case:
             if under:
                 metrics["probe_under_stream_p50_ms"] = pct(under, 0.5)
                 metrics["probe_under_stream_max_ms"] = max(under)
+                metrics["probes_under_stream"] = len(under)
         if self.file_size:
             saved = [re.search(r"size=(\d+) blake3=(\w+) saved=(\S+)", line) for s in self.servers
                      for _, line in s.lines]
