@@ -592,3 +592,54 @@ async fn a_reader_waiting_for_stream_data_is_not_stalled_by_messages_queued_behi
         s.await.unwrap().unwrap();
     }
 }
+
+/// `IncomingStream::verified_hash` is the payload's BLAKE3 once the verified end was read, and
+/// `None` before it: an application naming content by hash (as `serve --out` does) takes it
+/// from there instead of hashing the bytes again. Checked with and without a hash announced
+/// at the open.
+#[tokio::test]
+async fn the_verified_hash_is_given_once_the_end_is_read() {
+    let (client, mut server, _transports) = pair(cfg()).await;
+    let payload = piece(7, 0, 300_000);
+    let expected = *blake3::hash(&payload).as_bytes();
+    for announce in [false, true] {
+        let s = if announce {
+            client
+                .open_stream_with(
+                    clipsync::transport::StreamSpec::new("application/octet-stream")
+                        .len(payload.len() as u64)
+                        .hash(expected),
+                )
+                .await
+                .unwrap()
+        } else {
+            client
+                .open_stream("application/octet-stream", Some(payload.len() as u64))
+                .await
+                .unwrap()
+        };
+        let sending = {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut s = s;
+                s.write(payload).await.unwrap();
+                s.finish().await
+            })
+        };
+        let mut incoming = expect_stream(&mut server).await;
+        assert_eq!(incoming.verified_hash(), None, "before any byte");
+        let mut got = Vec::new();
+        while let Some(b) = incoming.chunk().await.unwrap() {
+            assert_eq!(incoming.verified_hash(), None, "before the end");
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, payload);
+        assert_eq!(
+            incoming.verified_hash(),
+            Some(expected),
+            "announced: {announce}"
+        );
+        drop(incoming);
+        sending.await.unwrap().unwrap();
+    }
+}

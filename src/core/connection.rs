@@ -250,8 +250,8 @@ pub enum Output {
     Ended {
         /// The stream.
         key: StreamKey,
-        /// The outcome.
-        result: Result<(), InFailure>,
+        /// The outcome: verified, with the payload's BLAKE3, or failed.
+        result: Result<[u8; 32], InFailure>,
     },
     /// A `PONG` measured this round-trip time.
     Rtt(Duration),

@@ -153,12 +153,13 @@ pub enum Event {
         /// The bytes.
         data: Bytes,
     },
-    /// An incoming stream ended: whole and verified, or failed (reason, detail).
+    /// An incoming stream ended: whole and verified (with the payload's BLAKE3), or failed
+    /// (reason, detail).
     StreamEnded {
         /// The stream.
         id: u64,
         /// The outcome.
-        result: Result<(), (ReasonCode, String)>,
+        result: Result<[u8; 32], (ReasonCode, String)>,
     },
     /// The peer acknowledged bytes of one of our streams (for progress, and resumption).
     StreamAcked {
@@ -822,8 +823,8 @@ impl Session {
                 });
                 // A verified stream is answered when the application lets go of it (it decides
                 // whether it kept the payload); a failed one at once.
-                if result.is_err() {
-                    self.answer_incoming(id, result);
+                if let Err(failure) = result {
+                    self.answer_incoming(id, Err(failure));
                 }
             }
             Inbound::Fatal(reason, detail) => self.close(reason, detail),
@@ -1926,7 +1927,7 @@ mod tests {
         }
         assert!(
             evs.iter()
-                .any(|e| matches!(e, Event::StreamEnded { result: Ok(()), .. })),
+                .any(|e| matches!(e, Event::StreamEnded { result: Ok(_), .. })),
             "{:?}",
             evs.iter()
                 .filter(|e| !matches!(e, Event::StreamData { .. }))

@@ -90,8 +90,9 @@ pub(crate) enum Inbound {
     Nothing,
     /// Bytes for the application.
     Data(Bytes),
-    /// The stream ended: verified (`Ok`) or failed, with the reason to answer in `STREAM_RESULT`.
-    Ended(Result<(), (ReasonCode, String)>),
+    /// The stream ended: verified (`Ok`, with the payload's BLAKE3) or failed, with the reason
+    /// to answer in `STREAM_RESULT`.
+    Ended(Result<[u8; 32], (ReasonCode, String)>),
     /// The peer broke flow control or the protocol: close the connection.
     Fatal(ReasonCode, String),
 }
@@ -632,7 +633,7 @@ impl Streams {
             None
         };
         match problem {
-            None => Inbound::Ended(Ok(())),
+            None => Inbound::Ended(Ok(sha)),
             Some(p) => Inbound::Ended(Err((ReasonCode::StreamIntegrity, p))),
         }
     }
@@ -905,7 +906,7 @@ mod tests {
             total_len: 3,
             hash: crate::wire::examples::BLAKE3_ABC,
         });
-        assert_eq!(good, Inbound::Ended(Ok(())));
+        assert_eq!(good, Inbound::Ended(Ok(crate::wire::examples::BLAKE3_ABC)));
     }
 
     #[test]
@@ -1058,7 +1059,8 @@ mod props {
             let end = tx.finish(id).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
             let end = end.map_err(|a| TestCaseError::fail(format!("{a:?}")))?;
             prop_assert_eq!(end.hash, *blake3::hash(&payload).as_bytes());
-            prop_assert_eq!(rx.on_end(end), Inbound::Ended(Ok(())));
+            let hash = end.hash;
+            prop_assert_eq!(rx.on_end(end), Inbound::Ended(Ok(hash)));
             prop_assert_eq!(got, payload);
         }
     }

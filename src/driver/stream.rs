@@ -68,7 +68,8 @@ pub(crate) enum OutCmd {
 #[derive(Debug)]
 pub(crate) enum InItem {
     Data(Bytes),
-    End(Result<(), StreamError>),
+    /// The end: verified, with the payload's BLAKE3, or failed.
+    End(Result<[u8; 32], StreamError>),
 }
 
 /// What stream handles tell the driver. Unbounded on purpose: each message stands for at most
@@ -346,6 +347,8 @@ pub struct IncomingStream {
     pub(crate) progress: watch::Receiver<Progress>,
     pub(crate) current: Bytes,
     pub(crate) ended: Option<Result<(), StreamError>>,
+    /// The payload's BLAKE3, once its end was read and verified.
+    pub(crate) verified: Option<[u8; 32]>,
     /// Bytes taken but not yet reported to the driver as consumed.
     pub(crate) unreported: u64,
     /// The release (with a verdict) was reported already.
@@ -387,6 +390,7 @@ impl IncomingStream {
             progress,
             current: Bytes::new(),
             ended: None,
+            verified: None,
             unreported: 0,
             released: false,
             hold: false,
@@ -474,6 +478,14 @@ impl IncomingStream {
         self.head.hash
     }
 
+    /// The payload's BLAKE3 as this side computed and verified it, once the end has been read
+    /// ([`IncomingStream::chunk`] returned `Ok(None)`, or a read returned 0); `None` before
+    /// that and for a failed stream. An application that names or indexes content by its hash
+    /// takes it from here instead of hashing the bytes a second time.
+    pub fn verified_hash(&self) -> Option<[u8; 32]> {
+        self.verified
+    }
+
     /// Progress, to watch.
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.clone()
@@ -503,6 +515,9 @@ impl IncomingStream {
                 Poll::Ready(Ok(Some(b)))
             }
             Some(InItem::End(result)) => {
+                let result = result.map(|hash| {
+                    self.verified = Some(hash);
+                });
                 self.ended = Some(result.clone());
                 if result.is_ok() && !self.hold {
                     // The application has the whole verified payload: the sender may settle.

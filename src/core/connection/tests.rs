@@ -823,7 +823,7 @@ impl Model {
                     if m.offer_pending && result.is_ok() {
                         return Err(format!("offer {key:?} ended before it was accepted"));
                     }
-                    m.end = Some(result.clone());
+                    m.end = Some(result.clone().map(|_| ()));
                     if result.is_err() {
                         p.app.incoming.remove(&key);
                         p.core.stream_release(key, None, now);
