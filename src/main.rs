@@ -267,10 +267,13 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
-/// Runs `f` on a tokio runtime: multi-threaded for `serve` and `demo` (connections from
-/// several peers, or two peers in one process, use both cores), on this thread alone for
-/// `send` (one connection: every hand-off between its tasks stays a queue push instead of a
-/// cross-thread wake-up; about 5% less CPU per byte, `cargo bench --bench e2e`).
+/// Runs `f` on a tokio runtime: on this thread alone for `send` (one connection: every
+/// hand-off between its tasks is a queue push instead of a cross-thread wake-up, about 5% less
+/// CPU per byte), multi-threaded for `serve` and `demo`. `serve` on one thread measured 0.97
+/// instead of 1.16 CPU-s/GiB and 933 instead of 743 MB/s (`cargo bench --bench e2e`), but the
+/// soak's `flood-own` case then failed in 2 of 4 runs (a legitimate connection from the
+/// flooding address was shed during its TLS handshake, which one thread shared with a thousand
+/// churning sockets made slow), and 0 of 3 multi-threaded.
 fn run(f: impl Future<Output = ExitCode>, one_thread: bool) -> ExitCode {
     let mut builder = if one_thread {
         tokio::runtime::Builder::new_current_thread()
