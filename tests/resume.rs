@@ -135,7 +135,9 @@ async fn a_restarted_server_loses_the_session_and_every_send_settles() {
     while got_a.lock().unwrap().len() < 50 {
         tokio::task::yield_now().await;
     }
-    // "Kill" server A: its sockets die and the process (listener, sessions) is gone.
+    // "Kill" server A: its sockets die and the process (listener, sessions) is gone; a redial
+    // before B is up finds nobody, as after a crash (not A, about to go).
+    proxy.retarget("127.0.0.1:9".parse().unwrap());
     proxy.cut();
     receiver_a.abort();
     drop(listener_a);
