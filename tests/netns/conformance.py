@@ -4,6 +4,7 @@
 (`scenarios/conform_*.toml`), their figures side by side with a verdict per figure.
 
 Usage: conformance.py PATH/TO/clipsync PATH/TO/clipsync-sim [--seeds N]
+       conformance.py --self-test   (the verdict rules on recorded figures; no root needed)
 
 The simulator gives each figure over N seeds (20 by default): a median and a range. A figure
 passes when the real one is within 2x of that range (from half its minimum to twice its
@@ -122,6 +123,57 @@ def verdict(case, figure, real, sim, span):
     return f"FAIL ({ratio}; simulator {lo:g}-{hi:g})"
 
 
+def self_test():
+    """The verdict rules on recorded figures, without root or binaries (`--self-test`, run by
+    .ci/run): the CI run that failed on loss5 (a p50 of 2 probes, 861 ms, is their maximum and
+    passes against the simulator's maximum) and the same figure over 7 probes (a true median,
+    compared with the simulator's medians: it fails). Exits 1 if a rule gives another answer."""
+    global real_figures, sim_figures
+    sim = {"conform_loss5": {"_failed": 0,
+                             "probe_under_stream_p50_ms": 165.0,
+                             "probe_under_stream_p50_ms_range": (19.0, 385.0),
+                             "probe_under_stream_max_ms": 363.0,
+                             "probe_under_stream_max_ms_range": (22.0, 803.0),
+                             "stream_mbit_s": 329.0, "stream_mbit_s_range": (151.0, 976.0)},
+           "conform_10mbit": {"_failed": 0,
+                              "probe_under_stream_p50_ms": 603.0,
+                              "probe_under_stream_p50_ms_range": (603.0, 603.0),
+                              "probe_under_stream_max_ms": 605.0,
+                              "probe_under_stream_max_ms_range": (605.0, 605.0),
+                              "stream_mbit_s": 9.95, "stream_mbit_s_range": (9.95, 9.95)},
+           "conform_blackhole": {"_failed": 0, "heal_to_delivery_ms": 651.0,
+                                 "heal_to_delivery_ms_range": (0.0, 1444.0)},
+           "conform_restart": {"_failed": 0, "heal_to_delivery_ms": 415.0,
+                               "heal_to_delivery_ms_range": (0.0, 1754.0)}}
+    heal = {"heal_to_delivery_ms": 300.0, "_verdict": "pass"}
+
+    def real(probes):
+        return {"loss5": {"probe_under_stream_p50_ms": 861.0, "probe_under_stream_max_ms": 861.0,
+                          "probes_under_stream": probes, "file_mbit_s": 262.0,
+                          "_verdict": "pass"},
+                "rate10mbit": {"probe_under_stream_p50_ms": 348.0,
+                               "probe_under_stream_max_ms": 457.0, "probes_under_stream": 20,
+                               "file_mbit_s": 9.53, "_verdict": "pass"},
+                "blackhole": heal, "link_down": heal, "server_restart": heal}
+
+    failures = 0
+    for probes, expected in [(2, 0), (7, 1)]:
+        real_figures = lambda _binary, r=real(probes): (r, "")
+        sim_figures = lambda _sim, _seeds: (sim, "")
+        sys.argv = ["conformance.py", "clipsync", "clipsync-sim"]
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        if code != expected:
+            print(f"SELF-TEST FAIL: loss5 p50 861 ms over {probes} probes exited {code}, "
+                  f"expected {expected}")
+            failures += 1
+    print(f"self-test: {'pass' if not failures else f'{failures} failed'}")
+    sys.exit(1 if failures else 0)
+
+
 def main():
     args = sys.argv[1:]
     seeds = 20
@@ -170,4 +222,6 @@ def main():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--self-test"]:
+        self_test()
     main()
