@@ -19,6 +19,7 @@
 
 mod backoff;
 mod connection;
+mod hash;
 mod session;
 mod streams;
 

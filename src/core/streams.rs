@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::hash::StreamHasher;
+
 use crate::wire::{Credit, Frame, ReasonCode, StreamAbort, StreamChunk, StreamEnd};
 
 /// One outgoing stream.
@@ -25,7 +27,7 @@ pub(crate) struct OutStream {
     pub(crate) acked: u64,
     /// The receiver accepts bytes below this offset.
     pub(crate) limit: u64,
-    hasher: blake3::Hasher,
+    hasher: StreamHasher,
     /// Chunks sent and not yet acknowledged, kept for retransmission after a resume.
     pub(crate) retained: VecDeque<(u64, Bytes)>,
     /// `STREAM_END` or `STREAM_ABORT` queued.
@@ -56,7 +58,7 @@ pub(crate) struct InStream {
     pub(crate) consumed: u64,
     /// The last limit we granted.
     pub(crate) granted: u64,
-    hasher: blake3::Hasher,
+    hasher: StreamHasher,
     /// Ended (verified, failed or aborted); kept until the application lets go, so its
     /// unread bytes still count against the connection window.
     pub(crate) ended: bool,
@@ -185,7 +187,7 @@ impl Streams {
                 sent: 0,
                 acked: 0,
                 limit: if offer { 0 } else { self.peer_stream_window },
-                hasher: blake3::Hasher::new(),
+                hasher: StreamHasher::default(),
                 retained: VecDeque::new(),
                 ended: false,
                 open_seq: seq,
@@ -250,7 +252,7 @@ impl Streams {
             return Err(StreamRefusal::Unknown);
         }
         s.ended = true;
-        let hash: [u8; 32] = *s.hasher.finalize().as_bytes();
+        let hash: [u8; 32] = s.hasher.finalize();
         let problem = if s.total_len.is_some_and(|t| t != s.sent) {
             Some(format!(
                 "announced {} bytes, sent {}",
@@ -517,7 +519,7 @@ impl Streams {
                 received: 0,
                 consumed: 0,
                 granted: if offer { 0 } else { self.stream_window },
-                hasher: blake3::Hasher::new(),
+                hasher: StreamHasher::default(),
                 ended: false,
                 answered: false,
                 carried: 0,
@@ -613,7 +615,7 @@ impl Streams {
                 ),
             );
         }
-        let sha: [u8; 32] = *s.hasher.finalize().as_bytes();
+        let sha: [u8; 32] = s.hasher.finalize();
         let problem = if e.total_len != s.received {
             Some(format!(
                 "end says {} bytes, {} received",
