@@ -1,7 +1,8 @@
 //! `clipsync-sim`: the deterministic network simulator for the ClipSync transport.
 //!
 //! It runs the production transport, unchanged (TLS, WebSocket, SSH-key authentication, the
-//! `Transport` API), over turmoil's simulated network ([`TurmoilNet`]), replays the seeded
+//! `Transport` API; only the AES-GCM over TLS records is replaced, see
+//! [`crypto::seeded_provider`]), over turmoil's simulated network ([`TurmoilNet`]), replays the seeded
 //! fault timelines of `scenarios/*.toml` ([`scenario`]), records every transport event with
 //! its simulated time and host ([`trace`]), and checks the invariants ([`invariants`]).
 //!
@@ -14,6 +15,19 @@
 //! `--cfg tokio_unstable` (`.cargo/config.toml`) so each host's tokio runtime is seeded too,
 //! and every `select!` in the transport is `biased;`. The same seed and commit give the same
 //! trace, line for line; `run --check-determinism` checks it.
+//!
+//! A build without `tokio_unstable` does not compile: `RUSTFLAGS` set in the environment
+//! replaces `.cargo/config.toml`'s flags instead of adding to them, and such a build (a
+//! profiling build with `RUSTFLAGS=-Cforce-frame-pointers=yes`, say) ran one seed of
+//! `peer_restart_streams` three different ways in four replays: tokio's `watch` channels park
+//! their receivers on one of eight `Notify`s drawn from the runtime's RNG, so tasks woken by
+//! one change ran in a different order. Add the flag to such a `RUSTFLAGS`.
+
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "clipsync-sim must be built with `--cfg tokio_unstable` (.cargo/config.toml sets it; a \
+     RUSTFLAGS environment variable replaces it: add `--cfg tokio_unstable` to it)"
+);
 
 pub mod crypto;
 pub mod host;
