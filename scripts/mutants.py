@@ -2,6 +2,10 @@
 """Mutation run with the simulator as the only test (issue 17, item 5).
 
 Usage: scripts/mutants.py [--seeds N] [MUTANT_ID ...]
+       scripts/mutants.py --check
+
+`--check` (run by `.ci/run`, no build) only verifies that every mutant's text occurs exactly
+once in its file, so a refactoring cannot silently turn a mutant stale.
 
 Each mutant below is one realistic single-point bug in `src/core` or `src/driver` (one in the
 API, `src/transport`, where the simulator's harness uses `close_and_drain`): the script applies
@@ -120,8 +124,8 @@ MUTANTS = [
      "        self.closing(ReasonCode::Normal, String::new(), false).await\n",
      "close_and_drain drops what the peer delivered instead of returning it"),
     ("no-starved-reading", "src/driver/connection.rs",
-     "|| (self.core.incoming_starved() && self.held_bytes < self.starved_budget);",
-     "|| false;",
+     "|| (self.core.incoming_starved() && self.held_bytes < self.starved_budget)\n",
+     "|| false\n",
      "a reader waiting for a stream's data stops reading behind queued messages"),
 ]
 
@@ -147,8 +151,24 @@ def run(cmd, timeout):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def check():
+    """Exit 1 naming every mutant whose original text does not occur exactly once."""
+    stale = []
+    for mid, path, old, _new, _what in MUTANTS:
+        with open(os.path.join(ROOT, path)) as f:
+            n = f.read().count(old)
+        if n != 1:
+            stale.append(f"{mid}: its text occurs {n} times in {path}")
+    for line in stale:
+        print(f"stale mutant {line}")
+    print(f"{len(MUTANTS) - len(stale)} of {len(MUTANTS)} mutants apply")
+    sys.exit(1 if stale else 0)
+
+
 def main():
     args = sys.argv[1:]
+    if args == ["--check"]:
+        check()
     seeds = 5
     if "--seeds" in args:
         i = args.index("--seeds")

@@ -17,12 +17,11 @@ use rustls::crypto::cipher::{
     UnsupportedOperationError,
 };
 use rustls::crypto::{CipherSuiteCommon, CryptoProvider, GetRandomFailed, SecureRandom};
-use rustls::{
-    ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite,
-    Tls13CipherSuite,
-};
 use rustls::pki_types::UnixTime;
 use rustls::time_provider::TimeProvider;
+use rustls::{
+    ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite, Tls13CipherSuite,
+};
 use sha2::{Digest, Sha256};
 
 /// 32 bytes derived from the root seed and a label (a host name, a purpose, a restart count).

@@ -261,6 +261,17 @@ fn hex(b: &[u8]) -> String {
 }
 
 impl Driver {
+    /// Whether to read the next frame: while the application keeps up (fewer than `HELD`
+    /// deliveries waiting), or, behind, while it waits for the data of a stream it holds and
+    /// what is held stays within `starved_budget`. Such an application cannot take what is
+    /// queued behind its stream: reading on is what lets the stream's chunks arrive. Not
+    /// reading then deadlocked a slow reader behind a pipelining sender (simulator scenario
+    /// `pipelined`).
+    fn can_read(&self) -> bool {
+        self.deliveries.len() < HELD
+            || (self.core.incoming_starved() && self.held_bytes < self.starved_budget)
+    }
+
     fn new(
         cfg: &TransportConfig,
         initial: ConnectionState,
@@ -512,12 +523,7 @@ impl Driver {
                 self.transmit(&urgent_tx, &bulk_tx).await;
                 break;
             }
-            // An application waiting for the data of a stream it holds cannot take what is
-            // queued behind it: reading on (within a byte budget) is what lets the stream's
-            // chunks arrive. Not reading then deadlocked a slow reader behind a pipelining
-            // sender (simulator scenario `pipelined`).
-            let can_read = self.deliveries.len() < HELD
-                || (self.core.incoming_starved() && self.held_bytes < self.starved_budget);
+            let can_read = self.can_read();
             // Not reading because the application is behind is not the peer's silence.
             self.core.set_reading(can_read, self.now());
             let deadline = self.core.poll_timeout().map(|d| self.start + d);
@@ -575,9 +581,7 @@ impl Driver {
             let mut batch = 1;
             while read && batch < READ_BATCH && self.core.phase() == Phase::Connected {
                 self.outputs();
-                let can_read = self.deliveries.len() < HELD
-                    || (self.core.incoming_starved() && self.held_bytes < self.starved_budget);
-                if !can_read {
+                if !self.can_read() {
                     break;
                 }
                 match futures_util::FutureExt::now_or_never(stream.next()) {
