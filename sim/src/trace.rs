@@ -112,6 +112,23 @@ pub struct TraceLayer(Trace);
 /// Fields of a span, formatted once.
 struct SpanFields(String);
 
+/// The host a turmoil `node` span stands for (its `name` field).
+struct NodeName(String);
+
+impl Visit for NodeName {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "name" {
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "name" {
+            self.0.push_str(value);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Fields {
     message: String,
@@ -141,6 +158,16 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        // Turmoil opens a `node` span around every host's every step: take its one field
+        // straight, without the formatting the other spans get (it was 2% of a CI mix).
+        if attrs.metadata().name() == "node" {
+            let mut name = NodeName(String::new());
+            attrs.record(&mut name);
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(name);
+            }
+            return;
+        }
         let mut f = Fields::default();
         attrs.record(&mut f);
         if let Some(span) = ctx.span(id) {
@@ -170,10 +197,10 @@ where
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 let ext = span.extensions();
-                let fields = ext.get::<SpanFields>().map_or("", |f| f.0.as_str());
-                if span.name() == "node" {
-                    host = fields.strip_prefix("name=").unwrap_or(fields).to_string();
+                if let Some(NodeName(name)) = ext.get::<NodeName>() {
+                    host.clone_from(name);
                 } else {
+                    let fields = ext.get::<SpanFields>().map_or("", |f| f.0.as_str());
                     let _ = write!(path, "{}{{{fields}}}: ", span.name());
                 }
             }
