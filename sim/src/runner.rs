@@ -56,13 +56,21 @@ thread_local! {
     static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Records panics of the current thread (a run's hosts all run on its thread) instead of
-/// printing them; the run reports them as `no-panic` violations.
+/// Records panics of the current thread (a run's hosts all run on its thread), which the run
+/// reports as `no-panic` violations, and prints each as one line naming the run.
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            // Also on stderr, with the run: a panic while a panicking task is torn down aborts
+            // the process before any report (a mutant whose redials had no jitter ran turmoil
+            // out of ports; tokio's teardown of the panicked task panicked again), and this
+            // line is then all that says which seed did it.
+            eprintln!(
+                "clipsync-sim: panic in {}: {info}",
+                crate::trace::current_run().unwrap_or_else(|| "no run".to_string())
+            );
             let recorded = PANICS
                 .try_with(|p| {
                     p.borrow_mut().push(info.to_string());

@@ -54,6 +54,11 @@ pub fn set_run(description: String) {
     RUN.with(|r| *r.borrow_mut() = Some(description));
 }
 
+/// The run on this thread, as [`set_run`] named it.
+pub fn current_run() -> Option<String> {
+    RUN.try_with(|r| r.borrow().clone()).ok().flatten()
+}
+
 impl Trace {
     /// Appends a line stamped with `at` for `host` (used by the harness, outside any host).
     ///
