@@ -33,7 +33,7 @@ pub fn derive(seed: u64, label: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A `u64` derived like [`derive`].
+/// A `u64` derived like [`derive`](fn@derive).
 pub fn derive_u64(seed: u64, label: &str) -> u64 {
     let b = derive(seed, label);
     u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
@@ -51,7 +51,7 @@ impl SecureRandom for SeededRandom {
 }
 
 /// The `ring` provider with its `SecureRandom` replaced by a seeded one and its record cipher
-/// by [`SimRecords`]: key exchange, signatures, key schedule, exporter and the record layer are
+/// by `SimRecords` (below): key exchange, signatures, key schedule, exporter and the record layer are
 /// rustls and ring as in production; only the AES-GCM over each record's bytes is left out.
 ///
 /// rustls wants a `&'static` random source, so each call leaks one small box (a few hundred

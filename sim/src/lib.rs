@@ -23,7 +23,9 @@
 //! their receivers on one of eight `Notify`s drawn from the runtime's RNG, so tasks woken by
 //! one change ran in a different order. Add the flag to such a `RUSTFLAGS`.
 
-#[cfg(not(tokio_unstable))]
+// rustdoc gets `rustdocflags`, not `rustflags`: its passes over this crate (`cargo doc`, the
+// doctest collection of `cargo test`) build nothing that runs.
+#[cfg(not(any(tokio_unstable, doc, doctest)))]
 compile_error!(
     "clipsync-sim must be built with `--cfg tokio_unstable` (.cargo/config.toml sets it; a \
      RUSTFLAGS environment variable replaces it: add `--cfg tokio_unstable` to it)"
