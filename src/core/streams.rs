@@ -20,14 +20,14 @@ use crate::wire::{Credit, Frame, ReasonCode, StreamAbort, StreamChunk, StreamEnd
 #[derive(Debug)]
 pub(crate) struct OutStream {
     pub(crate) total_len: Option<u64>,
-    pub(crate) announced_hash: Option<[u8; 32]>,
     /// Bytes handed out as chunks.
     pub(crate) sent: u64,
     /// Bytes the receiver reported received in order.
     pub(crate) acked: u64,
     /// The receiver accepts bytes below this offset.
     pub(crate) limit: u64,
-    hasher: StreamHasher,
+    /// What `STREAM_END` will say the BLAKE3 is.
+    hash: OutHash,
     /// Chunks sent and not yet acknowledged, kept for retransmission after a resume.
     pub(crate) retained: VecDeque<(u64, Bytes)>,
     /// `STREAM_END` or `STREAM_ABORT` queued.
@@ -45,6 +45,17 @@ pub(crate) struct OutStream {
     /// An offer (flag `OFFER`) the receiver has not accepted yet: no chunk and no
     /// `STREAM_END` leaves until its first `CREDIT` (PROTOCOL.md §5.2).
     pub(crate) awaiting_accept: bool,
+}
+
+/// The BLAKE3 an outgoing stream's `STREAM_END` carries.
+#[derive(Debug)]
+enum OutHash {
+    /// Computed over the bytes as they are sent.
+    Hashing(Box<StreamHasher>),
+    /// Announced by the application at the open (PROTOCOL.md §5.4): the sender does not hash
+    /// the bytes again; the receiver's check is the one pass over them, and bytes that do not
+    /// match fail the stream there with `stream integrity`.
+    Announced([u8; 32]),
 }
 
 /// One incoming stream.
@@ -183,11 +194,13 @@ impl Streams {
             id,
             OutStream {
                 total_len,
-                announced_hash: hash,
                 sent: 0,
                 acked: 0,
                 limit: if offer { 0 } else { self.peer_stream_window },
-                hasher: StreamHasher::default(),
+                hash: match hash {
+                    Some(h) => OutHash::Announced(h),
+                    None => OutHash::Hashing(Box::default()),
+                },
                 retained: VecDeque::new(),
                 ended: false,
                 open_seq: seq,
@@ -228,7 +241,9 @@ impl Streams {
         if s.total_len.is_some_and(|t| s.sent + n > t) {
             return Err(StreamRefusal::Overrun);
         }
-        s.hasher.update(&data);
+        if let OutHash::Hashing(h) = &mut s.hash {
+            h.update(&data);
+        }
         let offset = s.sent;
         s.sent += n;
         s.retained.push_back((offset, data.clone()));
@@ -240,9 +255,11 @@ impl Streams {
         })
     }
 
-    /// Ends stream `id`: `STREAM_END` with length and hash, or, if the bytes do not match
-    /// what `STREAM_OPEN` announced, `STREAM_ABORT` with `stream integrity` (the receiver
-    /// would refuse them anyway; better say so than send a lie).
+    /// Ends stream `id`: `STREAM_END` with length and hash, or, if fewer bytes were sent than
+    /// `STREAM_OPEN` announced, `STREAM_ABORT` with `stream integrity` (the receiver would
+    /// refuse them anyway; better say so than send a lie). The hash is the announced one if
+    /// there was one: the sender does not hash the bytes again, and bytes that do not match it
+    /// fail at the receiver's check, with the same reason.
     pub(crate) fn finish(
         &mut self,
         id: u64,
@@ -252,15 +269,16 @@ impl Streams {
             return Err(StreamRefusal::Unknown);
         }
         s.ended = true;
-        let hash: [u8; 32] = s.hasher.finalize();
+        let hash: [u8; 32] = match &s.hash {
+            OutHash::Hashing(h) => h.finalize(),
+            OutHash::Announced(h) => *h,
+        };
         let problem = if s.total_len.is_some_and(|t| t != s.sent) {
             Some(format!(
                 "announced {} bytes, sent {}",
                 s.total_len.unwrap_or(0),
                 s.sent
             ))
-        } else if s.announced_hash.is_some_and(|h| h != hash) {
-            Some("the bytes sent do not match the announced BLAKE3".to_string())
         } else {
             None
         };
@@ -982,6 +1000,45 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A sender that announced the BLAKE3 ends with the announced one without hashing the
+    /// bytes (the receiver's check is the one pass); one that did not ends with the bytes'.
+    /// A wrong announcement then fails at the receiver, with `stream integrity`.
+    #[test]
+    fn an_announced_hash_is_what_the_end_carries_and_the_receiver_checks() {
+        let bytes = data(3);
+        let right = *blake3::hash(&bytes).as_bytes();
+        for announced in [None, Some(right), Some([7; 32])] {
+            let mut tx = Streams::new(params());
+            let mut rx = Streams::new(params());
+            let id = tx.open(Some(3), announced, 1, false);
+            rx.on_open(id, Some(3), announced, false)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            let chunk = tx
+                .write(id, bytes.clone())
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            let Ok(end) = tx.finish(id).unwrap_or_else(|e| panic!("{e:?}")) else {
+                panic!("{announced:?}: the sender aborted");
+            };
+            assert_eq!(end.hash, announced.unwrap_or(right), "{announced:?}");
+            assert!(matches!(rx.on_chunk(chunk), Inbound::Data(_)));
+            let verdict = rx.on_end(end);
+            if announced == Some([7; 32]) {
+                assert!(
+                    matches!(
+                        verdict,
+                        Inbound::Ended(Err((ReasonCode::StreamIntegrity, _)))
+                    ),
+                    "{verdict:?}"
+                );
+            } else {
+                assert!(
+                    matches!(verdict, Inbound::Ended(Ok(h)) if h == right),
+                    "{verdict:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -105,7 +105,9 @@ impl StreamSpec {
         self
     }
 
-    /// Announces the payload's BLAKE3 (32-byte output).
+    /// Announces the payload's BLAKE3 (32-byte output). The stream becomes an offer
+    /// (PROTOCOL.md §5.2), and the sender trusts the hash: it does not hash the bytes again,
+    /// and a payload that does not match fails at the receiver with `stream integrity` (14).
     pub fn hash(mut self, hash: [u8; 32]) -> Self {
         self.hash = Some(hash);
         self

@@ -155,7 +155,9 @@ impl ConnectionSender {
     /// ([`crate::transport::IncomingStream::decline`]) before any byte flows; the stream then
     /// settles for this side with [`SendError::Stream`] `already have` (20)
     /// ([`SendError::already_had`]). The bytes written must be exactly that payload, or the
-    /// stream fails with `stream integrity` (14).
+    /// stream fails with `stream integrity` (14). This side trusts the hash: it does not hash
+    /// the bytes again (`STREAM_END` carries the announced one), so the receiver's check is the
+    /// one pass over them, and it is the receiver that fails a payload that does not match.
     ///
     /// ```no_run
     /// # async fn demo(to: clipsync::transport::ConnectionSender, png: bytes::Bytes)
