@@ -219,6 +219,9 @@ struct Node {
     sends: AtomicU64,
     /// Clips with more content than this go as offers (the transport's `stream_threshold`).
     threshold: usize,
+    /// The last clip whose content was made, with that content and its BLAKE3: an engine
+    /// hashes what it captures once, not per peer it sends it to (a copy goes to every peer).
+    made: Mutex<Option<(Clip, Bytes, [u8; 32])>>,
 }
 
 /// A clip's content: a line naming it, then filler up to its size (the same bytes wherever it
@@ -275,6 +278,20 @@ fn parse(payload: &[u8]) -> Option<(char, Option<Clip>, String)> {
 }
 
 impl Node {
+    /// `c`'s content and BLAKE3, made once per clip.
+    fn made(&self, c: &Clip) -> (Bytes, [u8; 32]) {
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        match &*made {
+            Some((clip, bytes, hash)) if clip == c => (bytes.clone(), *hash),
+            _ => {
+                let bytes = content(c);
+                let hash = *blake3::hash(&bytes).as_bytes();
+                *made = Some((c.clone(), bytes.clone(), hash));
+                (bytes, hash)
+            }
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
         f(&mut self.engine.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -298,11 +315,15 @@ impl Node {
         let n = self.sends.fetch_add(1, Ordering::Relaxed) + 1;
         let uid = format!("{}:{n}", self.tag);
         let meta = Bytes::from(header(kind, clip.as_ref(), &uid));
-        let payload = match (&clip, kind) {
-            (Some(c), 'C') => content(c),
-            _ => Bytes::from_static(b"-"),
+        let (payload, hash) = match (&clip, kind) {
+            (Some(c), 'C') => {
+                let (bytes, hash) = self.made(c);
+                (bytes, Some(hash))
+            }
+            _ => (Bytes::from_static(b"-"), None),
         };
         let offer = payload.len() > self.threshold;
+        let hash = hash.filter(|_| offer);
         let shown = clip.as_ref().map_or("-".to_string(), Clip::to_string);
         tracing::debug!(target: "clipsync_sim", to, kind = %kind, clip = %shown, size = payload.len(), offer, %uid, "mesh send");
         with_log(&self.log, |l| {
@@ -320,10 +341,10 @@ impl Node {
         });
         let node = self.clone();
         tokio::spawn(async move {
-            let result = if offer {
+            let result = if let Some(hash) = hash {
                 let spec = StreamSpec::new(CONTENT_TYPE)
                     .len(payload.len() as u64)
-                    .hash(*blake3::hash(&payload).as_bytes())
+                    .hash(hash)
                     .metadata(meta);
                 match peer.open_stream_with(spec).await {
                     Ok(s) => s.send_all(&mut &payload[..]).await.map(|_| ()),
@@ -561,9 +582,7 @@ impl Node {
                         let held = self.with(|e| e.clip.clone());
                         let offered = parse(&meta).and_then(|(_, c, uid)| Some((c?, uid)));
                         if let (Some((clip, uid)), Some(h)) = (&offered, s.hash()) {
-                            if held.as_ref() == Some(clip)
-                                && h == *blake3::hash(&content(clip)).as_bytes()
-                            {
+                            if held.as_ref() == Some(clip) && h == self.made(clip).1 {
                                 tracing::debug!(target: "clipsync_sim", from, %uid, clip = %clip, "offer declined: held");
                                 with_log(&self.log, |l| {
                                     l.mesh.declined.push((
@@ -715,6 +734,7 @@ async fn run_peer(
         engine: Mutex::new(Engine::default()),
         sends: AtomicU64::new(0),
         threshold: transport.config().stream_threshold as usize,
+        made: Mutex::new(None),
     });
     tokio::spawn(snapshot_links(node.clone(), incarnation));
     tokio::spawn(workload(node.clone(), s.clone(), seed, incarnation));
