@@ -173,6 +173,8 @@ fn now() -> Duration {
 pub struct Sabotage {
     /// The server forgets to record the delivery of the first client's message 3.
     pub drop_one_delivery: bool,
+    /// The server's application panics when the first client's message 3 arrives.
+    pub panic_on_delivery: bool,
 }
 
 /// The transport configuration for `host`: defaults, the scenario's overrides, a seed
@@ -762,6 +764,9 @@ async fn serve_connection(
         tracing::debug!(target: "clipsync_sim", %client, id, "delivered");
         if sabotage.drop_one_delivery && id == 3 && client == names[0] {
             continue;
+        }
+        if sabotage.panic_on_delivery && id == 3 && client == names[0] {
+            panic!("sabotage: the application panics on {client}/{id}");
         }
         with_log(&log, |l| l.delivered.push((client, id, now())));
     }

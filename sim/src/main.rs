@@ -55,7 +55,7 @@ enum Command {
         /// Run each seed twice; a differing trace hash is a failure.
         #[arg(long)]
         check_determinism: bool,
-        /// Test only: break the harness on purpose (`drop-one-delivery`).
+        /// Test only: break the harness on purpose (`drop-one-delivery`, `panic-on-delivery`).
         #[arg(long, hide = true)]
         sabotage: Option<String>,
     },
@@ -147,6 +147,11 @@ fn parse_sabotage(s: Option<&str>) -> Result<Sabotage, String> {
         None => Ok(Sabotage::default()),
         Some("drop-one-delivery") => Ok(Sabotage {
             drop_one_delivery: true,
+            ..Sabotage::default()
+        }),
+        Some("panic-on-delivery") => Ok(Sabotage {
+            panic_on_delivery: true,
+            ..Sabotage::default()
         }),
         Some(other) => Err(format!("unknown sabotage {other:?}")),
     }

@@ -96,6 +96,7 @@ fn a_broken_invariant_is_reported_with_its_reproduce_command() {
         1,
         Sabotage {
             drop_one_delivery: true,
+            ..Sabotage::default()
         },
     );
     assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
@@ -119,6 +120,31 @@ fn a_broken_invariant_is_reported_with_its_reproduce_command() {
         "{text}"
     );
     assert!(text.ends_with("0 passed, 2 failed\n"), "{text}");
+}
+
+/// A panic fails the run with `no-panic`, and stderr names the run it happened in (scenario,
+/// seed, replay command): when tearing down the panicked task panics again, the process aborts
+/// before any report and that line is all that is left.
+#[test]
+fn a_panic_is_reported_with_its_run() {
+    let out = Command::new(env!("CARGO_BIN_EXE_clipsync-sim"))
+        .arg("run")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/handshake.toml"))
+        .args(["--seed", "1", "--sabotage", "panic-on-delivery"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("FAIL handshake seed 1: no-panic:"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("clipsync-sim: panic in handshake seed 1 (reproduce: ")
+            && stderr.contains("the application panics on alice/3"),
+        "{stderr}"
+    );
 }
 
 #[test]
