@@ -102,12 +102,7 @@ fn a_broken_invariant_is_reported_with_its_reproduce_command() {
     assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
     assert_eq!(r.violations[0].invariant, "exactly-once-in-order");
     // Through the command line, as CI would print it.
-    let out = Command::new(env!("CARGO_BIN_EXE_clipsync-sim"))
-        .arg("run")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/handshake.toml"))
-        .args(["--seeds", "2", "--sabotage", "drop-one-delivery"])
-        .output()
-        .unwrap();
+    let out = run_handshake(&["--seeds", "2", "--sabotage", "drop-one-delivery"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
@@ -122,17 +117,22 @@ fn a_broken_invariant_is_reported_with_its_reproduce_command() {
     assert!(text.ends_with("0 passed, 2 failed\n"), "{text}");
 }
 
+/// `clipsync-sim run` of the test scenario `handshake` with `args`, as CI would run it.
+fn run_handshake(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_clipsync-sim"))
+        .arg("run")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/handshake.toml"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// A panic fails the run with `no-panic`, and stderr names the run it happened in (scenario,
 /// seed, replay command): when tearing down the panicked task panics again, the process aborts
 /// before any report and that line is all that is left.
 #[test]
 fn a_panic_is_reported_with_its_run() {
-    let out = Command::new(env!("CARGO_BIN_EXE_clipsync-sim"))
-        .arg("run")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/handshake.toml"))
-        .args(["--seed", "1", "--sabotage", "panic-on-delivery"])
-        .output()
-        .unwrap();
+    let out = run_handshake(&["--seed", "1", "--sabotage", "panic-on-delivery"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
