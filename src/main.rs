@@ -225,7 +225,7 @@ fn main() -> ExitCode {
         } => match Resolved::new(&common, listen, "listen") {
             Ok(r) => {
                 let out = out.or(r.tool.out.clone());
-                run(serve(r, out), false)
+                run(serve(r, out), true)
             }
             Err(e) => fail(2, &e),
         },
@@ -267,13 +267,15 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
-/// Runs `f` on a tokio runtime: on this thread alone for `send` (one connection: every
-/// hand-off between its tasks is a queue push instead of a cross-thread wake-up, about 5% less
-/// CPU per byte), multi-threaded for `serve` and `demo`. `serve` on one thread measured 0.97
-/// instead of 1.16 CPU-s/GiB and 933 instead of 743 MB/s (`cargo bench --bench e2e`), but the
-/// soak's `flood-own` case then failed in 2 of 4 runs (a legitimate connection from the
-/// flooding address was shed during its TLS handshake, which one thread shared with a thousand
-/// churning sockets made slow), and 0 of 3 multi-threaded.
+/// Runs `f` on a tokio runtime: on this thread alone for `send` and `serve` (every hand-off
+/// between a connection's tasks is then a queue push instead of a cross-thread wake-up), a
+/// multi-threaded one for `demo`. For `serve` that measured 981 instead of 762 MB/s and 1.95
+/// instead of 2.22 CPU-s/GiB (both processes) against the multi-threaded build in one
+/// interleaved run of `cargo bench --bench e2e` (`E2E_BASELINE`, 4 rounds, medians). A
+/// one-thread `serve` once failed the soak's `flood-own` case (2 of 4 runs: a legitimate
+/// connection from the flooding address was shed during its TLS handshake); at this commit
+/// it passed all of `cargo bench --bench soak` in 3 of 3 runs (flood latencies p50 51–89 ms,
+/// max 85–157 ms).
 fn run(f: impl Future<Output = ExitCode>, one_thread: bool) -> ExitCode {
     let mut builder = if one_thread {
         tokio::runtime::Builder::new_current_thread()
