@@ -15,9 +15,13 @@
 //! receiver has the file), `CPU-s/GiB` (user + system of both processes, from `wait4`) and the
 //! peak RSS of each process. Then the medians per path and the lines
 //! `ratio clipsync/tls-copy VALUE` (throughput) and `ratio cpu clipsync/lean VALUE` (CPU per
-//! byte), and `small-clip-ms VALUE`: a one-shot `clipsync send` of a 100-byte text from
-//! standard input, process start to exit (median of 10; `small-clip-ms baseline VALUE` too
-//! with `E2E_BASELINE`).
+//! byte), then `blake3 CPU-s/GiB VALUE` (BLAKE3 on one core, in memory) and
+//! `bound clipsync/tls-copy VALUE`: the highest throughput ratio any program can reach that
+//! does the TLS copy's work plus the protocol's two BLAKE3 passes and nothing else, with all
+//! of the machine's cores busy (cores / (tls-copy CPU-s/GiB + 2 × BLAKE3 CPU-s/GiB), over the
+//! TLS copy's MB/s); and `small-clip-ms VALUE`: a one-shot `clipsync send` of a 100-byte text
+//! from standard input, process start to exit (median of 10; `small-clip-ms baseline VALUE`
+//! too with `E2E_BASELINE`).
 //!
 //! `cargo bench --bench e2e`. Environment: `E2E_SIZE_MIB` (1024), `E2E_ROUNDS` (5),
 //! `E2E_DIR` (where the files go: `/dev/shm` when it exists, so the disk is not measured),
@@ -515,6 +519,30 @@ fn same_bytes(a: &Path, b: &Path) {
     }
 }
 
+/// BLAKE3's cost on one core of this machine, in CPU-s per GiB: 256 MiB in memory hashed
+/// four times (the best of the four), timed with the thread's own CPU clock.
+fn blake3_cpu_s_per_gib() -> f64 {
+    let data = vec![0x5au8; 256 << 20];
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let start = thread_cpu_s();
+        std::hint::black_box(blake3::hash(std::hint::black_box(&data)));
+        best = best.min(thread_cpu_s() - start);
+    }
+    best * 4.0
+}
+
+/// This thread's CPU time in seconds.
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
@@ -661,6 +689,23 @@ fn orchestrate() {
     }
     if let (Some(c), Some(l)) = (med.get("clipsync"), med.get("lean")) {
         println!("ratio cpu clipsync/lean {:.2}", c.1 / l.1);
+    }
+    if let Some(t) = med.get("tls-copy") {
+        // The most any program can reach that does the TLS copy's work plus the protocol's
+        // two BLAKE3 passes (sender and receiver) and nothing else, with every core of the
+        // machine busy with it: cores / CPU-s per byte. WebSocket framing, masking and the
+        // protocol itself would only lower it.
+        let b3 = blake3_cpu_s_per_gib();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let gib_s = cores as f64 / (t.1 + 2.0 * b3);
+        let mb_s = gib_s * f64::from(1u32 << 30) / 1e6;
+        println!("blake3 CPU-s/GiB {b3:.3} (one core, in memory)");
+        println!(
+            "bound clipsync/tls-copy {:.2} ({mb_s:.0} MB/s: {cores} cores / (tls-copy {:.2} + 2 × \
+             blake3 {b3:.3}) CPU-s/GiB)",
+            mb_s / t.0,
+            t.1
+        );
     }
     if let (Some(c), Some(b)) = (med.get("clipsync"), med.get("baseline")) {
         println!("ratio clipsync/baseline {:.2}", c.0 / b.0);
