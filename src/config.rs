@@ -36,7 +36,8 @@ pub const CHUNK_OVERHEAD: u32 = PeerLimits::CHUNK_OVERHEAD;
 
 /// Every setting of the transport. Build it with [`Default`] and struct update syntax, or load
 /// it from TOML. Memory per connection is bounded by `connection_window` (receive side) plus
-/// `replay_buffer_bytes` and `stream_window` per open stream (send side), not by payload size.
+/// `replay_buffer_bytes` and `stream_window` per open stream (send side), not by payload size;
+/// a connection also keeps up to 32 idle receive buffers of `chunk_size` for reuse.
 ///
 /// ```
 /// use std::time::Duration;

@@ -199,6 +199,8 @@ struct Driver {
     core: core::Connection,
     start: Instant,
     decode_limits: crate::wire::DecodeLimits,
+    /// Buffers for received chunks (see `pool`).
+    recv_pool: super::pool::RecvPool,
     write_timeout: Duration,
     chunk_size: u32,
     commands: mpsc::Receiver<Command>,
@@ -307,6 +309,7 @@ impl Driver {
             core,
             start: Instant::now(),
             decode_limits: cfg.decode_limits(),
+            recv_pool: super::pool::RecvPool::new(cfg.chunk_size as usize),
             write_timeout: cfg.write_timeout,
             chunk_size: cfg.chunk_size,
             commands: command_rx,
@@ -770,11 +773,13 @@ impl Driver {
                 ),
             },
             Input::Ws(msg) => match msg {
-                Some(Ok(WsMessage::Binary(b))) => match Frame::decode(b, self.decode_limits) {
-                    Ok(frame) => self.core.handle_frame(frame, now),
-                    Err(e) if e.is_ignorable() => {}
-                    Err(e) => self.core.close(e.reason(), e.to_string(), now),
-                },
+                Some(Ok(WsMessage::Binary(b))) => {
+                    match Frame::decode(self.recv_pool.adopt(b), self.decode_limits) {
+                        Ok(frame) => self.core.handle_frame(frame, now),
+                        Err(e) if e.is_ignorable() => {}
+                        Err(e) => self.core.close(e.reason(), e.to_string(), now),
+                    }
+                }
                 Some(Ok(WsMessage::Close(frame))) => {
                     let (code, text) = frame
                         .map(|f| (u16::from(f.code), f.reason.to_string()))

@@ -9,6 +9,7 @@
 //! replays the same choice for the same seed.
 
 mod connection;
+mod pool;
 mod stream;
 mod types;
 mod writer;
