@@ -10,11 +10,11 @@
 //! `wss + BLAKE3` path against 0.87 with glibc told to keep freed memory (measured with
 //! `GLIBC_TUNABLES`, which an application embedding the transport cannot be asked to set).
 //!
-//! [`RecvPool::adopt`] copies a message of chunk size into a buffer of this connection's own,
-//! which returns to the pool when the last slice of it is dropped; tungstenite's buffer is then
-//! free again at once and is reused in place. Memory: at most [`KEEP`] idle buffers of
-//! `chunk_size` plus a little per connection; buffers in use are bounded by the windows that
-//! bound the chunks themselves.
+//! [`RecvPool::adopt`] copies a message of half a chunk to a whole chunk (with its frame
+//! header) into a buffer of this connection's own, which returns to the pool when the last
+//! slice of it is dropped; tungstenite's buffer is then free again at once and is reused in
+//! place. Memory: at most [`KEEP`] idle buffers of `chunk_size` plus a little per connection;
+//! buffers in use are bounded by the windows that bound the chunks themselves.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -23,9 +23,7 @@ use bytes::Bytes;
 /// Idle buffers kept per connection (2 MiB at the default 64 KiB chunk). In a steady stream
 /// the application frees one for each the driver takes, so a few suffice.
 const KEEP: usize = 32;
-/// Messages shorter than this are left in tungstenite's buffer: copying them would not pay.
-const MIN: usize = 16 * 1024;
-/// Room for a `STREAM_DATA` frame's header beside a whole chunk.
+/// Room for a `STREAM_CHUNK` frame's header beside a whole chunk.
 const HEADER_ROOM: usize = 64;
 
 type Free = Mutex<Vec<Vec<u8>>>;
@@ -46,10 +44,11 @@ impl RecvPool {
         }
     }
 
-    /// `message`'s bytes in a buffer of the pool when its size is between [`MIN`] and the
-    /// pool's buffer size; otherwise `message` itself.
+    /// `message`'s bytes in a buffer of the pool when it fills at least half of one (a whole
+    /// chunk's frame does; a message the application keeps then holds at most twice its size,
+    /// as a slice of tungstenite's buffer did); otherwise `message` itself.
     pub(crate) fn adopt(&self, message: Bytes) -> Bytes {
-        if message.len() < MIN || message.len() > self.size {
+        if message.len() < self.size / 2 || message.len() > self.size {
             return message;
         }
         let reused = self.free.lock().ok().and_then(|mut f| f.pop());
@@ -121,6 +120,7 @@ mod tests {
         assert_eq!(pool.idle(), 1);
         // The next message reuses it, with its own bytes.
         let m2 = message(40 * 1024, 7);
+        assert!(m2.len() >= (64 * 1024 + HEADER_ROOM) / 2);
         let b = pool.adopt(m2.clone());
         assert_eq!(pool.idle(), 0);
         assert_eq!(b, m2);
@@ -129,19 +129,20 @@ mod tests {
     #[test]
     fn small_and_oversized_messages_are_left_alone_and_idle_buffers_are_bounded() {
         let pool = RecvPool::new(64 * 1024);
-        for n in [10, MIN - 1, 64 * 1024 + HEADER_ROOM + 1] {
+        let size = 64 * 1024 + HEADER_ROOM;
+        for n in [10, size / 2 - 1, size + 1] {
             let m = message(n, 3);
             let ptr = m.as_ptr();
             assert_eq!(pool.adopt(m).as_ptr(), ptr, "{n} bytes were copied");
         }
         let held: Vec<Bytes> = (0..KEEP + 10)
-            .map(|i| pool.adopt(message(32 * 1024, i as u8)))
+            .map(|i| pool.adopt(message(size / 2, i as u8)))
             .collect();
         drop(held);
         assert_eq!(pool.idle(), KEEP);
         // Buffers outliving their connection's pool are simply freed.
-        let late = pool.adopt(message(32 * 1024, 9));
+        let late = pool.adopt(message(size, 9));
         drop(pool);
-        assert_eq!(late.len(), 32 * 1024);
+        assert_eq!(late.len(), size);
     }
 }
