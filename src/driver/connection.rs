@@ -74,6 +74,9 @@ const OUTGOING: usize = 64;
 /// the urgent lane, so a message waits behind at most the chunk being written and what the
 /// socket holds (`TCP_NOTSENT_LOWAT`).
 const CHUNK_SLOTS: usize = 4;
+/// Encoding buffers per connection: a frame's buffer is busy until the writer has handed it to
+/// the WebSocket, so the chunk slots plus room for the urgent lane's frames.
+const ENCODE_BUFS: usize = CHUNK_SLOTS + 4;
 /// Frames already received that the driver takes in one turn of its loop.
 const READ_BATCH: usize = 8;
 /// Data items a [`StreamSender`] may queue ahead of the driver (each at most one chunk).
@@ -225,7 +228,10 @@ struct Driver {
     chunk_permit: Option<OwnedSemaphorePermit>,
     /// Bytes per chunk on the current connection.
     chunk: usize,
-    encode_buf: bytes::BytesMut,
+    /// Buffers frames are encoded in, used in turn; see [`Driver::encode`].
+    encode_bufs: [bytes::BytesMut; ENCODE_BUFS],
+    /// The next of `encode_bufs` to use when none is free.
+    encode_next: usize,
     session_id: SessionId,
     reconnect: Reconnect,
     /// While connecting: the application's immediate close.
@@ -328,7 +334,8 @@ impl Driver {
             chunk_slots: Arc::new(Semaphore::new(CHUNK_SLOTS)),
             chunk_permit: None,
             chunk: cfg.chunk_size.max(1) as usize,
-            encode_buf: bytes::BytesMut::new(),
+            encode_bufs: Default::default(),
+            encode_next: 0,
             session_id: SessionId::NONE,
             reconnect,
             closer: None,
@@ -677,6 +684,28 @@ impl Driver {
     }
 
     /// Writes what the core has for the wire, each frame on its lane.
+    /// Encodes `frame` in a buffer whose previous frame is gone (written), so a stream of chunks
+    /// reuses a few allocations. One buffer alone would not do: the frames the writer has not
+    /// taken yet still hold theirs, and `BytesMut` then allocates afresh for every chunk, which
+    /// glibc hands back to the kernel and the next chunk page-faults in again
+    /// (`tests/recv_buffers.rs` counts these allocations).
+    fn encode(&mut self, frame: &Frame) -> Result<bytes::Bytes, crate::wire::EncodeError> {
+        let want = self.chunk + 256;
+        let i = match self
+            .encode_bufs
+            .iter_mut()
+            .position(|b| b.try_reclaim(want))
+        {
+            Some(i) => i,
+            None => {
+                let i = self.encode_next;
+                self.encode_next = (i + 1) % ENCODE_BUFS;
+                i
+            }
+        };
+        frame.encode_into(&mut self.encode_bufs[i])
+    }
+
     async fn transmit(&mut self, urgent: &mpsc::Sender<WriterCmd>, bulk: &mpsc::Sender<WriterCmd>) {
         let now = self.now();
         while let Some((frame, lane)) = self.core.poll_transmit(now, self.chunk_permit.is_some()) {
@@ -686,7 +715,7 @@ impl Driver {
                 None
             };
             let lane = if lane == Lane::Urgent { urgent } else { bulk };
-            match frame.encode_into(&mut self.encode_buf) {
+            match self.encode(&frame) {
                 Ok(bytes) => {
                     if lane.send(WriterCmd::Frame(bytes, permit)).await.is_err() {
                         self.core.connection_lost("writer stopped".into(), now);
