@@ -683,11 +683,9 @@ impl Driver {
         None
     }
 
-    /// Writes what the core has for the wire, each frame on its lane.
     /// Encodes `frame` in a buffer whose previous frame is gone (written), so a stream of chunks
     /// reuses a few allocations. One buffer alone would not do: the frames the writer has not
-    /// taken yet still hold theirs, and `BytesMut` then allocates afresh for every chunk, which
-    /// glibc hands back to the kernel and the next chunk page-faults in again
+    /// taken yet still hold theirs, and `BytesMut` then allocates afresh for every chunk
     /// (`tests/recv_buffers.rs` counts these allocations).
     fn encode(&mut self, frame: &Frame) -> Result<bytes::Bytes, crate::wire::EncodeError> {
         let want = self.chunk + 256;
@@ -706,6 +704,7 @@ impl Driver {
         frame.encode_into(&mut self.encode_bufs[i])
     }
 
+    /// Writes what the core has for the wire, each frame on its lane.
     async fn transmit(&mut self, urgent: &mpsc::Sender<WriterCmd>, bulk: &mpsc::Sender<WriterCmd>) {
         let now = self.now();
         while let Some((frame, lane)) = self.core.poll_transmit(now, self.chunk_permit.is_some()) {
